@@ -1,0 +1,437 @@
+//! The configuration file: its schema, defaults and validation.
+//!
+//! The keys here are a contract with operators, the shipped manifests and the docs: keys may be
+//! added, never renamed. Every error names the offending key (`guards[0].checks[1].for`).
+//! This module only reads and checks; it does not watch the file for changes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Main listener: `GET /v1/guards` (and the Alertmanager webhook).
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Admin listener: `GET /metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// How often each open window's checks are queried.
+    #[serde(default = "defaults::poll_interval", with = "duration")]
+    pub poll_interval: Duration,
+    /// Where the version-labelled metrics live.
+    pub prometheus: PrometheusConfig,
+    /// How long a Kubernetes write may take, retries included, before it is reported failed.
+    #[serde(default = "defaults::kube_timeout", with = "duration")]
+    pub kube_timeout: Duration,
+    /// The guarded Services.
+    pub guards: Vec<GuardConfig>,
+}
+
+/// The Prometheus HTTP API the checks are sent to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL, e.g. `http://prometheus.monitoring:9090`.
+    pub url: Url,
+    /// Per-query timeout; a query that takes longer counts as an error, never as a breach.
+    #[serde(default = "defaults::prometheus_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// One guarded Service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Unique name; used in logs, metrics labels and `/v1/guards`.
+    pub name: String,
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// The Service whose selector is switched between versions.
+    pub service: String,
+    /// The selector key that names the version.
+    #[serde(default = "defaults::version_label")]
+    pub version_label: String,
+    /// Post-cutover window: checks run, and a rollback may happen, only inside it.
+    #[serde(default = "defaults::window", with = "duration")]
+    pub window: Duration,
+    /// Clean for this long after the cutover means stable.
+    #[serde(default = "defaults::stabilization", with = "duration")]
+    pub stabilization: Duration,
+    /// Record `WouldRollBack` instead of patching.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Ready pods the rollback target must have, else the rollback is refused.
+    #[serde(default = "defaults::min_ready_previous")]
+    pub min_ready_previous: u32,
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+}
+
+/// One PromQL check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub name: String,
+    /// PromQL; `{{version}}` is the green version, `{{previous_version}}` the blue one.
+    pub query: String,
+    /// Breached when the value is above this.
+    pub above: Option<f64>,
+    /// Breached when the value is below this.
+    pub below: Option<f64>,
+    /// Breached at every poll for this long trips the check.
+    #[serde(rename = "for", default, with = "duration")]
+    pub for_: Duration,
+    #[serde(default)]
+    pub on_no_data: NoDataPolicy,
+}
+
+/// What an empty result or NaN means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoDataPolicy {
+    /// No data is not a breach, and resets `for`.
+    #[default]
+    Ignore,
+    /// No data counts as a breach.
+    Breach,
+}
+
+/// A check's threshold, with exactly one direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    Above(f64),
+    Below(f64),
+}
+
+impl Threshold {
+    /// Whether `value` is on the wrong side of the threshold.
+    #[must_use]
+    pub fn breached_by(self, value: f64) -> bool {
+        match self {
+            Self::Above(t) => value > t,
+            Self::Below(t) => value < t,
+        }
+    }
+
+    /// Of several values, the one that counts: the largest for `above`, the smallest for `below`.
+    #[must_use]
+    pub fn worst(self, a: f64, b: f64) -> f64 {
+        match self {
+            Self::Above(_) => a.max(b),
+            Self::Below(_) => a.min(b),
+        }
+    }
+
+    #[must_use]
+    pub fn value(self) -> f64 {
+        match self {
+            Self::Above(t) | Self::Below(t) => t,
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Above(t) => write!(f, "> {t}"),
+            Self::Below(t) => write!(f, "< {t}"),
+        }
+    }
+}
+
+impl CheckConfig {
+    /// The validated threshold. Only call after [`Config::parse`] succeeded.
+    #[must_use]
+    pub fn threshold(&self) -> Threshold {
+        match (self.above, self.below) {
+            (Some(a), _) => Threshold::Above(a),
+            (None, Some(b)) => Threshold::Below(b),
+            // Unreachable after validation; a threshold nothing can breach is the safe reading.
+            (None, None) => Threshold::Above(f64::INFINITY),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let invalid = |key: String, message: String| Error::InvalidConfig {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_owned() } else { key };
+            // serde_yaml_ng appends the position; keep it, it helps find the line.
+            invalid(key, e.into_inner().to_string())
+        })?;
+        config.validate().map_err(|(key, message)| invalid(key, message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        if !matches!(self.prometheus.url.scheme(), "http" | "https") {
+            return Err((
+                "prometheus.url".into(),
+                format!("must be http or https, got {}", self.prometheus.url.scheme()),
+            ));
+        }
+        nonzero("poll_interval", self.poll_interval)?;
+        nonzero("prometheus.timeout", self.prometheus.timeout)?;
+        nonzero("kube_timeout", self.kube_timeout)?;
+        if self.guards.is_empty() {
+            return Err(("guards".into(), "at least one guard is required".into()));
+        }
+        let mut names = HashSet::new();
+        let mut services = HashSet::new();
+        for (i, g) in self.guards.iter().enumerate() {
+            let at = |k: &str| format!("guards[{i}].{k}");
+            check_name(&at("name"), &g.name)?;
+            if !names.insert(g.name.as_str()) {
+                return Err((at("name"), format!("duplicate guard name {:?}", g.name)));
+            }
+            check_dns_label(&at("namespace"), &g.namespace)?;
+            check_dns_label(&at("service"), &g.service)?;
+            if !services.insert((g.namespace.as_str(), g.service.as_str())) {
+                return Err((
+                    at("service"),
+                    format!("service {}/{} is guarded twice", g.namespace, g.service),
+                ));
+            }
+            if g.version_label.is_empty() || g.version_label.len() > 316 {
+                return Err((at("version_label"), "must be a label key".into()));
+            }
+            nonzero(&at("window"), g.window)?;
+            if g.stabilization > g.window {
+                return Err((
+                    at("stabilization"),
+                    "must not be longer than `window`".into(),
+                ));
+            }
+            let mut checks = HashSet::new();
+            for (j, c) in g.checks.iter().enumerate() {
+                let at = |k: &str| format!("guards[{i}].checks[{j}].{k}");
+                check_name(&at("name"), &c.name)?;
+                if !checks.insert(c.name.as_str()) {
+                    return Err((at("name"), format!("duplicate check name {:?}", c.name)));
+                }
+                match (c.above, c.below) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err((
+                            format!("guards[{i}].checks[{j}]"),
+                            "exactly one of `above` or `below` is required".into(),
+                        ));
+                    }
+                    (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
+                        return Err((at("above/below"), "threshold must be a finite number".into()));
+                    }
+                    _ => {}
+                }
+                crate::promql::Template::parse(&c.query).map_err(|m| (at("query"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a config for tests and examples from a YAML string, labelled `<inline>`.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Self::parse(text, Path::new("<inline>"))
+    }
+}
+
+fn nonzero(key: &str, d: Duration) -> std::result::Result<(), (String, String)> {
+    if d.is_zero() {
+        return Err((key.into(), "must be longer than zero".into()));
+    }
+    Ok(())
+}
+
+/// Names become metric label values and event text: keep them short and plain.
+fn check_name(key: &str, name: &str) -> std::result::Result<(), (String, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            key.into(),
+            format!("{name:?} must be 1-63 characters of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+fn check_dns_label(key: &str, name: &str) -> std::result::Result<(), (String, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err((key.into(), format!("{name:?} is not a valid Kubernetes name")))
+    }
+}
+
+/// Durations in Go/Prometheus style: `15s`, `2m`, `1h30m`, `500ms`.
+mod duration {
+    use super::{Deserialize, Deserializer, Duration};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+mod defaults {
+    use super::{Duration, SocketAddr};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9091)
+    }
+    pub fn poll_interval() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn prometheus_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn kube_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn namespace() -> String {
+        "default".into()
+    }
+    pub fn version_label() -> String {
+        "version".into()
+    }
+    pub fn window() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn stabilization() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn min_ready_previous() -> u32 {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+prometheus: {url: "http://127.0.0.1:9090"}
+guards:
+- name: checkout
+  service: svc-production
+  checks:
+  - name: error_rate
+    query: 'sum(rate(x{version="{{version}}"}[1m]))'
+    above: 0.02
+    for: 2m
+"#;
+
+    fn error_of(text: &str) -> String {
+        Config::from_yaml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_runbook() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(15));
+        assert_eq!(c.prometheus.timeout, Duration::from_secs(5));
+        let g = &c.guards[0];
+        assert_eq!(g.window, Duration::from_secs(600));
+        assert_eq!(g.stabilization, Duration::from_secs(300));
+        assert_eq!(g.namespace, "default");
+        assert_eq!(g.version_label, "version");
+        assert_eq!(g.min_ready_previous, 1);
+        assert!(!g.dry_run);
+        assert_eq!(g.checks[0].on_no_data, NoDataPolicy::Ignore);
+        assert_eq!(g.checks[0].threshold(), Threshold::Above(0.02));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9091");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = error_of(&MINIMAL.replace("    for: 2m", "    for: 2m\n    fro: 1m"));
+        assert!(e.contains("guards[0].checks[0]") && e.contains("fro"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = error_of(&MINIMAL.replace("for: 2m", "for: 2 fortnights"));
+        assert!(e.contains("guards[0].checks[0].for"), "{e}");
+        assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_is_named() {
+        let e = error_of(&MINIMAL.replace("http://127.0.0.1:9090", "not a url"));
+        assert!(e.contains("prometheus.url"), "{e}");
+        let e = error_of(&MINIMAL.replace("http://127.0.0.1:9090", "ftp://x"));
+        assert!(e.contains("prometheus.url"), "{e}");
+    }
+
+    #[test]
+    fn a_check_needs_exactly_one_of_above_and_below() {
+        let both = error_of(&MINIMAL.replace("above: 0.02", "above: 0.02\n    below: 0.01"));
+        assert!(both.contains("guards[0].checks[0]") && both.contains("exactly one"), "{both}");
+        let neither = error_of(&MINIMAL.replace("    above: 0.02\n", ""));
+        assert!(neither.contains("exactly one"), "{neither}");
+    }
+
+    #[test]
+    fn duplicate_guard_names_are_refused() {
+        let twice = MINIMAL.to_owned()
+            + "- name: checkout\n  service: svc-other\n";
+        let e = error_of(&twice);
+        assert!(e.contains("guards[1].name") && e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn unknown_template_placeholder_is_refused() {
+        let e = error_of(&MINIMAL.replace("{{version}}", "{{verison}}"));
+        assert!(e.contains("guards[0].checks[0].query"), "{e}");
+    }
+
+    #[test]
+    fn stabilization_longer_than_window_is_refused() {
+        let e = error_of(&MINIMAL.replace(
+            "  service: svc-production\n",
+            "  service: svc-production\n  window: 1m\n  stabilization: 2m\n",
+        ));
+        assert!(e.contains("guards[0].stabilization"), "{e}");
+    }
+}

@@ -1,0 +1,931 @@
+//! The pure decision core: signals in, decisions out, the time passed in.
+//!
+//! A [`Guard`] holds one guarded Service's window and check state. It does no IO and reads no
+//! clock, so its whole truth table is plain `#[test]` tables below. It decides *what* should happen
+//! (open a window, roll back, declare stable); the executor decides *how*, and reports back with
+//! [`Signal::Executed`]. Matching an alert's labels to a guard is the webhook's job, not this one's.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use crate::config::{GuardConfig, NoDataPolicy, Threshold};
+
+/// A check as the core needs it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub threshold: Threshold,
+    pub for_: Duration,
+    pub on_no_data: NoDataPolicy,
+}
+
+/// The part of a guard's config that drives decisions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub window: Duration,
+    pub stabilization: Duration,
+    pub dry_run: bool,
+    pub checks: Vec<Check>,
+}
+
+impl From<&GuardConfig> for Policy {
+    fn from(g: &GuardConfig) -> Self {
+        Self {
+            window: g.window,
+            stabilization: g.stabilization,
+            dry_run: g.dry_run,
+            checks: g
+                .checks
+                .iter()
+                .map(|c| Check {
+                    name: c.name.clone(),
+                    threshold: c.threshold(),
+                    for_: c.for_,
+                    on_no_data: c.on_no_data,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A window's state, as written to the `cutover-watchdog.io/state` annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Watching,
+    Stable,
+    RolledBack,
+    Superseded,
+    Expired,
+}
+
+impl Phase {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Watching => "watching",
+            Self::Stable => "stable",
+            Self::RolledBack => "rolled-back",
+            Self::Superseded => "superseded",
+            Self::Expired => "expired",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Watching,
+            Self::Stable,
+            Self::RolledBack,
+            Self::Superseded,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// A window's state as persisted in the Service's annotations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Persisted {
+    /// The green version the window is about.
+    pub version: String,
+    /// The rollback target: the last version that served before the unproven one.
+    pub previous: String,
+    pub cutover_at: Timestamp,
+    pub phase: Phase,
+    pub reason: String,
+}
+
+/// One poll's result for one check.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Sample {
+    Value(f64),
+    /// An empty result, or only NaN.
+    NoData,
+    /// Prometheus could not answer. Never a breach.
+    Error,
+}
+
+impl Sample {
+    /// The sample that counts among a query's series: NaN is dropped, and of several the worst
+    /// for the threshold's direction wins.
+    #[must_use]
+    pub fn from_values(values: &[f64], threshold: Threshold) -> Self {
+        values
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .reduce(|a, b| threshold.worst(a, b))
+            .map_or(Self::NoData, Self::Value)
+    }
+}
+
+/// What caused a rollback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    Check {
+        name: String,
+        observed: Option<f64>,
+        threshold: String,
+        #[serde(with = "humantime_serde_secs")]
+        for_: Duration,
+    },
+    Alert {
+        alertname: String,
+    },
+}
+
+impl Trigger {
+    /// The `trigger` metric label: the check's name, or `alert`.
+    #[must_use]
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Check { name, .. } => name,
+            Self::Alert { .. } => "alert",
+        }
+    }
+
+    /// One line for events, logs and the `reason` annotation.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Check {
+                name,
+                observed,
+                threshold,
+                for_,
+            } => {
+                let observed = observed.map_or_else(|| "no data".to_owned(), |v| format!("{v}"));
+                format!(
+                    "check {name}: observed {observed}, threshold {threshold}, breached for {}",
+                    humantime::format_duration(*for_)
+                )
+            }
+            Self::Alert { alertname } => format!("critical alert {alertname}"),
+        }
+    }
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// A firing alert that already matched this guard's labels and severities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub alertname: String,
+    /// The alert's value of the guard's `version_label`, if it carries one.
+    pub version: Option<String>,
+    pub starts_at: Option<Timestamp>,
+}
+
+/// What the executor reports back about a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    RolledBack,
+    /// The target had too few Ready pods; the selector is unchanged.
+    Blocked,
+    /// The API refused or failed; the selector is unchanged.
+    Failed,
+    /// The selector no longer names the window's version; someone else changed it.
+    NotApplicable,
+}
+
+/// An input to the core.
+#[derive(Debug, Clone)]
+pub enum Signal {
+    /// The Service as the watch sees it: its version, and the persisted window, if any.
+    Observed {
+        version: Option<String>,
+        persisted: Option<Persisted>,
+    },
+    /// One poll of every check, in config order, for the window of `version`.
+    Polled { version: String, samples: Vec<Sample> },
+    Alert(Alert),
+    /// The executor's answer to a rollback for the window of `version`.
+    Executed { version: String, outcome: Outcome },
+    /// Time passed; closes a window whose time is up.
+    Tick,
+}
+
+/// An output of the core, carried out by the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A cutover: record the window, emit CutoverDetected.
+    Opened(Persisted),
+    /// A restarted watchdog picked up a window from the annotations; nothing to write.
+    Resumed(Persisted),
+    Stable(Persisted),
+    Expired(Persisted),
+    /// Someone else changed the selector during the window.
+    Superseded { state: Persisted, by: String },
+    /// Revert the selector to `state.previous`, writing `state` with it. `announce` is true for
+    /// the first attempt of an episode, so events are not repeated at every poll.
+    RollBack {
+        state: Persisted,
+        trigger: Trigger,
+        announce: bool,
+    },
+    /// Dry run: what would have been a rollback.
+    WouldRollBack { state: Persisted, trigger: Trigger },
+}
+
+/// A check's running state within a window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckTrack {
+    pub last: Option<Sample>,
+    pub breached: bool,
+    pub breach_since: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Rollback {
+    Idle,
+    InFlight,
+    Blocked,
+    Done,
+}
+
+/// A post-cutover window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub version: String,
+    pub previous: String,
+    pub opened_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub phase: Phase,
+    pub open: bool,
+    rollback: Rollback,
+    would_have_rolled_back: bool,
+    pub checks: Vec<CheckTrack>,
+    reason: String,
+}
+
+impl Window {
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            version: self.version.clone(),
+            previous: self.previous.clone(),
+            cutover_at: self.opened_at,
+            phase: self.phase,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// One guarded Service's decision state.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    policy: Policy,
+    /// The selector's version as last observed; `None` before the first observation.
+    current: Option<String>,
+    window: Option<Window>,
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(t)
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}
+
+impl Guard {
+    #[must_use]
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            current: None,
+            window: None,
+        }
+    }
+
+    /// The current (or last) window, for status pages.
+    #[must_use]
+    pub fn window(&self) -> Option<&Window> {
+        self.window.as_ref()
+    }
+
+    /// The open window, if any.
+    #[must_use]
+    pub fn open_window(&self) -> Option<&Window> {
+        self.window.as_ref().filter(|w| w.open)
+    }
+
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Feeds one signal at time `now` and returns what should be done.
+    pub fn handle(&mut self, signal: Signal, now: Timestamp) -> Vec<Decision> {
+        match signal {
+            Signal::Observed { version, persisted } => {
+                self.observed(version, persisted.as_ref(), now)
+            }
+            Signal::Polled { version, samples } => self.polled(&version, &samples, now),
+            Signal::Alert(alert) => self.alert(&alert, now),
+            Signal::Executed { version, outcome } => self.executed(&version, outcome),
+            Signal::Tick => self.tick(now),
+        }
+        .into_iter()
+        .collect()
+    }
+
+    fn open(&mut self, version: String, previous: String, now: Timestamp) -> Decision {
+        let reason = format!("cutover from {previous} to {version}");
+        let w = self.new_window(version, previous, now, Phase::Watching, reason);
+        Decision::Opened(w.persisted())
+    }
+
+    fn new_window(
+        &mut self,
+        version: String,
+        previous: String,
+        opened_at: Timestamp,
+        phase: Phase,
+        reason: String,
+    ) -> &mut Window {
+        self.window.insert(Window {
+            version,
+            previous,
+            opened_at,
+            ends_at: after(opened_at, self.policy.window),
+            phase,
+            open: true,
+            rollback: Rollback::Idle,
+            would_have_rolled_back: false,
+            checks: vec![CheckTrack::default(); self.policy.checks.len()],
+            reason,
+        })
+    }
+
+    fn observed(
+        &mut self,
+        version: Option<String>,
+        persisted: Option<&Persisted>,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        // A selector without the version key guards nothing; keep what we knew.
+        let version = version?;
+        let Some(current) = self.current.replace(version.clone()) else {
+            return self.first_sight(version, persisted, now);
+        };
+        if current == version {
+            return None; // annotations or other fields changed, not the version
+        }
+        if let Some(w) = self.window.as_mut().filter(|w| w.open) {
+            if version == w.previous {
+                if matches!(w.rollback, Rollback::InFlight | Rollback::Done) {
+                    return None; // our own rollback landing
+                }
+                w.open = false;
+                w.phase = Phase::Superseded;
+                w.reason = format!("selector changed back to {version} by someone else");
+                return Some(Decision::Superseded {
+                    state: w.persisted(),
+                    by: version,
+                });
+            }
+            // B then C: an unproven B never becomes a rollback target.
+            let target = if w.phase == Phase::Watching {
+                w.previous.clone()
+            } else {
+                w.version.clone()
+            };
+            return Some(self.open(version, target, now));
+        }
+        Some(self.open(version, current, now))
+    }
+
+    /// The first observation after start: pick up what the annotations say.
+    fn first_sight(
+        &mut self,
+        version: String,
+        persisted: Option<&Persisted>,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        let p = persisted?;
+        let in_window = now < after(p.cutover_at, self.policy.window);
+        let live = matches!(p.phase, Phase::Watching | Phase::Stable);
+        if version == p.version {
+            return match p.phase {
+                Phase::Watching | Phase::Stable if in_window => {
+                    let w = self.new_window(
+                        version,
+                        p.previous.clone(),
+                        p.cutover_at,
+                        p.phase,
+                        p.reason.clone(),
+                    );
+                    Some(Decision::Resumed(w.persisted()))
+                }
+                Phase::Watching => {
+                    let w = self.new_window(
+                        version,
+                        p.previous.clone(),
+                        p.cutover_at,
+                        Phase::Expired,
+                        "window ended before the cutover was declared stable".into(),
+                    );
+                    w.open = false;
+                    let state = w.persisted();
+                    Some(Decision::Expired(state))
+                }
+                // Rolled back or superseded, yet the selector names the version again: a human
+                // cut over to it anew while we were away.
+                Phase::RolledBack | Phase::Superseded => {
+                    Some(self.open(version, p.previous.clone(), now))
+                }
+                Phase::Stable | Phase::Expired => None,
+            };
+        }
+        if version == p.previous {
+            if !(live && in_window) {
+                return None;
+            }
+            let reason = format!("selector changed back to {version} by someone else");
+            let w = self.new_window(p.version.clone(), p.previous.clone(), p.cutover_at, Phase::Superseded, reason);
+            w.open = false;
+            let state = w.persisted();
+            return Some(Decision::Superseded { state, by: version });
+        }
+        // A cutover to a third version happened while we were away.
+        let target = match p.phase {
+            Phase::Watching if in_window => p.previous.clone(),
+            Phase::RolledBack | Phase::Superseded => p.previous.clone(),
+            Phase::Watching | Phase::Stable | Phase::Expired => p.version.clone(),
+        };
+        Some(self.open(version, target, now))
+    }
+
+    fn polled(&mut self, version: &str, samples: &[Sample], now: Timestamp) -> Option<Decision> {
+        let policy = &self.policy;
+        let w = self.window.as_mut().filter(|w| w.open && w.version == version)?;
+        for ((check, track), sample) in policy.checks.iter().zip(&mut w.checks).zip(samples) {
+            track.last = Some(*sample);
+            track.breached = match sample {
+                Sample::Value(v) => check.threshold.breached_by(*v),
+                Sample::NoData => check.on_no_data == NoDataPolicy::Breach,
+                Sample::Error => false,
+            };
+            if track.breached {
+                track.breach_since.get_or_insert(now);
+            } else {
+                track.breach_since = None;
+            }
+        }
+        let tripped = policy.checks.iter().zip(&w.checks).find(|(check, track)| {
+            track
+                .breach_since
+                .is_some_and(|since| elapsed(since, now) >= check.for_)
+        });
+        if let Some((check, track)) = tripped {
+            let trigger = Trigger::Check {
+                name: check.name.clone(),
+                observed: match track.last {
+                    Some(Sample::Value(v)) => Some(v),
+                    _ => None,
+                },
+                threshold: check.threshold.to_string(),
+                for_: check.for_,
+            };
+            return self.roll_back(trigger);
+        }
+        if w.rollback == Rollback::Blocked {
+            w.rollback = Rollback::Idle; // the blocked episode is over
+        }
+        let clean = w
+            .checks
+            .iter()
+            .all(|t| !t.breached && t.last != Some(Sample::Error));
+        if w.phase == Phase::Watching
+            && clean
+            && w.rollback != Rollback::InFlight
+            && elapsed(w.opened_at, now) >= policy.stabilization
+        {
+            w.phase = Phase::Stable;
+            w.reason = format!(
+                "no check breached for {} after the cutover",
+                humantime::format_duration(policy.stabilization)
+            );
+            return Some(Decision::Stable(w.persisted()));
+        }
+        None
+    }
+
+    fn alert(&mut self, alert: &Alert, _now: Timestamp) -> Option<Decision> {
+        let w = self.window.as_ref().filter(|w| w.open)?;
+        match &alert.version {
+            // An alert about another version (blue!) must never revert to blue.
+            Some(v) if *v != w.version => return None,
+            Some(_) => {}
+            // A problem that predates the cutover is no reason to revert it.
+            None if alert.starts_at.is_some_and(|s| s < w.opened_at) => return None,
+            None => {}
+        }
+        self.roll_back(Trigger::Alert {
+            alertname: alert.alertname.clone(),
+        })
+    }
+
+    /// The once-per-window rollback rule, shared by checks and alerts.
+    fn roll_back(&mut self, trigger: Trigger) -> Option<Decision> {
+        let dry_run = self.policy.dry_run;
+        let w = self.window.as_mut().filter(|w| w.open)?;
+        if dry_run {
+            if w.would_have_rolled_back {
+                return None;
+            }
+            w.would_have_rolled_back = true;
+            let mut state = w.persisted();
+            state.reason = trigger.describe();
+            return Some(Decision::WouldRollBack { state, trigger });
+        }
+        let announce = match w.rollback {
+            Rollback::Idle => true,
+            Rollback::Blocked => false,
+            Rollback::InFlight | Rollback::Done => return None,
+        };
+        w.rollback = Rollback::InFlight;
+        let mut state = w.persisted();
+        state.phase = Phase::RolledBack;
+        state.reason = trigger.describe();
+        Some(Decision::RollBack {
+            state,
+            trigger,
+            announce,
+        })
+    }
+
+    fn executed(&mut self, version: &str, outcome: Outcome) -> Option<Decision> {
+        let w = self.window.as_mut().filter(|w| w.version == version)?;
+        if w.rollback != Rollback::InFlight {
+            return None;
+        }
+        match outcome {
+            Outcome::RolledBack => {
+                w.rollback = Rollback::Done;
+                w.open = false;
+                w.phase = Phase::RolledBack;
+                self.current = Some(w.previous.clone());
+            }
+            Outcome::Blocked => w.rollback = Rollback::Blocked,
+            Outcome::Failed | Outcome::NotApplicable => w.rollback = Rollback::Idle,
+        }
+        None
+    }
+
+    fn tick(&mut self, now: Timestamp) -> Option<Decision> {
+        let w = self.window.as_mut().filter(|w| w.open && now >= w.ends_at)?;
+        w.open = false;
+        if w.phase != Phase::Watching {
+            return None; // a stable window simply ends
+        }
+        w.phase = Phase::Expired;
+        w.reason = "window ended before the cutover was declared stable".into();
+        Some(Decision::Expired(w.persisted()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(T0 + secs).unwrap()
+    }
+
+    fn check(name: &str, threshold: Threshold, for_secs: u64, on_no_data: NoDataPolicy) -> Check {
+        Check {
+            name: name.into(),
+            threshold,
+            for_: Duration::from_secs(for_secs),
+            on_no_data,
+        }
+    }
+
+    /// The runbook's error-rate check (above 2% for 2m) and a P95 check with no-data breach.
+    fn guard(dry_run: bool) -> Guard {
+        Guard::new(Policy {
+            window: Duration::from_secs(600),
+            stabilization: Duration::from_secs(300),
+            dry_run,
+            checks: vec![
+                check("error_rate", Threshold::Above(0.02), 120, NoDataPolicy::Ignore),
+                check("latency_p95", Threshold::Above(0.8), 180, NoDataPolicy::Breach),
+            ],
+        })
+    }
+
+    fn observe(g: &mut Guard, version: &str, t: i64) -> Vec<Decision> {
+        g.handle(
+            Signal::Observed {
+                version: Some(version.into()),
+                persisted: None,
+            },
+            at(t),
+        )
+    }
+
+    fn poll(g: &mut Guard, version: &str, t: i64, err: Sample, p95: Sample) -> Vec<Decision> {
+        g.handle(
+            Signal::Polled {
+                version: version.into(),
+                samples: vec![err, p95],
+            },
+            at(t),
+        )
+    }
+
+    fn cut_over(g: &mut Guard) {
+        assert!(observe(g, "v1", 0).is_empty());
+        let d = observe(g, "v2", 10);
+        assert!(matches!(&d[..], [Decision::Opened(p)] if p.version == "v2" && p.previous == "v1"));
+    }
+
+    use Sample::{Error as Err_, NoData, Value};
+    const OK: Sample = Value(0.001);
+    const BAD: Sample = Value(0.05);
+    const FAST: Sample = Value(0.1);
+
+    fn rollback_target(d: &[Decision]) -> Option<(String, String, bool)> {
+        d.iter().find_map(|d| match d {
+            Decision::RollBack { state, trigger, announce } => {
+                Some((state.previous.clone(), trigger.label().to_owned(), *announce))
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn for_trips_only_after_continuous_breach_and_resets_on_any_gap() {
+        // (error-rate sample at t, expect rollback?)
+        let table: &[(&[(i64, Sample)], Option<i64>)] = &[
+            // breached at every poll for 120s: trips at the poll reaching 120s
+            (&[(20, BAD), (80, BAD), (140, BAD)], Some(140)),
+            // a clean poll resets `for`
+            (&[(20, BAD), (80, OK), (140, BAD), (200, BAD)], None),
+            // an errored poll resets `for` too: continuity trips a check
+            (&[(20, BAD), (80, Err_), (140, BAD), (200, BAD)], None),
+            // ignored no data resets `for`
+            (&[(20, BAD), (80, NoData), (140, BAD), (200, BAD), (260, BAD)], Some(260)),
+            // a blip shorter than `for`
+            (&[(20, BAD), (80, BAD), (100, OK)], None),
+        ];
+        for (i, (polls, trips_at)) in table.iter().enumerate() {
+            let mut g = guard(false);
+            cut_over(&mut g);
+            let mut tripped = None;
+            for (t, s) in *polls {
+                if rollback_target(&poll(&mut g, "v2", *t, *s, FAST)).is_some() {
+                    tripped = Some(*t);
+                    break;
+                }
+            }
+            assert_eq!(tripped, *trips_at, "row {i}");
+        }
+    }
+
+    #[test]
+    fn no_data_follows_each_checks_policy() {
+        // latency_p95 breaches on no data (for 180s); error_rate ignores it.
+        let mut g = guard(false);
+        cut_over(&mut g);
+        for t in [20, 100, 180] {
+            assert!(poll(&mut g, "v2", t, NoData, NoData).is_empty());
+        }
+        let d = poll(&mut g, "v2", 200, NoData, NoData);
+        assert_eq!(rollback_target(&d), Some(("v1".into(), "latency_p95".into(), true)));
+    }
+
+    #[test]
+    fn nan_and_several_series_reduce_to_the_worst_value() {
+        let nan = f64::NAN;
+        let table = [
+            (vec![], Threshold::Above(1.0), NoData),
+            (vec![nan], Threshold::Above(1.0), NoData),
+            (vec![0.5, nan, 3.0, 1.0], Threshold::Above(1.0), Value(3.0)),
+            (vec![0.5, 3.0], Threshold::Below(1.0), Value(0.5)),
+        ];
+        for (values, threshold, want) in table {
+            assert_eq!(Sample::from_values(&values, threshold), want, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn at_most_one_rollback_per_window() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 20, BAD, FAST);
+        assert!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).is_some());
+        // still in flight: no second decision, from a poll or an alert
+        assert!(poll(&mut g, "v2", 160, BAD, FAST).is_empty());
+        let alert = Alert { alertname: "X".into(), version: None, starts_at: None };
+        assert!(g.handle(Signal::Alert(alert.clone()), at(161)).is_empty());
+        let done = Signal::Executed { version: "v2".into(), outcome: Outcome::RolledBack };
+        assert!(g.handle(done, at(162)).is_empty());
+        // our own patch landing is not a cutover
+        assert!(observe(&mut g, "v1", 163).is_empty());
+        assert!(g.handle(Signal::Alert(alert), at(164)).is_empty());
+        assert_eq!(g.window().unwrap().phase, Phase::RolledBack);
+        assert!(g.open_window().is_none());
+    }
+
+    #[test]
+    fn blocked_rollback_retries_and_announces_once_per_episode() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 20, BAD, FAST);
+        let blocked = |g: &mut Guard, t| {
+            let s = Signal::Executed { version: "v2".into(), outcome: Outcome::Blocked };
+            g.handle(s, at(t));
+        };
+        assert_eq!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).unwrap().2, true);
+        blocked(&mut g, 141);
+        assert_eq!(rollback_target(&poll(&mut g, "v2", 160, BAD, FAST)).unwrap().2, false);
+        blocked(&mut g, 161);
+        // the trigger stops holding: the episode ends
+        assert!(poll(&mut g, "v2", 180, OK, FAST).is_empty());
+        poll(&mut g, "v2", 200, BAD, FAST);
+        assert_eq!(rollback_target(&poll(&mut g, "v2", 320, BAD, FAST)).unwrap().2, true);
+    }
+
+    #[test]
+    fn a_failed_rollback_may_be_retried() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 20, BAD, FAST);
+        assert!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).is_some());
+        let failed = Signal::Executed { version: "v2".into(), outcome: Outcome::Failed };
+        g.handle(failed, at(141));
+        assert!(rollback_target(&poll(&mut g, "v2", 160, BAD, FAST)).is_some());
+    }
+
+    #[test]
+    fn human_change_back_supersedes_and_patches_nothing() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        let d = observe(&mut g, "v1", 30);
+        assert!(matches!(&d[..], [Decision::Superseded { by, .. }] if by == "v1"));
+        assert!(poll(&mut g, "v2", 200, BAD, FAST).is_empty());
+        assert_eq!(g.window().unwrap().phase, Phase::Superseded);
+    }
+
+    #[test]
+    fn b_then_c_keeps_the_last_proven_version_as_target() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        let d = observe(&mut g, "v3", 40);
+        assert!(matches!(&d[..], [Decision::Opened(p)] if p.version == "v3" && p.previous == "v1"));
+        // but once v2 was declared stable, it is the target for v4... after its window: v3's here
+        poll(&mut g, "v3", 350, OK, FAST);
+        assert_eq!(g.window().unwrap().phase, Phase::Stable);
+        let d = observe(&mut g, "v4", 360);
+        assert!(matches!(&d[..], [Decision::Opened(p)] if p.previous == "v3"));
+    }
+
+    #[test]
+    fn stabilization_needs_time_and_a_clean_poll_and_checks_go_on() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        assert!(poll(&mut g, "v2", 200, OK, FAST).is_empty(), "too early");
+        assert!(poll(&mut g, "v2", 310, BAD, FAST).is_empty(), "breached");
+        assert!(poll(&mut g, "v2", 320, Err_, FAST).is_empty(), "no answer is not clean");
+        let d = poll(&mut g, "v2", 330, OK, FAST);
+        assert!(matches!(&d[..], [Decision::Stable(p)] if p.phase == Phase::Stable));
+        // the runbook rolls back for anything within the window, stable or not
+        poll(&mut g, "v2", 400, BAD, FAST);
+        assert!(rollback_target(&poll(&mut g, "v2", 520, BAD, FAST)).is_some());
+    }
+
+    #[test]
+    fn a_window_that_ends_unstable_expires_and_a_stable_one_just_closes() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 500, BAD, FAST);
+        assert!(g.handle(Signal::Tick, at(500)).is_empty());
+        let d = g.handle(Signal::Tick, at(610));
+        assert!(matches!(&d[..], [Decision::Expired(p)] if p.phase == Phase::Expired));
+        assert!(g.open_window().is_none());
+
+        let mut g = guard(false);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 320, OK, FAST);
+        assert!(g.handle(Signal::Tick, at(610)).is_empty());
+        assert_eq!(g.window().unwrap().phase, Phase::Stable);
+        assert!(g.open_window().is_none());
+    }
+
+    #[test]
+    fn dry_run_records_would_roll_back_once_per_window() {
+        let mut g = guard(true);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 20, BAD, FAST);
+        let d = poll(&mut g, "v2", 140, BAD, FAST);
+        assert!(matches!(&d[..], [Decision::WouldRollBack { .. }]));
+        assert!(poll(&mut g, "v2", 160, BAD, FAST).is_empty());
+        assert!(rollback_target(&d).is_none());
+        assert!(g.open_window().is_some(), "the window goes on");
+    }
+
+    #[test]
+    fn alerts_act_only_on_the_green_version_and_only_after_the_cutover() {
+        let cases = [
+            (Some("v2"), None, true),
+            (Some("v1"), None, false),                      // about blue
+            (None, Some(5), false),                         // predates the cutover at 10
+            (None, Some(15), true),
+            (Some("v2"), Some(5), true),                    // names green: acts
+        ];
+        for (version, starts, acts) in cases {
+            let mut g = guard(false);
+            let alert = Alert {
+                alertname: "HighErrorRate".into(),
+                version: version.map(Into::into),
+                starts_at: starts.map(at),
+            };
+            assert!(g.handle(Signal::Alert(alert.clone()), at(1)).is_empty(), "no window");
+            cut_over(&mut g);
+            let d = g.handle(Signal::Alert(alert), at(20));
+            assert_eq!(rollback_target(&d).is_some(), acts, "{version:?} {starts:?}");
+        }
+    }
+
+    fn persisted(version: &str, previous: &str, cutover: i64, phase: Phase) -> Persisted {
+        Persisted {
+            version: version.into(),
+            previous: previous.into(),
+            cutover_at: at(cutover),
+            phase,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_restart_resumes_from_the_annotations() {
+        use Phase::*;
+        // (selector, persisted, now, expected decision kind, open window's target)
+        let table: &[(&str, Persisted, i64, &str, Option<&str>)] = &[
+            ("v2", persisted("v2", "v1", 0, Watching), 100, "resumed", Some("v1")),
+            ("v2", persisted("v2", "v1", 0, Stable), 100, "resumed", Some("v1")),
+            ("v2", persisted("v2", "v1", 0, Watching), 700, "expired", None),
+            ("v2", persisted("v2", "v1", 0, Stable), 700, "none", None),
+            ("v1", persisted("v2", "v1", 0, Watching), 100, "superseded", None),
+            ("v1", persisted("v2", "v1", 0, RolledBack), 100, "none", None),
+            ("v3", persisted("v2", "v1", 0, Watching), 100, "opened", Some("v1")),
+            ("v3", persisted("v2", "v1", 0, Stable), 700, "opened", Some("v2")),
+            ("v3", persisted("v2", "v1", 0, RolledBack), 100, "opened", Some("v1")),
+            ("v2", persisted("v2", "v1", 0, RolledBack), 100, "opened", Some("v1")),
+        ];
+        for (i, (selector, p, now, kind, target)) in table.iter().enumerate() {
+            let mut g = guard(false);
+            let d = g.handle(
+                Signal::Observed { version: Some((*selector).into()), persisted: Some(p.clone()) },
+                at(*now),
+            );
+            let got = match d.first() {
+                None => "none",
+                Some(Decision::Resumed(_)) => "resumed",
+                Some(Decision::Expired(_)) => "expired",
+                Some(Decision::Superseded { .. }) => "superseded",
+                Some(Decision::Opened(_)) => "opened",
+                Some(other) => panic!("row {i}: {other:?}"),
+            };
+            assert_eq!(got, *kind, "row {i}");
+            assert_eq!(g.open_window().map(|w| w.previous.as_str()), *target, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_resumed_window_keeps_its_original_clock() {
+        let mut g = guard(false);
+        let p = persisted("v2", "v1", 0, Phase::Watching);
+        g.handle(Signal::Observed { version: Some("v2".into()), persisted: Some(p) }, at(100));
+        assert_eq!(g.open_window().unwrap().ends_at, at(600));
+        assert!(poll(&mut g, "v2", 310, OK, FAST).len() == 1, "stable at cutover + 5m");
+    }
+
+    #[test]
+    fn stale_polls_and_outcomes_for_another_window_are_ignored() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        observe(&mut g, "v3", 20);
+        poll(&mut g, "v2", 30, BAD, FAST);
+        assert!(rollback_target(&poll(&mut g, "v2", 200, BAD, FAST)).is_none());
+        let late = Signal::Executed { version: "v2".into(), outcome: Outcome::RolledBack };
+        g.handle(late, at(201));
+        assert_eq!(g.open_window().unwrap().version, "v3");
+    }
+}

@@ -1,0 +1,87 @@
+//! The crate's one error type and `Result` alias.
+//!
+//! Messages name what failed ("failed to patch service default/svc-production") and keep the
+//! cause as a `#[source]`, so a chain printer shows each layer once. Nothing here is used as a
+//! metric label: labels come from closed sets elsewhere.
+
+use std::path::PathBuf;
+
+/// Everything the library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read config file {path}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid config {path}: {key}: {message}")]
+    InvalidConfig {
+        path: PathBuf,
+        /// Where in the document, e.g. `guards[0].checks[1].for`.
+        key: String,
+        message: String,
+    },
+
+    #[error("failed to build the Kubernetes client")]
+    KubeClient(#[source] kube::Error),
+
+    #[error("failed to load Kubernetes configuration (KUBECONFIG, else in-cluster)")]
+    KubeConfig(#[source] kube::config::InferConfigError),
+
+    #[error("failed to {verb} {what} {namespace}/{name}")]
+    Kube {
+        verb: &'static str,
+        what: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("timed out after {seconds}s trying to {verb} {namespace}/{name}")]
+    KubeTimeout {
+        verb: &'static str,
+        namespace: String,
+        name: String,
+        seconds: u64,
+    },
+
+    #[error("failed to bind {what} listener on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{what} listener failed")]
+    Serve {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("failed to build metrics registry")]
+    Metrics(#[from] prometheus::Error),
+
+    #[error("failed to build HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+
+    #[error("failed to set up logging: {0}")]
+    Telemetry(String),
+
+    #[error("{0}")]
+    Sandbox(String),
+
+    #[error("I/O error: {context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The crate's `Result`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

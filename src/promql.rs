@@ -1,0 +1,276 @@
+//! The Prometheus adapter: check templates and instant queries over the HTTP API.
+//!
+//! Deliberately thin: it renders a query, sends it, and returns the numbers. What a number means
+//! (breach, no data, worst of several series) is decided in [`crate::decision`]. It never retries:
+//! the next poll is the retry, and an error is never a breach.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// A check's query with its `{{version}}` / `{{previous_version}}` placeholders located.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Version,
+    PreviousVersion,
+}
+
+impl Template {
+    /// Splits `query` at its placeholders; an unknown `{{name}}` is an error, as it is a typo.
+    pub fn parse(query: &str) -> std::result::Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = query;
+        while let Some(start) = rest.find("{{") {
+            let Some(len) = rest[start..].find("}}") else {
+                return Err("unclosed `{{` in query".into());
+            };
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_owned()));
+            }
+            parts.push(match rest[start + 2..start + len].trim() {
+                "version" => Part::Version,
+                "previous_version" => Part::PreviousVersion,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder {{{{{other}}}}}; use {{{{version}}}} or {{{{previous_version}}}}"
+                    ));
+                }
+            });
+            rest = &rest[start + len + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The query for a window from `previous` to `version`, with both values escaped as the
+    /// contents of a PromQL string literal, so a label value can never change the query's shape.
+    #[must_use]
+    pub fn render(&self, version: &str, previous: &str) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Version => escape_into(&mut out, version),
+                Part::PreviousVersion => escape_into(&mut out, previous),
+            }
+        }
+        out
+    }
+}
+
+/// Escapes for a PromQL `"…"` or `'…'` string. Kubernetes label values cannot hold any of these
+/// characters, so this is defence in depth, not a path real values take.
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str("\\\""),
+            '\'' => out.push_str("\\'"),
+            '`' => out.push_str("\\x60"),
+            '\n' => out.push_str(r"\n"),
+            '\r' => out.push_str(r"\r"),
+            '{' | '}' => {} // never part of a label value; dropping them keeps the braces balanced
+            c => out.push(c),
+        }
+    }
+}
+
+/// Why a query produced no number. A closed set: it is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryError {
+    Timeout,
+    Connect,
+    /// Prometheus answered with a non-2xx status.
+    Status,
+    /// Prometheus answered 2xx but the body was not a query result we understand.
+    Body,
+}
+
+impl QueryError {
+    #[must_use]
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Status => "status",
+            Self::Body => "body",
+        }
+    }
+}
+
+/// A Prometheus HTTP API client for instant queries.
+#[derive(Debug, Clone)]
+pub struct Prometheus {
+    http: reqwest::Client,
+    endpoint: Url,
+}
+
+impl Prometheus {
+    pub fn new(base: &Url, timeout: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(crate::USER_AGENT)
+            .build()
+            .map_err(Error::HttpClient)?;
+        let mut endpoint = base.clone();
+        endpoint
+            .path_segments_mut()
+            .map_err(|()| Error::Sandbox(format!("prometheus url {base} cannot be a base")))?
+            .pop_if_empty()
+            .extend(["api", "v1", "query"]);
+        Ok(Self { http, endpoint })
+    }
+
+    /// Runs `query` as an instant query and returns every series' value (NaN included), with
+    /// how long it took.
+    pub async fn instant(
+        &self,
+        query: &str,
+    ) -> (std::result::Result<Vec<f64>, (QueryError, String)>, Duration) {
+        let started = Instant::now();
+        let result = self.send(query).await;
+        (result, started.elapsed())
+    }
+
+    async fn send(&self, query: &str) -> std::result::Result<Vec<f64>, (QueryError, String)> {
+        let response = self
+            .http
+            .post(self.endpoint.clone())
+            .form(&[("query", query)])
+            .send()
+            .await
+            .map_err(|e| {
+                let kind = if e.is_timeout() { QueryError::Timeout } else { QueryError::Connect };
+                (kind, error_chain(&e))
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            let kind = if e.is_timeout() { QueryError::Timeout } else { QueryError::Body };
+            (kind, error_chain(&e))
+        })?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<ApiResponse>(&body)
+                .ok()
+                .and_then(|r| r.error)
+                .unwrap_or_default();
+            return Err((QueryError::Status, format!("HTTP {status}: {detail}")));
+        }
+        parse_values(&body).map_err(|m| (QueryError::Body, m))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[derive(Deserialize)]
+struct ApiResponse {
+    status: String,
+    #[serde(default)]
+    data: Option<ApiData>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+enum ApiData {
+    Vector(Vec<VectorSample>),
+    Scalar((f64, String)),
+    Matrix(serde::de::IgnoredAny),
+    String(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct VectorSample {
+    value: (f64, String),
+}
+
+/// Parses a query response body into the values of its series.
+pub fn parse_values(body: &[u8]) -> std::result::Result<Vec<f64>, String> {
+    let response: ApiResponse =
+        serde_json::from_slice(body).map_err(|e| format!("unparseable response: {e}"))?;
+    if response.status != "success" {
+        return Err(format!(
+            "query failed: {}",
+            response.error.unwrap_or_else(|| response.status.clone())
+        ));
+    }
+    match response.data {
+        Some(ApiData::Vector(samples)) => samples.iter().map(|s| number(&s.value.1)).collect(),
+        Some(ApiData::Scalar((_, v))) => Ok(vec![number(&v)?]),
+        Some(ApiData::Matrix(_) | ApiData::String(_)) => {
+            Err("query must return an instant vector or a scalar".into())
+        }
+        None => Err("response has no data".into()),
+    }
+}
+
+fn number(s: &str) -> std::result::Result<f64, String> {
+    // Prometheus spells special values as NaN, +Inf and -Inf, which Rust's parser accepts.
+    s.parse::<f64>().map_err(|_| format!("sample value {s:?} is not a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_replaced_and_escaped() {
+        let t = Template::parse(r#"x{version="{{version}}",old="{{ previous_version }}"}"#).unwrap();
+        assert_eq!(t.render("v2", "v1"), r#"x{version="v2",old="v1"}"#);
+        assert_eq!(
+            t.render(r#"v2"} or vector(1) #"#, "v1"),
+            r#"x{version="v2\" or vector(1) #",old="v1"}"#
+        );
+        assert_eq!(t.render(r"a\b", "v1"), r#"x{version="a\\b",old="v1"}"#);
+    }
+
+    #[test]
+    fn unknown_or_unclosed_placeholders_are_errors() {
+        assert!(Template::parse("x{{versoin}}").unwrap_err().contains("versoin"));
+        assert!(Template::parse("x{{version").unwrap_err().contains("unclosed"));
+        assert!(Template::parse("up").is_ok());
+    }
+
+    #[test]
+    fn vector_scalar_and_special_values_parse() {
+        let v = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"a":"1"},"value":[1.5,"0.05"]},{"metric":{},"value":[1.5,"NaN"]},
+            {"metric":{},"value":[1.5,"+Inf"]}]}}"#;
+        let got = parse_values(v).unwrap();
+        assert_eq!(got[0], 0.05);
+        assert!(got[1].is_nan());
+        assert_eq!(got[2], f64::INFINITY);
+        let s = br#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"2"]}}"#;
+        assert_eq!(parse_values(s).unwrap(), vec![2.0]);
+        let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(parse_values(empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_and_garbage_are_errors_not_values() {
+        assert!(parse_values(b"<html>").is_err());
+        assert!(parse_values(br#"{"status":"error","error":"bad"}"#).is_err());
+        let m = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert!(parse_values(m).is_err());
+    }
+}

@@ -181,11 +181,17 @@ impl Config {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_owned() } else { key };
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
             // serde_yaml_ng appends the position; keep it, it helps find the line.
             invalid(key, e.into_inner().to_string())
         })?;
-        config.validate().map_err(|(key, message)| invalid(key, message))?;
+        config
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(config)
     }
 
@@ -193,7 +199,10 @@ impl Config {
         if !matches!(self.prometheus.url.scheme(), "http" | "https") {
             return Err((
                 "prometheus.url".into(),
-                format!("must be http or https, got {}", self.prometheus.url.scheme()),
+                format!(
+                    "must be http or https, got {}",
+                    self.prometheus.url.scheme()
+                ),
             ));
         }
         nonzero("poll_interval", self.poll_interval)?;
@@ -243,7 +252,10 @@ impl Config {
                         ));
                     }
                     (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
-                        return Err((at("above/below"), "threshold must be a finite number".into()));
+                        return Err((
+                            at("above/below"),
+                            "threshold must be a finite number".into(),
+                        ));
                     }
                     _ => {}
                 }
@@ -294,7 +306,10 @@ fn check_dns_label(key: &str, name: &str) -> std::result::Result<(), (String, St
     if ok {
         Ok(())
     } else {
-        Err((key.into(), format!("{name:?} is not a valid Kubernetes name")))
+        Err((
+            key.into(),
+            format!("{name:?} is not a valid Kubernetes name"),
+        ))
     }
 }
 
@@ -335,10 +350,10 @@ mod defaults {
         "version".into()
     }
     pub fn window() -> Duration {
-        Duration::from_secs(600)
+        Duration::from_mins(10)
     }
     pub fn stabilization() -> Duration {
-        Duration::from_secs(300)
+        Duration::from_mins(5)
     }
     pub fn min_ready_previous() -> u32 {
         1
@@ -371,8 +386,8 @@ guards:
         assert_eq!(c.poll_interval, Duration::from_secs(15));
         assert_eq!(c.prometheus.timeout, Duration::from_secs(5));
         let g = &c.guards[0];
-        assert_eq!(g.window, Duration::from_secs(600));
-        assert_eq!(g.stabilization, Duration::from_secs(300));
+        assert_eq!(g.window, Duration::from_mins(10));
+        assert_eq!(g.stabilization, Duration::from_mins(5));
         assert_eq!(g.namespace, "default");
         assert_eq!(g.version_label, "version");
         assert_eq!(g.min_ready_previous, 1);
@@ -386,7 +401,10 @@ guards:
     #[test]
     fn unknown_key_is_named() {
         let e = error_of(&MINIMAL.replace("    for: 2m", "    for: 2m\n    fro: 1m"));
-        assert!(e.contains("guards[0].checks[0]") && e.contains("fro"), "{e}");
+        assert!(
+            e.contains("guards[0].checks[0]") && e.contains("fro"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -407,17 +425,22 @@ guards:
     #[test]
     fn a_check_needs_exactly_one_of_above_and_below() {
         let both = error_of(&MINIMAL.replace("above: 0.02", "above: 0.02\n    below: 0.01"));
-        assert!(both.contains("guards[0].checks[0]") && both.contains("exactly one"), "{both}");
+        assert!(
+            both.contains("guards[0].checks[0]") && both.contains("exactly one"),
+            "{both}"
+        );
         let neither = error_of(&MINIMAL.replace("    above: 0.02\n", ""));
         assert!(neither.contains("exactly one"), "{neither}");
     }
 
     #[test]
     fn duplicate_guard_names_are_refused() {
-        let twice = MINIMAL.to_owned()
-            + "- name: checkout\n  service: svc-other\n";
+        let twice = MINIMAL.to_owned() + "- name: checkout\n  service: svc-other\n";
         let e = error_of(&twice);
-        assert!(e.contains("guards[1].name") && e.contains("duplicate"), "{e}");
+        assert!(
+            e.contains("guards[1].name") && e.contains("duplicate"),
+            "{e}"
+        );
     }
 
     #[test]

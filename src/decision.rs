@@ -172,7 +172,10 @@ impl Trigger {
 }
 
 mod humantime_serde_secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -207,10 +210,16 @@ pub enum Signal {
         persisted: Option<Persisted>,
     },
     /// One poll of every check, in config order, for the window of `version`.
-    Polled { version: String, samples: Vec<Sample> },
+    Polled {
+        version: String,
+        samples: Vec<Sample>,
+    },
     Alert(Alert),
     /// The executor's answer to a rollback for the window of `version`.
-    Executed { version: String, outcome: Outcome },
+    Executed {
+        version: String,
+        outcome: Outcome,
+    },
     /// Time passed; closes a window whose time is up.
     Tick,
 }
@@ -218,14 +227,17 @@ pub enum Signal {
 /// An output of the core, carried out by the executor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// A cutover: record the window, emit CutoverDetected.
+    /// A cutover: record the window, emit `CutoverDetected`.
     Opened(Persisted),
     /// A restarted watchdog picked up a window from the annotations; nothing to write.
     Resumed(Persisted),
     Stable(Persisted),
     Expired(Persisted),
     /// Someone else changed the selector during the window.
-    Superseded { state: Persisted, by: String },
+    Superseded {
+        state: Persisted,
+        by: String,
+    },
     /// Revert the selector to `state.previous`, writing `state` with it. `announce` is true for
     /// the first attempt of an episode, so events are not repeated at every poll.
     RollBack {
@@ -234,7 +246,10 @@ pub enum Decision {
         announce: bool,
     },
     /// Dry run: what would have been a rollback.
-    WouldRollBack { state: Persisted, trigger: Trigger },
+    WouldRollBack {
+        state: Persisted,
+        trigger: Trigger,
+    },
 }
 
 /// A check's running state within a window.
@@ -454,7 +469,13 @@ impl Guard {
                 return None;
             }
             let reason = format!("selector changed back to {version} by someone else");
-            let w = self.new_window(p.version.clone(), p.previous.clone(), p.cutover_at, Phase::Superseded, reason);
+            let w = self.new_window(
+                p.version.clone(),
+                p.previous.clone(),
+                p.cutover_at,
+                Phase::Superseded,
+                reason,
+            );
             w.open = false;
             let state = w.persisted();
             return Some(Decision::Superseded { state, by: version });
@@ -470,7 +491,10 @@ impl Guard {
 
     fn polled(&mut self, version: &str, samples: &[Sample], now: Timestamp) -> Option<Decision> {
         let policy = &self.policy;
-        let w = self.window.as_mut().filter(|w| w.open && w.version == version)?;
+        let w = self
+            .window
+            .as_mut()
+            .filter(|w| w.open && w.version == version)?;
         for ((check, track), sample) in policy.checks.iter().zip(&mut w.checks).zip(samples) {
             track.last = Some(*sample);
             track.breached = match sample {
@@ -528,10 +552,9 @@ impl Guard {
         match &alert.version {
             // An alert about another version (blue!) must never revert to blue.
             Some(v) if *v != w.version => return None,
-            Some(_) => {}
             // A problem that predates the cutover is no reason to revert it.
             None if alert.starts_at.is_some_and(|s| s < w.opened_at) => return None,
-            None => {}
+            Some(_) | None => {}
         }
         self.roll_back(Trigger::Alert {
             alertname: alert.alertname.clone(),
@@ -586,7 +609,10 @@ impl Guard {
     }
 
     fn tick(&mut self, now: Timestamp) -> Option<Decision> {
-        let w = self.window.as_mut().filter(|w| w.open && now >= w.ends_at)?;
+        let w = self
+            .window
+            .as_mut()
+            .filter(|w| w.open && now >= w.ends_at)?;
         w.open = false;
         if w.phase != Phase::Watching {
             return None; // a stable window simply ends
@@ -619,12 +645,22 @@ mod tests {
     /// The runbook's error-rate check (above 2% for 2m) and a P95 check with no-data breach.
     fn guard(dry_run: bool) -> Guard {
         Guard::new(Policy {
-            window: Duration::from_secs(600),
-            stabilization: Duration::from_secs(300),
+            window: Duration::from_mins(10),
+            stabilization: Duration::from_mins(5),
             dry_run,
             checks: vec![
-                check("error_rate", Threshold::Above(0.02), 120, NoDataPolicy::Ignore),
-                check("latency_p95", Threshold::Above(0.8), 180, NoDataPolicy::Breach),
+                check(
+                    "error_rate",
+                    Threshold::Above(0.02),
+                    120,
+                    NoDataPolicy::Ignore,
+                ),
+                check(
+                    "latency_p95",
+                    Threshold::Above(0.8),
+                    180,
+                    NoDataPolicy::Breach,
+                ),
             ],
         })
     }
@@ -662,9 +698,15 @@ mod tests {
 
     fn rollback_target(d: &[Decision]) -> Option<(String, String, bool)> {
         d.iter().find_map(|d| match d {
-            Decision::RollBack { state, trigger, announce } => {
-                Some((state.previous.clone(), trigger.label().to_owned(), *announce))
-            }
+            Decision::RollBack {
+                state,
+                trigger,
+                announce,
+            } => Some((
+                state.previous.clone(),
+                trigger.label().to_owned(),
+                *announce,
+            )),
             _ => None,
         })
     }
@@ -672,7 +714,8 @@ mod tests {
     #[test]
     fn for_trips_only_after_continuous_breach_and_resets_on_any_gap() {
         // (error-rate sample at t, expect rollback?)
-        let table: &[(&[(i64, Sample)], Option<i64>)] = &[
+        type Row<'a> = (&'a [(i64, Sample)], Option<i64>);
+        let table: &[Row] = &[
             // breached at every poll for 120s: trips at the poll reaching 120s
             (&[(20, BAD), (80, BAD), (140, BAD)], Some(140)),
             // a clean poll resets `for`
@@ -680,7 +723,10 @@ mod tests {
             // an errored poll resets `for` too: continuity trips a check
             (&[(20, BAD), (80, Err_), (140, BAD), (200, BAD)], None),
             // ignored no data resets `for`
-            (&[(20, BAD), (80, NoData), (140, BAD), (200, BAD), (260, BAD)], Some(260)),
+            (
+                &[(20, BAD), (80, NoData), (140, BAD), (200, BAD), (260, BAD)],
+                Some(260),
+            ),
             // a blip shorter than `for`
             (&[(20, BAD), (80, BAD), (100, OK)], None),
         ];
@@ -707,7 +753,10 @@ mod tests {
             assert!(poll(&mut g, "v2", t, NoData, NoData).is_empty());
         }
         let d = poll(&mut g, "v2", 200, NoData, NoData);
-        assert_eq!(rollback_target(&d), Some(("v1".into(), "latency_p95".into(), true)));
+        assert_eq!(
+            rollback_target(&d),
+            Some(("v1".into(), "latency_p95".into(), true))
+        );
     }
 
     #[test]
@@ -732,9 +781,16 @@ mod tests {
         assert!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).is_some());
         // still in flight: no second decision, from a poll or an alert
         assert!(poll(&mut g, "v2", 160, BAD, FAST).is_empty());
-        let alert = Alert { alertname: "X".into(), version: None, starts_at: None };
+        let alert = Alert {
+            alertname: "X".into(),
+            version: None,
+            starts_at: None,
+        };
         assert!(g.handle(Signal::Alert(alert.clone()), at(161)).is_empty());
-        let done = Signal::Executed { version: "v2".into(), outcome: Outcome::RolledBack };
+        let done = Signal::Executed {
+            version: "v2".into(),
+            outcome: Outcome::RolledBack,
+        };
         assert!(g.handle(done, at(162)).is_empty());
         // our own patch landing is not a cutover
         assert!(observe(&mut g, "v1", 163).is_empty());
@@ -749,17 +805,32 @@ mod tests {
         cut_over(&mut g);
         poll(&mut g, "v2", 20, BAD, FAST);
         let blocked = |g: &mut Guard, t| {
-            let s = Signal::Executed { version: "v2".into(), outcome: Outcome::Blocked };
+            let s = Signal::Executed {
+                version: "v2".into(),
+                outcome: Outcome::Blocked,
+            };
             g.handle(s, at(t));
         };
-        assert_eq!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).unwrap().2, true);
+        assert!(
+            rollback_target(&poll(&mut g, "v2", 140, BAD, FAST))
+                .unwrap()
+                .2
+        );
         blocked(&mut g, 141);
-        assert_eq!(rollback_target(&poll(&mut g, "v2", 160, BAD, FAST)).unwrap().2, false);
+        assert!(
+            !rollback_target(&poll(&mut g, "v2", 160, BAD, FAST))
+                .unwrap()
+                .2
+        );
         blocked(&mut g, 161);
         // the trigger stops holding: the episode ends
         assert!(poll(&mut g, "v2", 180, OK, FAST).is_empty());
         poll(&mut g, "v2", 200, BAD, FAST);
-        assert_eq!(rollback_target(&poll(&mut g, "v2", 320, BAD, FAST)).unwrap().2, true);
+        assert!(
+            rollback_target(&poll(&mut g, "v2", 320, BAD, FAST))
+                .unwrap()
+                .2
+        );
     }
 
     #[test]
@@ -768,7 +839,10 @@ mod tests {
         cut_over(&mut g);
         poll(&mut g, "v2", 20, BAD, FAST);
         assert!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).is_some());
-        let failed = Signal::Executed { version: "v2".into(), outcome: Outcome::Failed };
+        let failed = Signal::Executed {
+            version: "v2".into(),
+            outcome: Outcome::Failed,
+        };
         g.handle(failed, at(141));
         assert!(rollback_target(&poll(&mut g, "v2", 160, BAD, FAST)).is_some());
     }
@@ -802,7 +876,10 @@ mod tests {
         cut_over(&mut g);
         assert!(poll(&mut g, "v2", 200, OK, FAST).is_empty(), "too early");
         assert!(poll(&mut g, "v2", 310, BAD, FAST).is_empty(), "breached");
-        assert!(poll(&mut g, "v2", 320, Err_, FAST).is_empty(), "no answer is not clean");
+        assert!(
+            poll(&mut g, "v2", 320, Err_, FAST).is_empty(),
+            "no answer is not clean"
+        );
         let d = poll(&mut g, "v2", 330, OK, FAST);
         assert!(matches!(&d[..], [Decision::Stable(p)] if p.phase == Phase::Stable));
         // the runbook rolls back for anything within the window, stable or not
@@ -844,10 +921,10 @@ mod tests {
     fn alerts_act_only_on_the_green_version_and_only_after_the_cutover() {
         let cases = [
             (Some("v2"), None, true),
-            (Some("v1"), None, false),                      // about blue
-            (None, Some(5), false),                         // predates the cutover at 10
+            (Some("v1"), None, false), // about blue
+            (None, Some(5), false),    // predates the cutover at 10
             (None, Some(15), true),
-            (Some("v2"), Some(5), true),                    // names green: acts
+            (Some("v2"), Some(5), true), // names green: acts
         ];
         for (version, starts, acts) in cases {
             let mut g = guard(false);
@@ -856,10 +933,17 @@ mod tests {
                 version: version.map(Into::into),
                 starts_at: starts.map(at),
             };
-            assert!(g.handle(Signal::Alert(alert.clone()), at(1)).is_empty(), "no window");
+            assert!(
+                g.handle(Signal::Alert(alert.clone()), at(1)).is_empty(),
+                "no window"
+            );
             cut_over(&mut g);
             let d = g.handle(Signal::Alert(alert), at(20));
-            assert_eq!(rollback_target(&d).is_some(), acts, "{version:?} {starts:?}");
+            assert_eq!(
+                rollback_target(&d).is_some(),
+                acts,
+                "{version:?} {starts:?}"
+            );
         }
     }
 
@@ -878,21 +962,78 @@ mod tests {
         use Phase::*;
         // (selector, persisted, now, expected decision kind, open window's target)
         let table: &[(&str, Persisted, i64, &str, Option<&str>)] = &[
-            ("v2", persisted("v2", "v1", 0, Watching), 100, "resumed", Some("v1")),
-            ("v2", persisted("v2", "v1", 0, Stable), 100, "resumed", Some("v1")),
-            ("v2", persisted("v2", "v1", 0, Watching), 700, "expired", None),
+            (
+                "v2",
+                persisted("v2", "v1", 0, Watching),
+                100,
+                "resumed",
+                Some("v1"),
+            ),
+            (
+                "v2",
+                persisted("v2", "v1", 0, Stable),
+                100,
+                "resumed",
+                Some("v1"),
+            ),
+            (
+                "v2",
+                persisted("v2", "v1", 0, Watching),
+                700,
+                "expired",
+                None,
+            ),
             ("v2", persisted("v2", "v1", 0, Stable), 700, "none", None),
-            ("v1", persisted("v2", "v1", 0, Watching), 100, "superseded", None),
-            ("v1", persisted("v2", "v1", 0, RolledBack), 100, "none", None),
-            ("v3", persisted("v2", "v1", 0, Watching), 100, "opened", Some("v1")),
-            ("v3", persisted("v2", "v1", 0, Stable), 700, "opened", Some("v2")),
-            ("v3", persisted("v2", "v1", 0, RolledBack), 100, "opened", Some("v1")),
-            ("v2", persisted("v2", "v1", 0, RolledBack), 100, "opened", Some("v1")),
+            (
+                "v1",
+                persisted("v2", "v1", 0, Watching),
+                100,
+                "superseded",
+                None,
+            ),
+            (
+                "v1",
+                persisted("v2", "v1", 0, RolledBack),
+                100,
+                "none",
+                None,
+            ),
+            (
+                "v3",
+                persisted("v2", "v1", 0, Watching),
+                100,
+                "opened",
+                Some("v1"),
+            ),
+            (
+                "v3",
+                persisted("v2", "v1", 0, Stable),
+                700,
+                "opened",
+                Some("v2"),
+            ),
+            (
+                "v3",
+                persisted("v2", "v1", 0, RolledBack),
+                100,
+                "opened",
+                Some("v1"),
+            ),
+            (
+                "v2",
+                persisted("v2", "v1", 0, RolledBack),
+                100,
+                "opened",
+                Some("v1"),
+            ),
         ];
         for (i, (selector, p, now, kind, target)) in table.iter().enumerate() {
             let mut g = guard(false);
             let d = g.handle(
-                Signal::Observed { version: Some((*selector).into()), persisted: Some(p.clone()) },
+                Signal::Observed {
+                    version: Some((*selector).into()),
+                    persisted: Some(p.clone()),
+                },
                 at(*now),
             );
             let got = match d.first() {
@@ -904,7 +1045,11 @@ mod tests {
                 Some(other) => panic!("row {i}: {other:?}"),
             };
             assert_eq!(got, *kind, "row {i}");
-            assert_eq!(g.open_window().map(|w| w.previous.as_str()), *target, "row {i}");
+            assert_eq!(
+                g.open_window().map(|w| w.previous.as_str()),
+                *target,
+                "row {i}"
+            );
         }
     }
 
@@ -912,9 +1057,18 @@ mod tests {
     fn a_resumed_window_keeps_its_original_clock() {
         let mut g = guard(false);
         let p = persisted("v2", "v1", 0, Phase::Watching);
-        g.handle(Signal::Observed { version: Some("v2".into()), persisted: Some(p) }, at(100));
+        g.handle(
+            Signal::Observed {
+                version: Some("v2".into()),
+                persisted: Some(p),
+            },
+            at(100),
+        );
         assert_eq!(g.open_window().unwrap().ends_at, at(600));
-        assert!(poll(&mut g, "v2", 310, OK, FAST).len() == 1, "stable at cutover + 5m");
+        assert!(
+            poll(&mut g, "v2", 310, OK, FAST).len() == 1,
+            "stable at cutover + 5m"
+        );
     }
 
     #[test]
@@ -924,7 +1078,10 @@ mod tests {
         observe(&mut g, "v3", 20);
         poll(&mut g, "v2", 30, BAD, FAST);
         assert!(rollback_target(&poll(&mut g, "v2", 200, BAD, FAST)).is_none());
-        let late = Signal::Executed { version: "v2".into(), outcome: Outcome::RolledBack };
+        let late = Signal::Executed {
+            version: "v2".into(),
+            outcome: Outcome::RolledBack,
+        };
         g.handle(late, at(201));
         assert_eq!(g.open_window().unwrap().version, "v3");
     }

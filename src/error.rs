@@ -25,10 +25,10 @@ pub enum Error {
     },
 
     #[error("failed to build the Kubernetes client")]
-    KubeClient(#[source] kube::Error),
+    KubeClient(#[source] Box<kube::Error>),
 
     #[error("failed to load Kubernetes configuration (KUBECONFIG, else in-cluster)")]
-    KubeConfig(#[source] kube::config::InferConfigError),
+    KubeConfig(#[source] Box<kube::config::InferConfigError>),
 
     #[error("failed to {verb} {what} {namespace}/{name}")]
     Kube {
@@ -37,7 +37,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     #[error("timed out after {seconds}s trying to {verb} {namespace}/{name}")]
@@ -85,3 +85,16 @@ pub enum Error {
 
 /// The crate's `Result`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `outer: inner: root` in one line, for a single log field or event note.
+#[must_use]
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -1,9 +1,22 @@
 //! cutover-watchdog: the automatic safety net after a blue-green Service cutover.
+//!
+//! It watches a Service's selector, opens a window when the version changes, polls
+//! version-labelled checks in Prometheus, and reverts the selector to the previous version when
+//! a check trips: once, safely, never onto a version with no Ready pods, never over a human's
+//! change. See the README for the contract.
 
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod error;
+pub mod executor;
+pub mod guard;
+pub mod http;
+pub mod metrics;
 pub mod promql;
+pub mod service;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 

@@ -1,1 +1,41 @@
-fn main(){}
+//! The binary: parse the command line, start logging, run until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use cutover_watchdog::cli::{Cli, Command};
+use cutover_watchdog::{app, config::Config, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format)?;
+    match cli.command {
+        Command::CheckConfig(args) => {
+            let config = Config::load(&args.config)?;
+            println!(
+                "{}: ok, {} guard(s)",
+                args.config.display(),
+                config.guards.len()
+            );
+        }
+        Command::Serve(args) => {
+            let config = Config::load(&args.config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            app::run(config, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to install SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    shutdown.cancel();
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Wiring: build the client, the registry and the tasks, serve, and shut down in order.
+//!
+//! This is the only place that knows every part. It holds no logic of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, GuardConfig};
+use crate::decision::{self, Policy};
+use crate::error::{Error, Result};
+use crate::executor::{Executor, Target};
+use crate::guard::{self, GuardHandle, GuardTask, Poller};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::promql::{Prometheus, Template};
+use crate::service::ServiceHandle;
+
+/// Queued Kubernetes writes across all guards.
+const EXECUTOR_QUEUE: usize = 256;
+
+/// A Kubernetes client from `KUBECONFIG`, else in-cluster, that names itself in User-Agent.
+pub async fn kube_client() -> Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::KubeConfig(Box::new(e)))?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(crate::USER_AGENT),
+    ));
+    kube::Client::try_from(config).map_err(|e| Error::KubeClient(Box::new(e)))
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Runs the watchdog until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let client = kube_client().await?;
+    serve(config, client, shutdown).await
+}
+
+/// Runs the watchdog with a given client (tests and the demo pass their own).
+pub async fn serve(
+    config: Config,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let metrics = Metrics::new()?;
+    let prometheus = Prometheus::new(&config.prometheus.url, config.prometheus.timeout)?;
+    let main_listener = bind("main", config.listen).await?;
+    let admin_listener = bind("admin", config.admin_listen).await?;
+
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "cutover-watchdog".into());
+    let reporter = Reporter {
+        controller: "cutover-watchdog".into(),
+        instance: Some(instance.chars().take(128).collect()),
+    };
+    let (commands, command_rx) = mpsc::channel(EXECUTOR_QUEUE);
+    let mut tasks = JoinSet::new();
+    let mut handles = Vec::new();
+    let mut targets = Vec::new();
+    // Guard tasks stop on this token; the executor on `shutdown` directly, after them.
+    let guards_stop = shutdown.child_token();
+
+    for (index, g) in config.guards.iter().enumerate() {
+        let parts = Parts {
+            client: &client,
+            prometheus: &prometheus,
+            metrics: &metrics,
+            commands: &commands,
+            poll_interval: config.poll_interval,
+            stop: &guards_stop,
+        };
+        let (handle, target) = spawn_guard(index, Arc::new(g.clone()), &parts, &mut tasks)?;
+        handles.push(handle);
+        targets.push(target);
+    }
+    drop(commands);
+
+    let executor = Executor {
+        targets,
+        recorder: Recorder::new(client, reporter),
+        metrics: metrics.clone(),
+        kube_timeout: config.kube_timeout,
+    };
+    let executor = tokio::spawn(executor.run(command_rx, shutdown.clone()));
+
+    let state = AppState {
+        guards: handles.into(),
+        metrics,
+    };
+    let main = axum::serve(main_listener, http::router(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = axum::serve(admin_listener, http::admin_router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    info!(listen = %config.listen, admin = %config.admin_listen, guards = config.guards.len(), "cutover-watchdog serving");
+    let served = tokio::try_join!(
+        async {
+            main.await.map_err(|source| Error::Serve {
+                what: "main",
+                source,
+            })
+        },
+        async {
+            admin.await.map_err(|source| Error::Serve {
+                what: "admin",
+                source,
+            })
+        },
+    );
+    // Either shutdown was requested or a listener died: stop everything in order.
+    shutdown.cancel();
+    // The executor finishes a patch in flight; its own calls are bounded by kube_timeout.
+    let grace = config.kube_timeout + Duration::from_secs(2);
+    if tokio::time::timeout(grace, executor).await.is_err() {
+        warn!("executor did not finish within the shutdown deadline");
+    }
+    tasks.shutdown().await;
+    info!("cutover-watchdog stopped");
+    served.map(drop)
+}
+
+/// What every guard's tasks share.
+struct Parts<'a> {
+    client: &'a kube::Client,
+    prometheus: &'a Prometheus,
+    metrics: &'a Metrics,
+    commands: &'a mpsc::Sender<crate::executor::Command>,
+    poll_interval: Duration,
+    stop: &'a CancellationToken,
+}
+
+/// Starts one guard's watcher, poller and decision task.
+fn spawn_guard(
+    index: usize,
+    g: Arc<GuardConfig>,
+    parts: &Parts<'_>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(GuardHandle, Target)> {
+    let service = ServiceHandle::new(parts.client, &g);
+    let (inbox_tx, inbox_rx) = mpsc::channel(guard::INBOX);
+    let (reply_tx, reply_rx) = mpsc::channel(4);
+    let (status_tx, status_rx) = watch::channel(guard::initial_status(&g));
+    let (polling_tx, polling_rx) = watch::channel(None);
+    let ready = Arc::new(AtomicBool::new(false));
+    let target = Target {
+        guard: g.name.clone(),
+        service: service.clone(),
+        min_ready_previous: g.min_ready_previous,
+        dry_run: g.dry_run,
+    };
+    let checks = g
+        .checks
+        .iter()
+        .map(|c| {
+            // Validated by Config::parse already; this only re-splits the text.
+            let template = Template::parse(&c.query)
+                .map_err(|m| Error::Sandbox(format!("check {}: {m}", c.name)))?;
+            Ok((c.clone(), template))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let poller = Poller {
+        guard: g.name.clone(),
+        checks,
+        prometheus: parts.prometheus.clone(),
+        metrics: parts.metrics.clone(),
+        interval: parts.poll_interval,
+        polling: polling_rx,
+        inbox: inbox_tx.clone(),
+    };
+    tasks.spawn(poller.run(parts.stop.clone()));
+    tasks.spawn(guard::watch_service(
+        service.clone(),
+        g.name.clone(),
+        inbox_tx.clone(),
+        ready.clone(),
+        parts.stop.clone(),
+    ));
+    let task = GuardTask {
+        index,
+        config: g.clone(),
+        core: decision::Guard::new(Policy::from(g.as_ref())),
+        service,
+        inbox: inbox_rx,
+        reply: reply_tx,
+        replies: reply_rx,
+        executor: parts.commands.clone(),
+        status: status_tx,
+        polling: polling_tx,
+        metrics: parts.metrics.clone(),
+        ready: ready.clone(),
+    };
+    tasks.spawn(task.run(parts.stop.clone()));
+    let handle = GuardHandle {
+        config: g,
+        inbox: inbox_tx,
+        status: status_rx,
+        ready,
+    };
+    Ok((handle, target))
+}

@@ -1,0 +1,343 @@
+//! The one task that writes to Kubernetes.
+//!
+//! Every Service patch and Event goes through [`Executor::run`], one command at a time, so two
+//! triggers (a check and an alert, two guards' decisions) can never race two patches. It does
+//! not decide *whether* to act (that is [`crate::decision`]); it decides *how*, safely: the
+//! selector must still name the green version, the target must have Ready pods, and the patch
+//! carries a `resourceVersion` precondition. On shutdown it finishes the command in hand and
+//! takes no new one.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::decision::{Decision, Outcome, Persisted, Signal, Trigger};
+use crate::error::{Error, Result, chain};
+use crate::metrics::Metrics;
+use crate::service::{self, PatchError, ServiceHandle};
+
+/// A stale `resourceVersion` is re-read and retried this many times before giving up.
+const CONFLICT_RETRIES: usize = 5;
+
+/// One decision to carry out for one guard.
+pub struct Command {
+    pub guard: usize,
+    pub decision: Decision,
+    /// The Service the decision was made on, for Events.
+    pub reference: ObjectReference,
+    pub decided_at: Instant,
+    /// Where the rollback outcome goes: the guard's inbox.
+    pub reply: mpsc::Sender<Signal>,
+}
+
+/// What the executor needs to know of each guard.
+pub struct Target {
+    pub guard: String,
+    pub service: ServiceHandle,
+    pub min_ready_previous: u32,
+    pub dry_run: bool,
+}
+
+/// Owns every Kubernetes write.
+pub struct Executor {
+    pub targets: Vec<Target>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Budget for one command's API calls, retries included.
+    pub kube_timeout: Duration,
+}
+
+enum RollbackResult {
+    RolledBack { confirmed: bool },
+    Blocked { ready: u32 },
+    NotApplicable { selector: Option<String> },
+}
+
+impl Executor {
+    /// Carries out commands until `shutdown`, finishing the one in hand.
+    pub async fn run(self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        loop {
+            let command = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            // Deliberately not raced against `shutdown`: a patch in flight finishes.
+            self.execute(command).await;
+        }
+        debug!("executor stopped");
+    }
+
+    async fn execute(&self, command: Command) {
+        let Some(target) = self.targets.get(command.guard) else {
+            return;
+        };
+        let guard = target.guard.as_str();
+        let r = &command.reference;
+        match &command.decision {
+            Decision::Opened(state) => {
+                self.metrics
+                    .cutovers_total
+                    .with_label_values(&[guard])
+                    .inc();
+                info!(guard, from = %state.previous, to = %state.version, "cutover detected; window opened");
+                self.record(target, state).await;
+                let note = format!(
+                    "selector {} changed from {} to {}; watching, rollback target {}",
+                    target.service.version_label, state.previous, state.version, state.previous
+                );
+                self.event(r, EventType::Normal, "CutoverDetected", "Watch", note)
+                    .await;
+            }
+            Decision::Resumed(_) => {}
+            Decision::Stable(state) => {
+                info!(guard, version = %state.version, "Deployment {} now serving production traffic", state.version);
+                self.record(target, state).await;
+                let note = format!(
+                    "Deployment {} now serving production traffic",
+                    state.version
+                );
+                self.event(r, EventType::Normal, "CutoverStable", "Watch", note)
+                    .await;
+            }
+            Decision::Expired(state) => {
+                warn!(guard, version = %state.version, "window ended before the cutover was declared stable");
+                self.record(target, state).await;
+                let note = format!(
+                    "window for {} ended before it was declared stable; checks kept breaching",
+                    state.version
+                );
+                self.event(r, EventType::Warning, "WindowExpired", "Watch", note)
+                    .await;
+            }
+            Decision::Superseded { state, by } => {
+                info!(guard, version = %state.version, by = %by, "selector changed by someone else; window closed, nothing patched");
+                self.record(target, state).await;
+                let note = format!(
+                    "selector changed from {} to {by} by someone else; window closed",
+                    state.version
+                );
+                self.event(r, EventType::Normal, "WindowSuperseded", "Watch", note)
+                    .await;
+            }
+            Decision::WouldRollBack { state, trigger } => {
+                self.metrics
+                    .dry_run_rollbacks_total
+                    .with_label_values(&[guard, trigger.label()])
+                    .inc();
+                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), reason = %trigger.describe(), "dry run: would roll back");
+                let note = format!(
+                    "dry run: would revert selector to {}: {}",
+                    state.previous,
+                    trigger.describe()
+                );
+                self.event(r, EventType::Normal, "WouldRollBack", "Rollback", note)
+                    .await;
+            }
+            Decision::RollBack {
+                state,
+                trigger,
+                announce,
+            } => {
+                let outcome = self
+                    .roll_back(target, &command, state, trigger, *announce)
+                    .await;
+                let reply = Signal::Executed {
+                    version: state.version.clone(),
+                    outcome,
+                };
+                // The guard may be shutting down; then nobody needs the answer.
+                let _ = command.reply.send(reply).await;
+            }
+        }
+    }
+
+    async fn roll_back(
+        &self,
+        target: &Target,
+        command: &Command,
+        state: &Persisted,
+        trigger: &Trigger,
+        announce: bool,
+    ) -> Outcome {
+        let guard = target.guard.as_str();
+        let r = &command.reference;
+        if announce {
+            warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), reason = %trigger.describe(), "rollback triggered");
+            let note = format!(
+                "reverting selector to {}: {}",
+                state.previous,
+                trigger.describe()
+            );
+            self.event(r, EventType::Warning, "RollbackTriggered", "Rollback", note)
+                .await;
+        }
+        let attempt = tokio::time::timeout(self.kube_timeout, self.patch_until_done(target, state));
+        let result = match attempt.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::KubeTimeout {
+                verb: "roll back service",
+                namespace: target.service.namespace.clone(),
+                name: target.service.name.clone(),
+                seconds: self.kube_timeout.as_secs(),
+            }),
+        };
+        match result {
+            Ok(RollbackResult::RolledBack { confirmed }) => {
+                let took = command.decided_at.elapsed();
+                self.metrics
+                    .rollbacks_total
+                    .with_label_values(&[guard, trigger.label()])
+                    .inc();
+                self.metrics
+                    .rollback_duration_seconds
+                    .observe(took.as_secs_f64());
+                if !confirmed {
+                    warn!(guard, "selector changed again right after the rollback");
+                }
+                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), took_ms = took.as_millis(), "reverted selector");
+                let note = format!(
+                    "selector {} reverted from {} to {}: {}",
+                    target.service.version_label,
+                    state.version,
+                    state.previous,
+                    trigger.describe()
+                );
+                self.event(r, EventType::Warning, "RolledBack", "Rollback", note)
+                    .await;
+                Outcome::RolledBack
+            }
+            Ok(RollbackResult::Blocked { ready }) => {
+                if announce {
+                    self.metrics
+                        .rollback_blocked_total
+                        .with_label_values(&[guard])
+                        .inc();
+                    error!(guard, target = %state.previous, ready, required = target.min_ready_previous, "rollback blocked: target has too few Ready pods; selector unchanged");
+                    let note = format!(
+                        "not reverting to {}: {ready} Ready pods, {} required; selector unchanged",
+                        state.previous, target.min_ready_previous
+                    );
+                    self.event(r, EventType::Warning, "RollbackBlocked", "Rollback", note)
+                        .await;
+                } else {
+                    debug!(guard, ready, "rollback still blocked");
+                }
+                Outcome::Blocked
+            }
+            Ok(RollbackResult::NotApplicable { selector }) => {
+                info!(guard, expected = %state.version, found = selector.as_deref().unwrap_or(""), "selector no longer names the window's version; not patching");
+                Outcome::NotApplicable
+            }
+            Err(e) => {
+                self.metrics
+                    .rollback_failures_total
+                    .with_label_values(&[guard])
+                    .inc();
+                let cause = chain(&e);
+                error!(guard, error = %cause, "rollback failed; selector unchanged");
+                let note = format!("rollback to {} failed: {cause}", state.previous);
+                self.event(r, EventType::Warning, "RollbackFailed", "Rollback", note)
+                    .await;
+                Outcome::Failed
+            }
+        }
+    }
+
+    /// Re-read, check, patch; on a stale `resourceVersion`, again.
+    async fn patch_until_done(&self, target: &Target, state: &Persisted) -> Result<RollbackResult> {
+        let svc = &target.service;
+        for attempt in 0..=CONFLICT_RETRIES {
+            let current = svc.get().await?;
+            let version = svc.version_of(&current);
+            if version.as_deref() != Some(state.version.as_str()) {
+                return Ok(RollbackResult::NotApplicable { selector: version });
+            }
+            let selector = service::selector(&current);
+            let ready = svc.ready_pods(&selector, &state.previous).await?;
+            if ready < target.min_ready_previous {
+                return Ok(RollbackResult::Blocked { ready });
+            }
+            let rv = current.metadata.resource_version.unwrap_or_default();
+            match svc.patch_selector(&rv, &state.previous, state).await {
+                Ok(_) => {
+                    let confirmed = svc.get().await?;
+                    let now = svc.version_of(&confirmed);
+                    return Ok(RollbackResult::RolledBack {
+                        confirmed: now.as_deref() == Some(state.previous.as_str()),
+                    });
+                }
+                Err(PatchError::Conflict) => {
+                    info!(guard = %target.guard, attempt, "service changed since read (409); re-reading");
+                }
+                Err(PatchError::Other(e)) => return Err(e),
+            }
+        }
+        Err(Error::KubeTimeout {
+            verb: "patch service (conflicts kept recurring)",
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            seconds: self.kube_timeout.as_secs(),
+        })
+    }
+
+    /// Records the window's state on the Service, unless the guard is a dry run.
+    async fn record(&self, target: &Target, state: &Persisted) {
+        if target.dry_run {
+            return;
+        }
+        let write = tokio::time::timeout(self.kube_timeout, target.service.annotate(state)).await;
+        if let Some(e) = match write {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(chain(&e)),
+            Err(_) => Some("timed out".to_owned()),
+        } {
+            self.metrics.kube_write_errors_total.inc();
+            warn!(guard = %target.guard, error = %e, "failed to record window state on the service");
+        }
+    }
+
+    async fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(note, 1024)),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        let publish =
+            tokio::time::timeout(self.kube_timeout, self.recorder.publish(&event, reference));
+        let failed = match publish.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => chain(&e),
+            Err(_) => "timed out".to_owned(),
+        };
+        self.metrics.kube_write_errors_total.inc();
+        warn!(reason, error = %failed, "failed to publish event");
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

@@ -1,0 +1,396 @@
+//! The per-guard tasks: watch the Service, poll the checks, and run the decision core.
+//!
+//! Each guard has one task that owns its [`decision::Guard`]; the watcher, the poller, the
+//! webhook and the executor only send it inputs. It forwards decisions to the executor and
+//! publishes a status snapshot for `/v1/guards` and the metrics. It never writes to Kubernetes
+//! itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use kube::Resource;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{CheckConfig, GuardConfig};
+use crate::decision::{self, Decision, Sample, Signal};
+use crate::executor::Command;
+use crate::metrics::Metrics;
+use crate::promql::{Prometheus, Template};
+use crate::service::{self, ServiceHandle};
+
+/// How many inputs may wait for a guard before senders wait.
+pub const INBOX: usize = 64;
+
+/// An input to a guard's task.
+#[derive(Debug)]
+pub enum Input {
+    /// The Service as the watch saw it.
+    Service(Box<Service>),
+    Signal(Signal),
+}
+
+/// The window the poller should query, published by the guard task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Polling {
+    pub version: String,
+    pub previous: String,
+}
+
+/// A snapshot of one guard for `GET /v1/guards`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardStatus {
+    pub name: String,
+    pub namespace: String,
+    pub service: String,
+    pub dry_run: bool,
+    /// The watch is established.
+    pub ready: bool,
+    /// The selector's version as last seen.
+    pub selector_version: Option<String>,
+    /// The current or last window's state: watching, stable, rolled-back, superseded, expired.
+    pub state: Option<decision::Phase>,
+    pub window: Option<WindowStatus>,
+    pub checks: Vec<CheckStatus>,
+    pub last_decision: Option<DecisionStatus>,
+    pub last_alerts: Vec<AlertSeen>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowStatus {
+    pub version: String,
+    pub rollback_target: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckStatus {
+    pub name: String,
+    pub threshold: String,
+    pub for_seconds: f64,
+    pub last: Option<Sample>,
+    pub breached: bool,
+    pub breach_since: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionStatus {
+    pub at: Timestamp,
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// An alert the webhook delivered to this guard, kept for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertSeen {
+    pub at: Timestamp,
+    pub alertname: String,
+    pub status: String,
+    pub severity: Option<String>,
+    pub fingerprint: Option<String>,
+    /// What the watchdog did with it.
+    pub outcome: &'static str,
+}
+
+/// What the HTTP side holds of a guard.
+#[derive(Clone)]
+pub struct GuardHandle {
+    pub config: Arc<GuardConfig>,
+    pub inbox: mpsc::Sender<Input>,
+    pub status: watch::Receiver<GuardStatus>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The task that owns one guard's decision state.
+pub struct GuardTask {
+    pub index: usize,
+    pub config: Arc<GuardConfig>,
+    pub core: decision::Guard,
+    pub service: ServiceHandle,
+    pub inbox: mpsc::Receiver<Input>,
+    /// For executor replies.
+    pub reply: mpsc::Sender<Signal>,
+    pub replies: mpsc::Receiver<Signal>,
+    pub executor: mpsc::Sender<Command>,
+    pub status: watch::Sender<GuardStatus>,
+    pub polling: watch::Sender<Option<Polling>>,
+    pub metrics: Metrics,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl GuardTask {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let guard = self.config.name.clone();
+        let mut reference: Option<ObjectReference> = None;
+        let mut selector_version = None;
+        let mut last_decision = None;
+        loop {
+            let signal = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(reply) = self.replies.recv() => reply,
+                input = self.inbox.recv() => match input {
+                    None => break,
+                    Some(Input::Signal(s)) => s,
+                    Some(Input::Service(svc)) => {
+                        reference = Some(svc.object_ref(&()));
+                        let version = self.service.version_of(&svc);
+                        if version.is_none() {
+                            warn!(guard, label = %self.config.version_label, "service selector has no version key; nothing to guard");
+                        }
+                        selector_version.clone_from(&version);
+                        Signal::Observed { version, persisted: service::persisted(&svc) }
+                    }
+                },
+            };
+            let now = Timestamp::now();
+            for d in self.core.handle(signal, now) {
+                last_decision = Some(describe(&d, now));
+                if let Decision::Resumed(state) = &d {
+                    info!(guard, version = %state.version, target = %state.previous, state = state.phase.as_str(), "resumed window from annotations");
+                    continue;
+                }
+                let Some(reference) = reference.clone() else {
+                    continue;
+                };
+                let command = Command {
+                    guard: self.index,
+                    decision: d,
+                    reference,
+                    decided_at: Instant::now(),
+                    reply: self.reply.clone(),
+                };
+                if self.executor.send(command).await.is_err() {
+                    debug!(guard, "executor gone; shutting down");
+                    return;
+                }
+            }
+            self.publish(selector_version.clone(), last_decision.clone());
+        }
+    }
+
+    fn publish(&self, selector_version: Option<String>, last_decision: Option<DecisionStatus>) {
+        let guard = self.config.name.as_str();
+        let window = self.core.window();
+        let open = self.core.open_window();
+        self.metrics
+            .window_active
+            .with_label_values(&[guard])
+            .set(i64::from(open.is_some()));
+        let polling = open.map(|w| Polling {
+            version: w.version.clone(),
+            previous: w.previous.clone(),
+        });
+        self.polling.send_if_modified(|p| {
+            let changed = *p != polling;
+            p.clone_from(&polling);
+            changed
+        });
+        let checks = self
+            .core
+            .policy()
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let track = open
+                    .and_then(|w| w.checks.get(i))
+                    .cloned()
+                    .unwrap_or_default();
+                self.metrics
+                    .check_breached
+                    .with_label_values(&[guard, &c.name])
+                    .set(i64::from(track.breached));
+                CheckStatus {
+                    name: c.name.clone(),
+                    threshold: c.threshold.to_string(),
+                    for_seconds: c.for_.as_secs_f64(),
+                    last: track.last,
+                    breached: track.breached,
+                    breach_since: track.breach_since,
+                }
+            })
+            .collect();
+        let ready = self.ready.load(Ordering::Relaxed);
+        self.status.send_modify(|s| {
+            s.ready = ready;
+            s.selector_version = selector_version;
+            s.state = window.map(|w| w.phase);
+            s.window = window.map(|w| WindowStatus {
+                version: w.version.clone(),
+                rollback_target: w.previous.clone(),
+                start: w.opened_at,
+                end: w.ends_at,
+                open: w.open,
+            });
+            s.checks = checks;
+            s.last_decision = last_decision;
+        });
+    }
+}
+
+fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
+    let (kind, reason) = match d {
+        Decision::Opened(s) => ("cutover-detected", s.reason.clone()),
+        Decision::Resumed(s) => ("resumed", s.reason.clone()),
+        Decision::Stable(s) => ("stable", s.reason.clone()),
+        Decision::Expired(s) => ("expired", s.reason.clone()),
+        Decision::Superseded { state, .. } => ("superseded", state.reason.clone()),
+        Decision::RollBack { trigger, .. } => ("rollback", trigger.describe()),
+        Decision::WouldRollBack { trigger, .. } => ("would-roll-back", trigger.describe()),
+    };
+    DecisionStatus { at, kind, reason }
+}
+
+/// The initial status of a guard, before anything is known.
+#[must_use]
+pub fn initial_status(g: &GuardConfig) -> GuardStatus {
+    GuardStatus {
+        name: g.name.clone(),
+        namespace: g.namespace.clone(),
+        service: g.service.clone(),
+        dry_run: g.dry_run,
+        ready: false,
+        selector_version: None,
+        state: None,
+        window: None,
+        checks: Vec::new(),
+        last_decision: None,
+        last_alerts: Vec::new(),
+    }
+}
+
+/// Feeds the Service's list+watch into the guard's inbox, and marks the guard ready once the
+/// initial list is in.
+pub async fn watch_service(
+    service: ServiceHandle,
+    guard: String,
+    inbox: mpsc::Sender<Input>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let stream = service.watch().default_backoff();
+    futures::pin_mut!(stream);
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = stream.next() => event,
+        };
+        let svc = match event {
+            None => return,
+            Some(Ok(watcher::Event::Apply(svc) | watcher::Event::InitApply(svc))) => svc,
+            Some(Ok(watcher::Event::InitDone)) => {
+                if !ready.swap(true, Ordering::Relaxed) {
+                    info!(guard, namespace = %service.namespace, service = %service.name, "watch established");
+                }
+                continue;
+            }
+            Some(Ok(watcher::Event::Init)) => continue,
+            Some(Ok(watcher::Event::Delete(_))) => {
+                warn!(guard, namespace = %service.namespace, service = %service.name, "guarded service was deleted");
+                continue;
+            }
+            Some(Err(e)) => {
+                warn!(guard, error = %crate::error::chain(&e), "service watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        if inbox.send(Input::Service(Box::new(svc))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Queries every check of the open window each `interval`, and ticks the guard's clock.
+pub struct Poller {
+    pub guard: String,
+    pub checks: Vec<(CheckConfig, Template)>,
+    pub prometheus: Prometheus,
+    pub metrics: Metrics,
+    pub interval: Duration,
+    pub polling: watch::Receiver<Option<Polling>>,
+    pub inbox: mpsc::Sender<Input>,
+}
+
+impl Poller {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+                // A window just opened: poll now rather than up to one interval later.
+                Ok(()) = self.polling.changed() => {}
+            }
+            let window = self.polling.borrow_and_update().clone();
+            let signal = match window {
+                Some(w) => Signal::Polled {
+                    samples: self.poll(&w).await,
+                    version: w.version,
+                },
+                None => Signal::Tick,
+            };
+            if self.inbox.send(Input::Signal(signal)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One poll: every check concurrently.
+    pub async fn poll(&self, window: &Polling) -> Vec<Sample> {
+        let queries = self.checks.iter().map(|(check, template)| async move {
+            let query = template.render(&window.version, &window.previous);
+            let (result, took) = self.prometheus.instant(&query).await;
+            self.metrics
+                .prometheus_query_duration_seconds
+                .observe(took.as_secs_f64());
+            self.sample(check, result)
+        });
+        futures::future::join_all(queries).await
+    }
+
+    fn sample(
+        &self,
+        check: &CheckConfig,
+        result: Result<Vec<f64>, (crate::promql::QueryError, String)>,
+    ) -> Sample {
+        let guard = self.guard.as_str();
+        let labels = [guard, check.name.as_str()];
+        match result {
+            Err((kind, message)) => {
+                self.metrics
+                    .prometheus_query_errors_total
+                    .with_label_values(&[kind.as_label()])
+                    .inc();
+                warn!(guard, check = %check.name, reason = kind.as_label(), error = %message, "prometheus query failed; not a breach");
+                Sample::Error
+            }
+            Ok(values) => {
+                if values.len() > 1 {
+                    warn!(guard, check = %check.name, series = values.len(), "query returned several series; the worst counts");
+                }
+                let sample = Sample::from_values(&values, check.threshold());
+                match sample {
+                    Sample::Value(v) => self.metrics.check_value.with_label_values(&labels).set(v),
+                    Sample::NoData => self
+                        .metrics
+                        .check_no_data_total
+                        .with_label_values(&labels)
+                        .inc(),
+                    Sample::Error => {}
+                }
+                sample
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The watchdog's own metrics, on an explicit registry built once.
+//!
+//! Label values come only from config names and closed sets, never from error strings or
+//! request data, so cardinality is bounded by the config file.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::Result;
+
+const PREFIX: &str = "cutover_watchdog";
+
+/// Every metric the watchdog exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub window_active: IntGaugeVec,
+    pub cutovers_total: IntCounterVec,
+    pub rollbacks_total: IntCounterVec,
+    pub rollback_blocked_total: IntCounterVec,
+    pub rollback_failures_total: IntCounterVec,
+    pub dry_run_rollbacks_total: IntCounterVec,
+    pub check_value: prometheus::GaugeVec,
+    pub check_breached: IntGaugeVec,
+    pub check_no_data_total: IntCounterVec,
+    pub prometheus_query_duration_seconds: Histogram,
+    pub prometheus_query_errors_total: IntCounterVec,
+    pub rollback_duration_seconds: Histogram,
+    pub kube_write_errors_total: IntCounter,
+    pub webhook_requests_total: IntCounterVec,
+    pub alerts_received_total: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        let r = &registry;
+        let m = Self {
+            window_active: reg(
+                r,
+                IntGaugeVec::new(
+                    opts("window_active", "1 while a post-cutover window is open."),
+                    &["guard"],
+                )?,
+            )?,
+            cutovers_total: reg(
+                r,
+                IntCounterVec::new(opts("cutovers_total", "Cutovers detected."), &["guard"])?,
+            )?,
+            rollbacks_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "rollbacks_total",
+                        "Selector rollbacks carried out and confirmed.",
+                    ),
+                    &["guard", "trigger"],
+                )?,
+            )?,
+            rollback_blocked_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "rollback_blocked_total",
+                        "Rollback episodes refused because the target had too few Ready pods.",
+                    ),
+                    &["guard"],
+                )?,
+            )?,
+            rollback_failures_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "rollback_failures_total",
+                        "Rollbacks the Kubernetes API failed or refused.",
+                    ),
+                    &["guard"],
+                )?,
+            )?,
+            dry_run_rollbacks_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "dry_run_rollbacks_total",
+                        "Rollbacks a dry-run guard would have made.",
+                    ),
+                    &["guard", "trigger"],
+                )?,
+            )?,
+            check_value: reg(
+                r,
+                prometheus::GaugeVec::new(
+                    opts("check_value", "A check's last value."),
+                    &["guard", "check"],
+                )?,
+            )?,
+            check_breached: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "check_breached",
+                        "1 while a check's last poll was breached.",
+                    ),
+                    &["guard", "check"],
+                )?,
+            )?,
+            check_no_data_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "check_no_data_total",
+                        "Polls where a check's query returned no data or NaN.",
+                    ),
+                    &["guard", "check"],
+                )?,
+            )?,
+            prometheus_query_duration_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "prometheus_query_duration_seconds",
+                        "Time for one check query to Prometheus.",
+                    )
+                    .namespace(PREFIX)
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                )?,
+            )?,
+            prometheus_query_errors_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "prometheus_query_errors_total",
+                        "Check queries that failed; never counted as a breach.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            rollback_duration_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "rollback_duration_seconds",
+                        "Time from the rollback decision to the confirmed selector patch.",
+                    )
+                    .namespace(PREFIX)
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                )?,
+            )?,
+            kube_write_errors_total: reg(
+                r,
+                IntCounter::with_opts(opts(
+                    "kube_write_errors_total",
+                    "Annotation or event writes that failed (rollback failures are counted apart).",
+                ))?,
+            )?,
+            webhook_requests_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "webhook_requests_total",
+                        "Alertmanager webhook requests by HTTP status code.",
+                    ),
+                    &["code"],
+                )?,
+            )?,
+            alerts_received_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "alerts_received_total",
+                        "Alerts received on the webhook, by alert status.",
+                    ),
+                    &["status"],
+                )?,
+            )?,
+            registry,
+        };
+        Ok(m)
+    }
+
+    /// The text exposition of every metric.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families, which `new` guarantees.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> Result<C> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_exported_with_the_prefix() {
+        let m = Metrics::new().unwrap();
+        m.window_active.with_label_values(&["g"]).set(1);
+        m.cutovers_total.with_label_values(&["g"]).inc();
+        m.rollbacks_total
+            .with_label_values(&["g", "error_rate"])
+            .inc();
+        m.rollback_blocked_total.with_label_values(&["g"]).inc();
+        m.dry_run_rollbacks_total
+            .with_label_values(&["g", "alert"])
+            .inc();
+        m.check_value.with_label_values(&["g", "c"]).set(0.5);
+        m.check_breached.with_label_values(&["g", "c"]).set(1);
+        m.check_no_data_total.with_label_values(&["g", "c"]).inc();
+        m.prometheus_query_errors_total
+            .with_label_values(&["timeout"])
+            .inc();
+        m.prometheus_query_duration_seconds.observe(0.1);
+        m.rollback_duration_seconds.observe(0.1);
+        let text = m.render();
+        for name in [
+            "window_active{guard=\"g\"} 1",
+            "cutovers_total{guard=\"g\"} 1",
+            "rollbacks_total{guard=\"g\",trigger=\"error_rate\"} 1",
+            "rollback_blocked_total{guard=\"g\"} 1",
+            "dry_run_rollbacks_total{guard=\"g\",trigger=\"alert\"} 1",
+            "check_value{check=\"c\",guard=\"g\"} 0.5",
+            "check_breached{check=\"c\",guard=\"g\"} 1",
+            "check_no_data_total{check=\"c\",guard=\"g\"} 1",
+            "prometheus_query_duration_seconds_count 1",
+            "prometheus_query_errors_total{reason=\"timeout\"} 1",
+            "rollback_duration_seconds_count 1",
+        ] {
+            assert!(
+                text.contains(&format!("cutover_watchdog_{name}")),
+                "{name} missing:\n{text}"
+            );
+        }
+    }
+}

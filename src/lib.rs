@@ -15,6 +15,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod promql;
+pub mod sandbox;
 pub mod service;
 pub mod telemetry;
 

@@ -1,0 +1,242 @@
+//! The API double against the real kubectl and kube-rs: it must behave as a cluster does for
+//! everything the watchdog and its tests rely on.
+
+mod common;
+
+use common::{Cluster, NS, SVC};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn kubectl_get_json_shows_the_service_as_stored() {
+    let c = Cluster::start().await;
+    let out = c.kubectl(&["get", "svc", SVC, "-o", "json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(svc["kind"], "Service");
+    assert_eq!(svc["spec"]["selector"]["version"], "v1");
+    assert_eq!(
+        svc["metadata"]["resourceVersion"],
+        c.service()["metadata"]["resourceVersion"]
+    );
+}
+
+#[tokio::test]
+async fn kubectl_strategic_patch_changes_only_the_version_key() {
+    let c = Cluster::start().await;
+    let before = c.service()["metadata"]["resourceVersion"].clone();
+    c.cut_over("v2").await;
+    let svc = c.service();
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"app": common::APP, "version": "v2"})
+    );
+    assert_ne!(
+        svc["metadata"]["resourceVersion"], before,
+        "a write bumps resourceVersion"
+    );
+    let patch = c
+        .api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "PATCH")
+        .unwrap();
+    assert_eq!(patch.content_type, "application/strategic-merge-patch+json");
+}
+
+#[tokio::test]
+async fn kubectl_merge_patch_deletes_keys_with_null_and_reports_no_change() {
+    let c = Cluster::start().await;
+    let out = c
+        .kubectl(&[
+            "patch",
+            "svc",
+            SVC,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"team":"pay"}}}"#,
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.service()["metadata"]["labels"]["team"], "pay");
+    let out = c
+        .kubectl(&[
+            "patch",
+            "svc",
+            SVC,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"team":null}}}"#,
+        ])
+        .await;
+    assert!(out.status.success());
+    assert!(c.service()["metadata"]["labels"].get("team").is_none());
+    let rv = c.service()["metadata"]["resourceVersion"].clone();
+    let out = c
+        .kubectl(&[
+            "patch",
+            "svc",
+            SVC,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"selector":{"version":"v1"}}}"#,
+        ])
+        .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no change"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        c.service()["metadata"]["resourceVersion"],
+        rv,
+        "a no-op patch bumps nothing"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_get_missing_service_reports_not_found() {
+    let c = Cluster::start().await;
+    let out = c.kubectl(&["get", "svc", "nope"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_sees_pods_by_label_and_their_readiness() {
+    let c = Cluster::with_ready_pods(1, 2).await;
+    let out = c
+        .kubectl(&["get", "pods", "-l", "version=v1", "-o", "json"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let ready = items
+        .iter()
+        .filter(|p| p["status"]["conditions"][0]["status"] == "True")
+        .count();
+    assert_eq!(ready, 1);
+}
+
+#[tokio::test]
+async fn stale_resource_version_precondition_gets_409_with_a_status_body() {
+    let c = Cluster::start().await;
+    let api: Api<Service> = Api::namespaced(c.api.client().unwrap(), NS);
+    let stale = c.service()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.cut_over("v2").await;
+    let patch =
+        json!({"metadata": {"resourceVersion": stale}, "spec": {"selector": {"version": "v1"}}});
+    let err = api
+        .patch(SVC, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 409);
+            assert_eq!(s.reason, "Conflict");
+        }
+        other => panic!("expected a 409 Status, got {other:?}"),
+    }
+    assert_eq!(
+        c.selector_version(),
+        "v2",
+        "a refused patch changes nothing"
+    );
+    let raw = c
+        .api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.status == 409)
+        .unwrap();
+    assert!(raw.method == "PATCH");
+}
+
+#[tokio::test]
+async fn kube_watcher_lists_then_sees_a_kubectl_cutover() {
+    let c = Cluster::start().await;
+    let api: Api<Service> = Api::namespaced(c.api.client().unwrap(), NS);
+    for config in [
+        watcher::Config::default().fields(&format!("metadata.name={SVC}")),
+        watcher::Config::default()
+            .fields(&format!("metadata.name={SVC}"))
+            .streaming_lists(),
+    ] {
+        let stream = watcher(api.clone(), config);
+        futures::pin_mut!(stream);
+        let mut initial = None;
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                watcher::Event::InitApply(s) => initial = Some(s),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+        let initial = initial.expect("the initial list holds the service");
+        let version =
+            |s: &Service| s.spec.as_ref().unwrap().selector.as_ref().unwrap()["version"].clone();
+        let expected_next = if version(&initial) == "v1" {
+            "v2"
+        } else {
+            "v1"
+        };
+        c.cut_over(expected_next).await;
+        let changed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if let watcher::Event::Apply(s) = stream.next().await.unwrap().unwrap() {
+                    return s;
+                }
+            }
+        })
+        .await
+        .expect("the watch delivers the change within 10s");
+        assert_eq!(version(&changed), expected_next);
+    }
+}
+
+#[tokio::test]
+async fn events_without_required_fields_are_refused_with_422() {
+    let c = Cluster::start().await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!(
+            "{}/apis/events.k8s.io/v1/namespaces/default/events",
+            c.api.url()
+        ))
+        .json(
+            &json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "x"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Invalid");
+}

@@ -1,0 +1,319 @@
+//! Shared builders for the integration tests: a sandbox cluster on the API double, the real
+//! kubectl with its own HOME, the watchdog binary as a child process, and bounded waits.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use cutover_watchdog::sandbox::apiserver::{self, ApiServer};
+use cutover_watchdog::sandbox::free_port;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const NS: &str = "default";
+pub const SVC: &str = "svc-production";
+pub const APP: &str = "my-microservice";
+
+/// The API double holding `svc-production` selecting v1, with Ready v1 and v2 pods.
+pub struct Cluster {
+    pub api: ApiServer,
+    pub dir: TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        Self::with_ready_pods(2, 2).await
+    }
+
+    pub async fn with_ready_pods(v1_ready: usize, v2_ready: usize) -> Self {
+        let api = ApiServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).unwrap();
+        api.apply(apiserver::service(
+            NS,
+            SVC,
+            &[("app", APP), ("version", "v1")],
+        ))
+        .unwrap();
+        for (version, ready) in [("v1", v1_ready), ("v2", v2_ready)] {
+            for i in 0..2 {
+                let labels = [("app", APP), ("version", version)];
+                api.apply(apiserver::pod(
+                    NS,
+                    &format!("{APP}-{version}-{i}"),
+                    &labels,
+                    i < ready,
+                ))
+                .unwrap();
+            }
+        }
+        Self {
+            api,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// Runs the real kubectl against the double, with its own HOME for the discovery cache.
+    pub async fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let run = tokio::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &home)
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("kubectl finished within 60s")
+            .expect("kubectl must be installed (it ships on these machines as /usr/bin/kubectl)")
+    }
+
+    /// `kubectl patch svc svc-production -p {"spec":{"selector":{"version":V}}}`, as an operator.
+    pub async fn cut_over(&self, version: &str) {
+        let patch = format!(r#"{{"spec":{{"selector":{{"version":"{version}"}}}}}}"#);
+        let out = self.kubectl(&["patch", "svc", SVC, "-p", &patch]).await;
+        assert!(
+            out.status.success(),
+            "kubectl patch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn service(&self) -> Value {
+        self.api.get("services", NS, SVC).unwrap()
+    }
+
+    pub fn selector_version(&self) -> String {
+        self.service()["spec"]["selector"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        self.service()["metadata"]["annotations"][format!("cutover-watchdog.io/{key}")]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Reasons of the `events.k8s.io/v1` Events written so far, oldest first.
+    pub fn event_reasons(&self) -> Vec<String> {
+        let mut events = self.api.list("events.k8s.io/events", NS);
+        events.sort_by_key(|e| {
+            e["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("0")
+                .parse::<u64>()
+                .unwrap_or(0)
+        });
+        events
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// PATCHes by the watchdog that changed the selector.
+    pub fn selector_patches(&self) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.is_patch_of("services", SVC) && r.status == 200)
+            .filter(|r| r.user_agent.starts_with("cutover-watchdog/"))
+            .filter(|r| r.json().is_some_and(|j| !j["spec"]["selector"].is_null()))
+            .count()
+    }
+
+    pub fn set_pod_ready(&self, version: &str, index: usize, ready: bool) {
+        let labels = [("app", APP), ("version", version)];
+        self.api
+            .apply(apiserver::pod(
+                NS,
+                &format!("{APP}-{version}-{index}"),
+                &labels,
+                ready,
+            ))
+            .unwrap();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds, for at most `timeout`; panics naming `what`.
+pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The watchdog binary, running `serve` as a child process. Killed on drop.
+pub struct Watchdog {
+    pub child: tokio::process::Child,
+    pub main: String,
+    pub admin: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+/// A config for a guard on `svc-production`, with time scaled down for tests.
+pub struct Setup<'a> {
+    pub prometheus: &'a str,
+    pub poll_interval: &'a str,
+    pub window: &'a str,
+    pub stabilization: &'a str,
+    pub dry_run: bool,
+    pub for_: &'a str,
+    pub error_above: f64,
+    pub on_no_data: &'a str,
+    pub extra: &'a str,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self {
+            prometheus: "http://127.0.0.1:9",
+            poll_interval: "500ms",
+            window: "60s",
+            stabilization: "50s",
+            dry_run: false,
+            for_: "3s",
+            error_above: 0.02,
+            on_no_data: "ignore",
+            extra: "",
+        }
+    }
+}
+
+impl Setup<'_> {
+    /// Error ratio over a 5 s rate window: the runbook's check, time-scaled.
+    pub fn yaml(&self, main: u16, admin: u16) -> String {
+        format!(
+            r#"listen: 127.0.0.1:{main}
+admin_listen: 127.0.0.1:{admin}
+poll_interval: {poll}
+kube_timeout: 5s
+prometheus:
+  url: {prom}
+  timeout: 1s
+guards:
+- name: checkout
+  namespace: default
+  service: svc-production
+  version_label: version
+  window: {window}
+  stabilization: {stab}
+  dry_run: {dry}
+  min_ready_previous: 1
+  checks:
+  - name: error_rate
+    query: 'sum(rate(http_requests_total{{app="{APP}",version="{{{{version}}}}",code=~"5.."}}[5s])) / sum(rate(http_requests_total{{app="{APP}",version="{{{{version}}}}"}}[5s]))'
+    above: {above}
+    for: {for_}
+    on_no_data: {nodata}
+{extra}"#,
+            poll = self.poll_interval,
+            prom = self.prometheus,
+            window = self.window,
+            stab = self.stabilization,
+            dry = self.dry_run,
+            above = self.error_above,
+            for_ = self.for_,
+            nodata = self.on_no_data,
+            extra = self.extra,
+        )
+    }
+}
+
+impl Watchdog {
+    /// Writes the config into the cluster's dir and starts the binary; waits until `/readyz`.
+    pub async fn start(cluster: &Cluster, setup: &Setup<'_>) -> Self {
+        let (main, admin) = (free_port().unwrap(), free_port().unwrap());
+        let config = cluster.dir.path().join("watchdog.yaml");
+        std::fs::write(&config, setup.yaml(main, admin)).unwrap();
+        Self::start_with(cluster, &config, main, admin).await
+    }
+
+    pub async fn start_with(cluster: &Cluster, config: &Path, main: u16, admin: u16) -> Self {
+        let log = cluster
+            .dir
+            .path()
+            .join(format!("watchdog-{}.log", free_port().unwrap()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,cutover_watchdog=debug")
+            .env("POD_NAME", "watchdog-test")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let w = Self {
+            child,
+            main: format!("http://127.0.0.1:{main}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            log,
+            config: config.to_owned(),
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.admin);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "watchdog not ready in 20s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn guards(&self) -> Value {
+        reqwest::get(format!("{}/v1/guards", self.main))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

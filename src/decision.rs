@@ -347,7 +347,10 @@ impl Guard {
             Signal::Observed { version, persisted } => {
                 self.observed(version, persisted.as_ref(), now)
             }
-            Signal::Polled { version, samples } => self.polled(&version, &samples, now),
+            // A poll past the window's end closes it instead.
+            Signal::Polled { version, samples } => self
+                .tick(now)
+                .or_else(|| self.polled(&version, &samples, now)),
             Signal::Alert(alert) => self.alert(&alert, now),
             Signal::Executed { version, outcome } => self.executed(&version, outcome),
             Signal::Tick => self.tick(now),
@@ -357,6 +360,8 @@ impl Guard {
     }
 
     fn open(&mut self, version: String, previous: String, now: Timestamp) -> Decision {
+        // The annotation keeps milliseconds; so does the window, so a resumed one is identical.
+        let now = now.round(jiff::Unit::Millisecond).unwrap_or(now);
         let reason = format!("cutover from {previous} to {version}");
         let w = self.new_window(version, previous, now, Phase::Watching, reason);
         Decision::Opened(w.persisted())
@@ -900,7 +905,10 @@ mod tests {
         let mut g = guard(false);
         cut_over(&mut g);
         poll(&mut g, "v2", 320, OK, FAST);
-        assert!(g.handle(Signal::Tick, at(610)).is_empty());
+        assert!(
+            poll(&mut g, "v2", 610, OK, FAST).is_empty(),
+            "a poll past the end closes it"
+        );
         assert_eq!(g.window().unwrap().phase, Phase::Stable);
         assert!(g.open_window().is_none());
     }

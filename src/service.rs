@@ -167,10 +167,7 @@ pub fn annotations(state: &Persisted) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
         (VERSION, state.version.clone()),
         (PREVIOUS, state.previous.clone()),
-        (
-            CUTOVER_AT,
-            state.cutover_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        ),
+        (CUTOVER_AT, state.cutover_at.to_string()),
         (STATE, state.phase.as_str().to_owned()),
         (REASON, state.reason.clone()),
     ])

@@ -317,3 +317,154 @@ impl Watchdog {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+/// The value of one sample line in a metrics text, e.g.
+/// `cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+use cutover_watchdog::sandbox::processes::{self, ChildServer, PrometheusSetup};
+use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
+
+/// A whole sandbox: cluster, synthetic app, real Prometheus scraping it, and the watchdog.
+pub struct Stack {
+    pub cluster: Cluster,
+    pub app: TrafficApp,
+    pub prometheus: ChildServer,
+    pub watchdog: Watchdog,
+}
+
+impl Stack {
+    /// Healthy v1 and v2 at 100 rps; `setup` gets the Prometheus URL filled in.
+    pub async fn start(cluster: Cluster, setup: Setup<'_>) -> Self {
+        let healthy = Behaviour {
+            rps: 100.0,
+            ..Behaviour::HEALTHY
+        };
+        let app = TrafficApp::start(APP, &[("v1", healthy), ("v2", healthy)])
+            .await
+            .unwrap();
+        let prometheus = processes::prometheus(&PrometheusSetup {
+            targets: vec![app.addr()],
+            ..PrometheusSetup::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let url = prometheus.url();
+        warm_up(&url).await;
+        let watchdog = Watchdog::start(
+            &cluster,
+            &Setup {
+                prometheus: &url,
+                ..setup
+            },
+        )
+        .await;
+        Self {
+            cluster,
+            app,
+            prometheus,
+            watchdog,
+        }
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.watchdog.metrics().await, series).unwrap_or(0.0)
+    }
+
+    /// Waits for a metric series to reach `at_least`.
+    pub async fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.metric(series).await >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {series} >= {at_least}\n{}",
+                self.watchdog.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the guard's status (from `/v1/guards`) to satisfy `condition`.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let guards = self.watchdog.guards().await;
+            if condition(&guards[0]) {
+                return guards[0].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last status {guards:#}\n{}",
+                self.watchdog.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for `condition`; on timeout the panic carries the watchdog's log.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.watchdog.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cuts over to v2 with kubectl and waits until the watchdog has opened the window.
+    pub async fn cut_over_to_v2(&self) {
+        self.cluster.cut_over("v2").await;
+        self.wait_status("the window to open", Duration::from_secs(10), |g| {
+            g["window"]["open"] == true && g["window"]["version"] == "v2"
+        })
+        .await;
+    }
+}
+
+/// Waits (at most 20 s) until Prometheus has enough scrapes for a 5 s rate of both versions, so
+/// a test's first polls see real values rather than a cold start's empty results.
+pub async fn warm_up(prometheus: &str) {
+    let query = format!("count(rate(http_requests_total{{app=\"{APP}\",code=\"200\"}}[5s]) > 0)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = reqwest::Client::new()
+            .post(format!("{prometheus}/api/v1/query"))
+            .form(&[("query", query.as_str())])
+            .send()
+            .await;
+        if let Ok(r) = r {
+            let body: Value = r.json().await.unwrap_or_default();
+            if body["data"]["result"][0]["value"][1] == "2" {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus did not scrape the synthetic app within 20s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,466 @@
+//! The whole loop on real parts: the real kubectl makes the cutover against the API double, the
+//! real Prometheus scrapes the synthetic app, and the watchdog binary runs as a child process.
+//! Time is scaled through config: 500 ms polls, a 5 s rate window, `for` of a few seconds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Setup, Stack, Watchdog};
+use cutover_watchdog::sandbox::apiserver::{Fault, FaultRule};
+use cutover_watchdog::sandbox::traffic::Behaviour;
+
+const FAILING: Behaviour = Behaviour {
+    rps: 100.0,
+    error_ratio: 0.05,
+    latency_seconds: 0.05,
+};
+const HEALTHY: Behaviour = Behaviour {
+    rps: 100.0,
+    error_ratio: 0.001,
+    latency_seconds: 0.05,
+};
+const ROLLBACKS: &str =
+    r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
+
+#[tokio::test]
+async fn green_error_ratio_reverts_the_selector_within_for_plus_rate_window_plus_two_polls() {
+    let s = Stack::start(Cluster::start().await, Setup::default()).await;
+    s.cut_over_to_v2().await;
+    s.wait_until("the window recorded", Duration::from_secs(5), || {
+        s.cluster.annotation("state").as_deref() == Some("watching")
+    })
+    .await;
+    assert_eq!(
+        s.cluster.annotation("previous-version").as_deref(),
+        Some("v1")
+    );
+
+    let failing_since = Instant::now();
+    s.app.set("v2", FAILING);
+    // for (3 s) + rate window (5 s) + 2 polls (1 s), plus one 1 s scrape for Prometheus to see it.
+    let bound = Duration::from_secs(3 + 5 + 1 + 1);
+    s.wait_until("the selector back at v1", bound, || {
+        s.cluster.selector_version() == "v1"
+    })
+    .await;
+    let took = failing_since.elapsed();
+    assert!(took <= bound, "took {took:?}");
+
+    let svc = s.cluster.service();
+    assert_eq!(
+        svc["spec"]["selector"]["app"],
+        common::APP,
+        "other selector keys untouched"
+    );
+    assert_eq!(
+        s.cluster.annotation("state").as_deref(),
+        Some("rolled-back")
+    );
+    assert!(
+        s.cluster
+            .annotation("reason")
+            .unwrap()
+            .contains("error_rate")
+    );
+    s.wait_metric(ROLLBACKS, 1.0, Duration::from_secs(5)).await;
+    let events = s.cluster.event_reasons();
+    for reason in ["CutoverDetected", "RollbackTriggered", "RolledBack"] {
+        assert!(
+            events.contains(&reason.to_owned()),
+            "{reason} missing from {events:?}"
+        );
+    }
+    // More polls pass while v2 still fails: still exactly one selector change.
+    let rounds = s
+        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the poller run after rollback
+    assert!(
+        s.metric("cutover_watchdog_prometheus_query_duration_seconds_count")
+            .await
+            >= rounds
+    );
+    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(s.metric(ROLLBACKS).await, 1.0);
+    let status = s.watchdog.guards().await;
+    assert_eq!(status[0]["state"], "rolled-back");
+    assert_eq!(status[0]["last_decision"]["kind"], "rollback");
+    let m = s.watchdog.metrics().await;
+    assert!(common::metric(&m, "cutover_watchdog_rollback_duration_seconds_count").unwrap() >= 1.0);
+    assert_eq!(
+        common::metric(&m, r#"cutover_watchdog_window_active{guard="checkout"}"#),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_blip_shorter_than_for_does_not_roll_back() {
+    // `for` (10 s) outlasts the blip (1.5 s) smeared by the 5 s rate window.
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "10s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.app.set(
+        "v2",
+        Behaviour {
+            error_ratio: 0.5,
+            ..FAILING
+        },
+    );
+    s.wait_status("the check to breach", Duration::from_secs(10), |g| {
+        g["checks"][0]["breached"] == true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the blip's length is the test's input
+    s.app.set("v2", HEALTHY);
+    s.wait_status("the breach to clear", Duration::from_secs(15), |g| {
+        g["checks"][0]["breached"] == false && g["checks"][0]["last"]["kind"] == "value"
+    })
+    .await;
+    assert_eq!(s.cluster.selector_version(), "v2");
+    assert_eq!(s.cluster.selector_patches(), 0);
+    assert_eq!(s.metric(ROLLBACKS).await, 0.0);
+}
+
+#[tokio::test]
+async fn green_with_no_traffic_is_no_data_and_does_not_roll_back() {
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.app.set("v2", Behaviour::IDLE);
+    s.cut_over_to_v2().await;
+    let series = r#"cutover_watchdog_check_no_data_total{check="error_rate",guard="checkout"}"#;
+    s.wait_metric(series, 6.0, Duration::from_secs(15)).await;
+    assert_eq!(s.cluster.selector_version(), "v2");
+    assert_eq!(s.cluster.selector_patches(), 0);
+    let g = &s.watchdog.guards().await[0];
+    assert_eq!(g["checks"][0]["last"]["kind"], "no_data");
+}
+
+#[tokio::test]
+async fn prometheus_killed_mid_window_is_never_a_breach_and_the_watchdog_stays_up() {
+    let mut s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.wait_status("a first value", Duration::from_secs(10), |g| {
+        g["checks"][0]["last"]["kind"] == "value"
+    })
+    .await;
+    s.prometheus.kill().await;
+    s.app.set("v2", FAILING);
+    s.wait_metric(
+        r#"cutover_watchdog_prometheus_query_errors_total{reason="connect"}"#,
+        6.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        s.watchdog.alive(),
+        "the watchdog must survive:\n{}",
+        s.watchdog.logs()
+    );
+    assert_eq!(s.cluster.selector_version(), "v2");
+    assert_eq!(s.cluster.selector_patches(), 0);
+    let g = &s.watchdog.guards().await[0];
+    assert_eq!(g["checks"][0]["last"]["kind"], "error");
+    assert_eq!(g["checks"][0]["breached"], false);
+    let health = reqwest::get(format!("{}/healthz", s.watchdog.admin))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+}
+
+#[tokio::test]
+async fn blue_without_ready_pods_blocks_the_rollback_until_it_is_ready() {
+    let s = Stack::start(
+        Cluster::with_ready_pods(0, 2).await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.app.set("v2", FAILING);
+    let blocked = r#"cutover_watchdog_rollback_blocked_total{guard="checkout"}"#;
+    s.wait_metric(blocked, 1.0, Duration::from_secs(15)).await;
+    assert_eq!(
+        s.cluster.selector_version(),
+        "v2",
+        "never revert onto nothing"
+    );
+    assert!(s.watchdog.logs().contains("rollback blocked"));
+    // Several more polls while blocked: one event per episode, not one per poll.
+    let polls = s
+        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
+        .await;
+    s.wait_metric(
+        "cutover_watchdog_prometheus_query_duration_seconds_count",
+        polls + 4.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let count = |reason: &str, events: &[String]| events.iter().filter(|e| *e == reason).count();
+    assert_eq!(count("RollbackBlocked", &s.cluster.event_reasons()), 1);
+
+    s.cluster.set_pod_ready("v1", 0, true);
+    s.wait_until(
+        "the rollback once blue is Ready",
+        Duration::from_secs(10),
+        || s.cluster.selector_version() == "v1",
+    )
+    .await;
+    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(s.metric(blocked).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_409_on_the_first_patch_yields_exactly_one_selector_change() {
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.wait_until("the window recorded", Duration::from_secs(5), || {
+        s.cluster.annotation("state").as_deref() == Some("watching")
+    })
+    .await;
+    s.cluster.api.inject(FaultRule {
+        method: axum::http::Method::PATCH,
+        plural: "services".into(),
+        name: Some(common::SVC.into()),
+        times: 1,
+        fault: Fault::ConcurrentWrite,
+    });
+    s.app.set("v2", FAILING);
+    s.wait_until("the selector back at v1", Duration::from_secs(15), || {
+        s.cluster.selector_version() == "v1"
+    })
+    .await;
+    let requests = s.cluster.api.requests();
+    let conflicts = requests
+        .iter()
+        .filter(|r| r.is_patch_of("services", common::SVC) && r.status == 409)
+        .count();
+    assert_eq!(conflicts, 1, "the first patch met a concurrent write");
+    assert_eq!(s.cluster.selector_patches(), 1);
+    assert!(s.watchdog.logs().contains("409"));
+}
+
+#[tokio::test]
+async fn a_kill_9_and_restart_mid_window_resumes_the_window() {
+    let mut s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    let cutover_at = s.cluster.annotation("cutover-at").unwrap();
+    let before = s.watchdog.guards().await[0]["window"].clone();
+    s.watchdog.child.start_kill().unwrap();
+    s.watchdog.child.wait().await.unwrap();
+
+    let config = s.watchdog.config.clone();
+    let (main, admin) = (port_of(&s.watchdog.main), port_of(&s.watchdog.admin));
+    s.watchdog = Watchdog::start_with(&s.cluster, &config, main, admin).await;
+    let g = s
+        .wait_status("the resumed window", Duration::from_secs(10), |g| {
+            g["window"]["open"] == true
+        })
+        .await;
+    assert_eq!(
+        g["window"]["start"], before["start"],
+        "the window keeps its original clock"
+    );
+    assert_eq!(g["window"]["rollback_target"], "v1");
+    assert_eq!(s.cluster.annotation("cutover-at").unwrap(), cutover_at);
+    assert_eq!(
+        s.metric(r#"cutover_watchdog_cutovers_total{guard="checkout"}"#)
+            .await,
+        0.0,
+        "resumed, not new"
+    );
+
+    s.app.set("v2", FAILING);
+    s.wait_until(
+        "the rollback after restart",
+        Duration::from_secs(15),
+        || s.cluster.selector_version() == "v1",
+    )
+    .await;
+    let events = s.cluster.event_reasons();
+    assert_eq!(
+        events.iter().filter(|e| *e == "CutoverDetected").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(s.cluster.selector_patches(), 1);
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn dry_run_records_would_roll_back_once_and_patches_nothing() {
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            dry_run: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.app.set("v2", FAILING);
+    let series =
+        r#"cutover_watchdog_dry_run_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
+    s.wait_metric(series, 1.0, Duration::from_secs(15)).await;
+    // Further breached polls do not record it again.
+    let polls = s
+        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
+        .await;
+    s.wait_metric(
+        "cutover_watchdog_prometheus_query_duration_seconds_count",
+        polls + 4.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(s.metric(series).await, 1.0);
+    assert_eq!(s.metric(ROLLBACKS).await, 0.0);
+    assert_eq!(s.cluster.selector_version(), "v2");
+    let watchdog_patches = s
+        .cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.path.contains("/services/")
+                && r.user_agent.starts_with("cutover-watchdog/")
+        })
+        .count();
+    assert_eq!(watchdog_patches, 0, "a dry run patches nothing");
+    let events = s.cluster.event_reasons();
+    assert_eq!(
+        events.iter().filter(|e| *e == "WouldRollBack").count(),
+        1,
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_clean_cutover_is_declared_stable_and_its_window_closes() {
+    let setup = Setup {
+        window: "6s",
+        stabilization: "3s",
+        ..Setup::default()
+    };
+    let s = Stack::start(Cluster::start().await, setup).await;
+    s.cut_over_to_v2().await;
+    s.wait_until("state stable", Duration::from_secs(10), || {
+        s.cluster.annotation("state").as_deref() == Some("stable")
+    })
+    .await;
+    assert!(
+        s.watchdog
+            .logs()
+            .contains("Deployment v2 now serving production traffic")
+    );
+    assert!(
+        s.cluster
+            .event_reasons()
+            .contains(&"CutoverStable".to_owned())
+    );
+    s.wait_status("the window to close", Duration::from_secs(10), |g| {
+        g["window"]["open"] == false
+    })
+    .await;
+    assert_eq!(
+        s.metric(r#"cutover_watchdog_window_active{guard="checkout"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(s.cluster.annotation("state").as_deref(), Some("stable"));
+    assert_eq!(s.cluster.selector_version(), "v2");
+}
+
+#[tokio::test]
+async fn a_window_that_ends_unstable_expires_with_a_warning() {
+    // Breached throughout, but `for` is longer than the window: never trips, never stable.
+    let setup = Setup {
+        window: "5s",
+        stabilization: "2s",
+        for_: "60s",
+        ..Setup::default()
+    };
+    let s = Stack::start(Cluster::start().await, setup).await;
+    s.app.set("v2", FAILING);
+    s.cut_over_to_v2().await;
+    s.wait_until("state expired", Duration::from_secs(15), || {
+        s.cluster.annotation("state").as_deref() == Some("expired")
+    })
+    .await;
+    assert!(
+        s.cluster
+            .event_reasons()
+            .contains(&"WindowExpired".to_owned())
+    );
+    assert_eq!(s.cluster.selector_version(), "v2");
+}
+
+#[tokio::test]
+async fn a_human_reverting_during_the_window_supersedes_it_and_nothing_is_patched() {
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.cluster.cut_over("v1").await;
+    s.wait_until("state superseded", Duration::from_secs(10), || {
+        s.cluster.annotation("state").as_deref() == Some("superseded")
+    })
+    .await;
+    s.app.set("v2", FAILING);
+    let polls = s
+        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // long enough for `for` to trip, were it watching
+    assert_eq!(
+        s.metric("cutover_watchdog_prometheus_query_duration_seconds_count")
+            .await,
+        polls,
+        "no polls once closed"
+    );
+    assert_eq!(s.cluster.selector_version(), "v1");
+    assert_eq!(s.cluster.selector_patches(), 0);
+}

@@ -2,6 +2,9 @@
 //! real Prometheus scrapes the synthetic app, and the watchdog binary runs as a child process.
 //! Time is scaled through config: 500 ms polls, a 5 s rate window, `for` of a few seconds.
 
+// Metric counters here are small integers, which f64 holds exactly.
+#![allow(clippy::float_cmp)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -285,7 +288,7 @@ async fn a_kill_9_and_restart_mid_window_resumes_the_window() {
     s.watchdog.child.wait().await.unwrap();
 
     let config = s.watchdog.config.clone();
-    let (main, admin) = (port_of(&s.watchdog.main), port_of(&s.watchdog.admin));
+    let (main, admin) = s.watchdog.ports;
     s.watchdog = Watchdog::start_with(&s.cluster, &config, main, admin).await;
     let g = s
         .wait_status("the resumed window", Duration::from_secs(10), |g| {
@@ -319,10 +322,6 @@ async fn a_kill_9_and_restart_mid_window_resumes_the_window() {
         "{events:?}"
     );
     assert_eq!(s.cluster.selector_patches(), 1);
-}
-
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test]

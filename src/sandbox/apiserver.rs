@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 
 /// A resource type the double serves.
 #[derive(Debug, Clone, Copy)]
-struct Kind {
+struct ResourceType {
     group: &'static str,
     version: &'static str,
     plural: &'static str,
@@ -36,36 +36,36 @@ struct Kind {
     short: &'static [&'static str],
 }
 
-const KINDS: &[Kind] = &[
-    Kind {
+const KINDS: &[ResourceType] = &[
+    ResourceType {
         group: "",
         version: "v1",
         plural: "services",
         kind: "Service",
         short: &["svc"],
     },
-    Kind {
+    ResourceType {
         group: "",
         version: "v1",
         plural: "pods",
         kind: "Pod",
         short: &["po"],
     },
-    Kind {
+    ResourceType {
         group: "",
         version: "v1",
         plural: "events",
         kind: "Event",
         short: &["ev"],
     },
-    Kind {
+    ResourceType {
         group: "events.k8s.io",
         version: "v1",
         plural: "events",
         kind: "Event",
         short: &["ev"],
     },
-    Kind {
+    ResourceType {
         group: "coordination.k8s.io",
         version: "v1",
         plural: "leases",
@@ -74,7 +74,7 @@ const KINDS: &[Kind] = &[
     },
 ];
 
-impl Kind {
+impl ResourceType {
     fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_owned()
@@ -92,7 +92,7 @@ impl Kind {
         }
     }
 
-    fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
+    fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
         KINDS
             .iter()
             .find(|k| k.group == group && k.version == version && k.plural == plural)
@@ -327,7 +327,7 @@ impl Store {
     /// watch event. Returns the stored object.
     fn write(
         &mut self,
-        kind: &Kind,
+        kind: &ResourceType,
         ns: &str,
         mut object: Value,
         existing: Option<&Value>,
@@ -396,7 +396,7 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
-fn kind_of(object: &Value) -> Option<&'static Kind> {
+fn kind_of(object: &Value) -> Option<&'static ResourceType> {
     let api_version = object.get("apiVersion")?.as_str()?;
     let kind = object.get("kind")?.as_str()?;
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -436,7 +436,7 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
 
 /// The parsed target of a request path.
 struct Target {
-    kind: &'static Kind,
+    kind: &'static ResourceType,
     namespace: Option<String>,
     name: Option<String>,
 }
@@ -489,10 +489,10 @@ async fn route(
     body: Bytes,
 ) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if method == Method::GET {
-        if let Some(doc) = discovery(&segments, shared.addr) {
-            return json_response(StatusCode::OK, &doc);
-        }
+    if method == Method::GET
+        && let Some(doc) = discovery(&segments, shared.addr)
+    {
+        return json_response(StatusCode::OK, &doc);
     }
     let Some(target) = parse_target(&segments) else {
         return status(
@@ -561,7 +561,7 @@ fn key(target: &Target, name: &str) -> (String, String, String) {
     )
 }
 
-fn not_found(kind: &Kind, name: &str) -> Response {
+fn not_found(kind: &ResourceType, name: &str) -> Response {
     status(
         404,
         "NotFound",
@@ -584,7 +584,7 @@ fn parse_target(s: &[&str]) -> Option<Target> {
         _ => return None,
     };
     Some(Target {
-        kind: Kind::find(group, version, plural)?,
+        kind: ResourceType::find(group, version, plural)?,
         namespace: namespace.map(str::to_owned),
         name: name.map(str::to_owned),
     })
@@ -719,7 +719,7 @@ fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> R
     }
 }
 
-fn create(shared: &Shared, kind: &Kind, ns: &str, body: &[u8]) -> Response {
+fn create(shared: &Shared, kind: &ResourceType, ns: &str, body: &[u8]) -> Response {
     let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
         return status(400, "BadRequest", "the request body is not valid JSON");
     };
@@ -773,7 +773,7 @@ fn create(shared: &Shared, kind: &Kind, ns: &str, body: &[u8]) -> Response {
     json_response(StatusCode::CREATED, &stored)
 }
 
-fn conflict(kind: &Kind, name: &str) -> Response {
+fn conflict(kind: &ResourceType, name: &str) -> Response {
     status(
         409,
         "Conflict",
@@ -816,15 +816,15 @@ fn patch(
     let Some(current) = store.objects.get(&k).cloned() else {
         return not_found(target.kind, name);
     };
-    if let Some(rv) = str_at(&patch, &["metadata", "resourceVersion"]) {
-        if rv != str_at(&current, &["metadata", "resourceVersion"]).unwrap_or_default() {
-            return conflict(target.kind, name);
-        }
+    if let Some(rv) = str_at(&patch, &["metadata", "resourceVersion"])
+        && rv != str_at(&current, &["metadata", "resourceVersion"]).unwrap_or_default()
+    {
+        return conflict(target.kind, name);
     }
-    if let Some(uid) = str_at(&patch, &["metadata", "uid"]) {
-        if uid != str_at(&current, &["metadata", "uid"]).unwrap_or_default() {
-            return conflict(target.kind, name);
-        }
+    if let Some(uid) = str_at(&patch, &["metadata", "uid"])
+        && uid != str_at(&current, &["metadata", "uid"]).unwrap_or_default()
+    {
+        return conflict(target.kind, name);
     }
     let mut merged = current.clone();
     merge(&mut merged, &patch, strategic, "");
@@ -999,7 +999,7 @@ fn watch_response(
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(1800), Duration::from_secs);
+        .map_or(Duration::from_mins(30), Duration::from_secs);
     let deadline = tokio::time::Instant::now() + timeout;
     let shared = shared.clone();
     let resource = target.kind.resource();

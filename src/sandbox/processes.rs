@@ -4,6 +4,7 @@
 //! A missing binary is an error that names the Debian package to install; nothing here skips.
 //! Children are killed when their handle drops.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -111,10 +112,10 @@ impl ChildServer {
                     self.log()
                 )));
             }
-            if let Ok(r) = http.get(&url).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -180,10 +181,11 @@ pub async fn prometheus(setup: &PrometheusSetup) -> Result<ChildServer> {
         config.push_str("rule_files: [rules.yml]\n");
     }
     if !setup.alertmanagers.is_empty() {
-        config.push_str(&format!(
+        let _ = write!(
+            config,
             "alerting:\n  alertmanagers:\n  - static_configs: [{{targets: [{}]}}]\n",
             quoted(&setup.alertmanagers)
-        ));
+        );
     }
     let config_path = write(dir.path(), "prometheus.yml", &config)?;
     let args = vec![

@@ -1,7 +1,10 @@
 //! Shared builders for the integration tests: a sandbox cluster on the API double, the real
 //! kubectl with its own HOME, the watchdog binary as a child process, and bounded waits.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code)]
+// each test binary uses a different part
+// Test support: a setup step that fails should fail the test, loudly, where it happened.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -68,7 +71,7 @@ impl Cluster {
             .env("HOME", &home)
             .kill_on_drop(true)
             .output();
-        tokio::time::timeout(Duration::from_secs(60), run)
+        tokio::time::timeout(Duration::from_mins(1), run)
             .await
             .expect("kubectl finished within 60s")
             .expect("kubectl must be installed (it ships on these machines as /usr/bin/kubectl)")
@@ -118,7 +121,7 @@ impl Cluster {
             .collect()
     }
 
-    /// PATCHes by the watchdog that changed the selector.
+    /// `PATCHes` by the watchdog that changed the selector.
     pub fn selector_patches(&self) -> usize {
         self.api
             .requests()
@@ -164,6 +167,8 @@ pub struct Watchdog {
     pub admin: String,
     pub log: PathBuf,
     pub config: PathBuf,
+    /// (main, admin) listener ports, to restart on the same ones.
+    pub ports: (u16, u16),
 }
 
 /// A config for a guard on `svc-production`, with time scaled down for tests.
@@ -267,6 +272,7 @@ impl Watchdog {
             admin: format!("http://127.0.0.1:{admin}"),
             log,
             config: config.to_owned(),
+            ports: (main, admin),
         };
         w.wait_ready().await;
         w
@@ -276,10 +282,10 @@ impl Watchdog {
         let url = format!("{}/readyz", self.admin);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -186,8 +186,13 @@ impl Config {
             } else {
                 key
             };
-            // serde_yaml_ng appends the position; keep it, it helps find the line.
-            invalid(key, e.into_inner().to_string())
+            // The YAML error repeats the path before its message; drop it, keep the position.
+            let message = e.into_inner().to_string();
+            let message = match message.split_once(": ") {
+                Some((prefix, rest)) if !prefix.contains(' ') => rest.to_owned(),
+                _ => message,
+            };
+            invalid(key, message)
         })?;
         config
             .validate()

@@ -76,3 +76,71 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tokio::sync::{mpsc, watch};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn state(ready: bool) -> AppState {
+        let config = Config::from_yaml(
+            "prometheus: {url: 'http://127.0.0.1:9090'}\nguards:\n- {name: checkout, service: svc-production}\n",
+        )
+        .unwrap();
+        let g = Arc::new(config.guards[0].clone());
+        let (inbox, _) = mpsc::channel(1);
+        let (_, status) = watch::channel(crate::guard::initial_status(&g));
+        AppState {
+            guards: vec![GuardHandle { config: g, inbox, status, ready: Arc::new(AtomicBool::new(ready)) }].into(),
+            metrics: Metrics::new().unwrap(),
+        }
+    }
+
+    async fn get(router: Router, path: &str) -> (StatusCode, String) {
+        let response = router
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn guards_lists_each_guard_as_json() {
+        let (status, body) = get(router(state(true)), "/v1/guards").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v[0]["name"], "checkout");
+        assert_eq!(v[0]["service"], "svc-production");
+        assert!(v[0]["window"].is_null());
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_every_watch_and_names_the_missing_one() {
+        let (status, body) = get(admin_router(state(false)), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("checkout"), "{body}");
+        let (status, _) = get(admin_router(state(true)), "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn healthz_and_metrics_answer_on_the_admin_listener_only() {
+        let s = state(true);
+        s.metrics.cutovers_total.with_label_values(&["checkout"]).inc();
+        let (status, body) = get(admin_router(s.clone()), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("cutover_watchdog_cutovers_total{guard=\"checkout\"} 1"));
+        assert_eq!(get(admin_router(s.clone()), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(router(s), "/metrics").await.0, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,5 +1,7 @@
 //! The binary: parse the command line, start logging, run until SIGTERM or Ctrl-C.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use cutover_watchdog::cli::{Cli, Command};
@@ -7,17 +9,24 @@ use cutover_watchdog::{app, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once: "invalid config c.yaml: guards[0].name: ...".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_format)?;
     match cli.command {
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
-            println!(
-                "{}: ok, {} guard(s)",
-                args.config.display(),
-                config.guards.len()
-            );
+            println!("{}: ok, {} guard(s)", args.config.display(), config.guards.len());
         }
         Command::Serve(args) => {
             let config = Config::load(&args.config)?;

@@ -165,6 +165,8 @@ struct Store {
     objects: BTreeMap<(String, String, String), Value>,
     log: Vec<WatchRecord>,
     requests: Vec<RequestRecord>,
+    /// (method, path) of every request as it arrives, before it is answered.
+    arrivals: Vec<(String, String)>,
     faults: Vec<FaultRule>,
 }
 
@@ -316,6 +318,12 @@ impl ApiServer {
         self.shared.lock().requests.clone()
     }
 
+    /// (method, path) of every request received, answered or not.
+    #[must_use]
+    pub fn arrivals(&self) -> Vec<(String, String)> {
+        self.shared.lock().arrivals.clone()
+    }
+
     /// Injects a fault for matching requests.
     pub fn inject(&self, rule: FaultRule) {
         self.shared.lock().faults.push(rule);
@@ -463,6 +471,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
     };
+    shared.lock().arrivals.push((record.method.clone(), record.path.clone()));
     let query: BTreeMap<String, String> = url::form_urlencoded::parse(record.query.as_bytes())
         .into_owned()
         .collect();

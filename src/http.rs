@@ -99,7 +99,13 @@ mod tests {
         let (inbox, _) = mpsc::channel(1);
         let (_, status) = watch::channel(crate::guard::initial_status(&g));
         AppState {
-            guards: vec![GuardHandle { config: g, inbox, status, ready: Arc::new(AtomicBool::new(ready)) }].into(),
+            guards: vec![GuardHandle {
+                config: g,
+                inbox,
+                status,
+                ready: Arc::new(AtomicBool::new(ready)),
+            }]
+            .into(),
             metrics: Metrics::new().unwrap(),
         }
     }
@@ -136,11 +142,17 @@ mod tests {
     #[tokio::test]
     async fn healthz_and_metrics_answer_on_the_admin_listener_only() {
         let s = state(true);
-        s.metrics.cutovers_total.with_label_values(&["checkout"]).inc();
+        s.metrics
+            .cutovers_total
+            .with_label_values(&["checkout"])
+            .inc();
         let (status, body) = get(admin_router(s.clone()), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("cutover_watchdog_cutovers_total{guard=\"checkout\"} 1"));
-        assert_eq!(get(admin_router(s.clone()), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get(admin_router(s.clone()), "/healthz").await.0,
+            StatusCode::OK
+        );
         assert_eq!(get(router(s), "/metrics").await.0, StatusCode::NOT_FOUND);
     }
 }

@@ -26,7 +26,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
-            println!("{}: ok, {} guard(s)", args.config.display(), config.guards.len());
+            println!(
+                "{}: ok, {} guard(s)",
+                args.config.display(),
+                config.guards.len()
+            );
         }
         Command::Serve(args) => {
             let config = Config::load(&args.config)?;

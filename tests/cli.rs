@@ -15,7 +15,12 @@ fn check_config_file(text: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, text).unwrap();
-    watchdog().arg("check-config").arg("--config").arg(&path).output().unwrap()
+    watchdog()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -23,8 +28,18 @@ fn every_shipped_example_config_is_valid() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = watchdog().arg("check-config").arg("--config").arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = watchdog()
+                .arg("check-config")
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -32,21 +47,51 @@ fn every_shipped_example_config_is_valid() {
 #[test]
 fn config_path_comes_from_the_environment_too() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml");
-    let out = watchdog().arg("check-config").env("CUTOVER_WATCHDOG_CONFIG", path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = watchdog()
+        .arg("check-config")
+        .env("CUTOVER_WATCHDOG_CONFIG", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 guard"));
 }
 
 #[test]
 fn invalid_configs_exit_non_zero_naming_the_key() {
-    let valid = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml")).unwrap();
+    let valid = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/minimal.yaml"
+    ))
+    .unwrap();
     let cases = [
-        (valid.replace("    for: 2m", "    for: 2m\n    fore: 1m"), "guards[0].checks[0]"),
-        (valid.replace("for: 2m", "for: soon"), "guards[0].checks[0].for"),
-        (valid.replace("http://127.0.0.1:9090", "127.0.0.1:9090"), "prometheus.url"),
-        (valid.replace("    above: 0.02\n", ""), "exactly one of `above` or `below`"),
-        (valid.replace("    above: 0.02\n", "    above: 0.02\n    below: 0.01\n"), "exactly one of"),
-        (valid.clone() + "- name: checkout\n  service: other\n", "guards[1].name: duplicate guard name"),
+        (
+            valid.replace("    for: 2m", "    for: 2m\n    fore: 1m"),
+            "guards[0].checks[0]",
+        ),
+        (
+            valid.replace("for: 2m", "for: soon"),
+            "guards[0].checks[0].for",
+        ),
+        (
+            valid.replace("http://127.0.0.1:9090", "127.0.0.1:9090"),
+            "prometheus.url",
+        ),
+        (
+            valid.replace("    above: 0.02\n", ""),
+            "exactly one of `above` or `below`",
+        ),
+        (
+            valid.replace("    above: 0.02\n", "    above: 0.02\n    below: 0.01\n"),
+            "exactly one of",
+        ),
+        (
+            valid.clone() + "- name: checkout\n  service: other\n",
+            "guards[1].name: duplicate guard name",
+        ),
     ];
     for (text, expected) in cases {
         let out = check_config_file(&text);
@@ -62,21 +107,34 @@ fn serve_refuses_an_invalid_config_before_touching_anything() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, "guards: []\nprometheus: {url: 'http://x'}\n").unwrap();
-    let out = watchdog().args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = watchdog()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("guards: at least one guard"));
 }
 
 #[test]
 fn a_missing_config_file_is_named() {
-    let out = watchdog().args(["check-config", "--config", "/nonexistent/c.yaml"]).output().unwrap();
+    let out = watchdog()
+        .args(["check-config", "--config", "/nonexistent/c.yaml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to read config file /nonexistent/c.yaml"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("failed to read config file /nonexistent/c.yaml")
+    );
 }
 
 #[test]
 fn help_documents_the_config_flag_and_its_environment_variable() {
     let out = watchdog().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--config") && help.contains("CUTOVER_WATCHDOG_CONFIG"), "{help}");
+    assert!(
+        help.contains("--config") && help.contains("CUTOVER_WATCHDOG_CONFIG"),
+        "{help}"
+    );
 }

@@ -466,7 +466,14 @@ async fn a_human_reverting_during_the_window_supersedes_it_and_nothing_is_patche
 
 #[tokio::test]
 async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
-    let mut s = Stack::start(Cluster::start().await, Setup { for_: "1s", ..Setup::default() }).await;
+    let mut s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
     s.cut_over_to_v2().await;
     s.wait_until("the window recorded", Duration::from_secs(5), || {
         s.cluster.annotation("state").as_deref() == Some("watching")
@@ -482,20 +489,44 @@ async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
     });
     s.app.set("v2", FAILING);
     let patches_in_flight = || {
-        let arrived = s.cluster.api.arrivals().iter().filter(|(m, p)| m == "PATCH" && p.ends_with(common::SVC)).count();
-        let answered = s.cluster.api.requests().iter().filter(|r| r.is_patch_of("services", common::SVC)).count();
+        let arrived = s
+            .cluster
+            .api
+            .arrivals()
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.ends_with(common::SVC))
+            .count();
+        let answered = s
+            .cluster
+            .api
+            .requests()
+            .iter()
+            .filter(|r| r.is_patch_of("services", common::SVC))
+            .count();
         arrived - answered
     };
-    s.wait_until("the rollback PATCH to be in flight", Duration::from_secs(15), || patches_in_flight() == 1).await;
+    s.wait_until(
+        "the rollback PATCH to be in flight",
+        Duration::from_secs(15),
+        || patches_in_flight() == 1,
+    )
+    .await;
     let pid = s.watchdog.child.id().unwrap();
-    let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(term.success());
     let exit = tokio::time::timeout(Duration::from_secs(10), s.watchdog.child.wait())
         .await
         .expect("exits within the shutdown deadline")
         .unwrap();
     assert!(exit.success(), "{exit:?}\n{}", s.watchdog.logs());
-    assert_eq!(s.cluster.selector_version(), "v1", "the patch in flight finished");
+    assert_eq!(
+        s.cluster.selector_version(),
+        "v1",
+        "the patch in flight finished"
+    );
     assert_eq!(s.cluster.selector_patches(), 1);
     assert!(s.watchdog.logs().contains("cutover-watchdog stopped"));
 }

@@ -471,7 +471,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
     };
-    shared.lock().arrivals.push((record.method.clone(), record.path.clone()));
+    shared
+        .lock()
+        .arrivals
+        .push((record.method.clone(), record.path.clone()));
     let query: BTreeMap<String, String> = url::form_urlencoded::parse(record.query.as_bytes())
         .into_owned()
         .collect();

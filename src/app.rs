@@ -22,6 +22,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::promql::{Prometheus, Template};
 use crate::service::ServiceHandle;
+use crate::webhook::Webhook;
 
 /// Queued Kubernetes writes across all guards.
 const EXECUTOR_QUEUE: usize = 256;
@@ -57,6 +58,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let metrics = Metrics::new()?;
+    let webhook = Webhook::from_config(&config.webhook)?;
+    if !webhook.authenticates() {
+        warn!(
+            "webhook.bearer_token_file and webhook.basic_auth are unset: /webhook/alertmanager accepts unauthenticated requests"
+        );
+    }
     let prometheus = Prometheus::new(&config.prometheus.url, config.prometheus.timeout)?;
     let main_listener = bind("main", config.listen).await?;
     let admin_listener = bind("admin", config.admin_listen).await?;
@@ -101,6 +108,7 @@ pub async fn serve(
     let state = AppState {
         guards: handles.into(),
         metrics,
+        webhook: Arc::new(webhook),
     };
     let main = axum::serve(main_listener, http::router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -4,9 +4,9 @@
 //! added, never renamed. Every error names the offending key (`guards[0].checks[1].for`).
 //! This module only reads and checks; it does not watch the file for changes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -32,8 +32,95 @@ pub struct Config {
     /// How long a Kubernetes write may take, retries included, before it is reported failed.
     #[serde(default = "defaults::kube_timeout", with = "duration")]
     pub kube_timeout: Duration,
+    /// The Alertmanager webhook on `listen`.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
     /// The guarded Services.
     pub guards: Vec<GuardConfig>,
+}
+
+/// `POST /webhook/alertmanager`: how it authenticates and how much it takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// File holding the bearer token Alertmanager sends (`http_config.authorization`).
+    /// Surrounding whitespace is trimmed. Secrets never come from the config itself.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Alternatively, HTTP basic auth (`http_config.basic_auth`).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Larger bodies get 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// One global limit, applied before authentication; above it requests get 429.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            bearer_token_file: None,
+            basic_auth: None,
+            max_body_bytes: defaults::max_body_bytes(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// HTTP basic auth for the webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    /// File holding the password; surrounding whitespace is trimmed.
+    pub password_file: PathBuf,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 20,
+            burst: 40,
+        }
+    }
+}
+
+/// Which Alertmanager alerts act on a guard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Every label here must be equal on the alert.
+    #[serde(rename = "match", default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// The alert's `severity` label must be one of these.
+    #[serde(default = "defaults::severities")]
+    pub severities: Vec<String>,
+}
+
+impl AlertsConfig {
+    /// Whether an alert with `labels` is about this guard (its severity aside).
+    #[must_use]
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether `severity` is one that acts.
+    #[must_use]
+    pub fn acts_on(&self, severity: Option<&str>) -> bool {
+        severity.is_some_and(|s| self.severities.iter().any(|x| x == s))
+    }
 }
 
 /// The Prometheus HTTP API the checks are sent to.
@@ -74,6 +161,9 @@ pub struct GuardConfig {
     pub min_ready_previous: u32,
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
+    /// Alertmanager alerts that revert at once; without this key, none do.
+    #[serde(default)]
+    pub alerts: Option<AlertsConfig>,
 }
 
 /// One PromQL check.
@@ -213,6 +303,31 @@ impl Config {
         nonzero("poll_interval", self.poll_interval)?;
         nonzero("prometheus.timeout", self.prometheus.timeout)?;
         nonzero("kube_timeout", self.kube_timeout)?;
+        let w = &self.webhook;
+        if w.bearer_token_file.is_some() && w.basic_auth.is_some() {
+            return Err((
+                "webhook".into(),
+                "set either `bearer_token_file` or `basic_auth`, not both".into(),
+            ));
+        }
+        if w.max_body_bytes == 0 || w.max_body_bytes > 64 << 20 {
+            return Err((
+                "webhook.max_body_bytes".into(),
+                "must be between 1 and 67108864".into(),
+            ));
+        }
+        if w.rate_limit.per_second == 0 {
+            return Err((
+                "webhook.rate_limit.per_second".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if w.rate_limit.burst == 0 {
+            return Err((
+                "webhook.rate_limit.burst".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if self.guards.is_empty() {
             return Err(("guards".into(), "at least one guard is required".into()));
         }
@@ -241,6 +356,20 @@ impl Config {
                     at("stabilization"),
                     "must not be longer than `window`".into(),
                 ));
+            }
+            if let Some(a) = &g.alerts {
+                if a.match_labels.is_empty() {
+                    return Err((
+                        at("alerts.match"),
+                        "must name at least one label, or every alert would match".into(),
+                    ));
+                }
+                if a.severities.is_empty() {
+                    return Err((
+                        at("alerts.severities"),
+                        "must list at least one severity".into(),
+                    ));
+                }
             }
             let mut checks = HashSet::new();
             for (j, c) in g.checks.iter().enumerate() {
@@ -363,6 +492,12 @@ mod defaults {
     pub fn min_ready_previous() -> u32 {
         1
     }
+    pub fn max_body_bytes() -> usize {
+        1 << 20
+    }
+    pub fn severities() -> Vec<String> {
+        vec!["critical".into()]
+    }
 }
 
 #[cfg(test)]
@@ -452,6 +587,29 @@ guards:
     fn unknown_template_placeholder_is_refused() {
         let e = error_of(&MINIMAL.replace("{{version}}", "{{verison}}"));
         assert!(e.contains("guards[0].checks[0].query"), "{e}");
+    }
+
+    #[test]
+    fn webhook_and_alerts_take_their_defaults_and_the_contract_keys() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.webhook.max_body_bytes, 1_048_576);
+        assert_eq!(
+            (c.webhook.rate_limit.per_second, c.webhook.rate_limit.burst),
+            (20, 40)
+        );
+        assert!(c.guards[0].alerts.is_none());
+        let text = MINIMAL.to_owned()
+            + "  alerts:\n    match: {app: my-microservice}\n"
+            + "webhook:\n  bearer_token_file: /etc/t\n  max_body_bytes: 10\n  rate_limit: {per_second: 1, burst: 2}\n";
+        let c = Config::from_yaml(&text).unwrap();
+        let a = c.guards[0].alerts.as_ref().unwrap();
+        assert_eq!(a.severities, vec!["critical".to_owned()]);
+        let labels = BTreeMap::from([("app".to_owned(), "my-microservice".to_owned())]);
+        assert!(a.matches(&labels) && a.acts_on(Some("critical")) && !a.acts_on(Some("info")));
+        assert_eq!(
+            c.webhook.bearer_token_file.as_deref(),
+            Some(Path::new("/etc/t"))
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! publishes a status snapshot for `/v1/guards` and the metrics. It never writes to Kubernetes
 //! itself.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +36,15 @@ pub enum Input {
     /// The Service as the watch saw it.
     Service(Box<Service>),
     Signal(Signal),
+    /// An Alertmanager alert matched this guard; `alert` is set when it should act.
+    Alert {
+        alert: Option<decision::Alert>,
+        seen: AlertSeen,
+    },
 }
+
+/// How many alerts `/v1/guards` keeps per guard.
+const ALERTS_KEPT: usize = 10;
 
 /// The window the poller should query, published by the guard task.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +119,16 @@ pub struct GuardHandle {
     pub ready: Arc<AtomicBool>,
 }
 
+/// What a guard's task remembers besides the core's state, for Events and status.
+#[derive(Default)]
+struct Memory {
+    /// The Service as last seen, for Events.
+    reference: Option<ObjectReference>,
+    selector_version: Option<String>,
+    last_decision: Option<DecisionStatus>,
+    alerts: VecDeque<AlertSeen>,
+}
+
 /// The task that owns one guard's decision state.
 pub struct GuardTask {
     pub index: usize,
@@ -129,56 +148,97 @@ pub struct GuardTask {
 
 impl GuardTask {
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let guard = self.config.name.clone();
-        let mut reference: Option<ObjectReference> = None;
-        let mut selector_version = None;
-        let mut last_decision = None;
+        let mut memory = Memory::default();
         loop {
-            let signal = tokio::select! {
+            let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(reply) = self.replies.recv() => reply,
+                Some(reply) = self.replies.recv() => Input::Signal(reply),
                 input = self.inbox.recv() => match input {
+                    Some(input) => input,
                     None => break,
-                    Some(Input::Signal(s)) => s,
-                    Some(Input::Service(svc)) => {
-                        reference = Some(svc.object_ref(&()));
-                        let version = self.service.version_of(&svc);
-                        if version.is_none() {
-                            warn!(guard, label = %self.config.version_label, "service selector has no version key; nothing to guard");
-                        }
-                        selector_version.clone_from(&version);
-                        Signal::Observed { version, persisted: service::persisted(&svc) }
-                    }
                 },
             };
             let now = Timestamp::now();
-            for d in self.core.handle(signal, now) {
-                last_decision = Some(describe(&d, now));
-                if let Decision::Resumed(state) = &d {
-                    info!(guard, version = %state.version, target = %state.previous, state = state.phase.as_str(), "resumed window from annotations");
-                    continue;
-                }
-                let Some(reference) = reference.clone() else {
-                    continue;
-                };
-                let command = Command {
-                    guard: self.index,
-                    decision: d,
-                    reference,
-                    decided_at: Instant::now(),
-                    reply: self.reply.clone(),
-                };
-                if self.executor.send(command).await.is_err() {
-                    debug!(guard, "executor gone; shutting down");
-                    return;
-                }
+            let decisions = match input {
+                Input::Signal(signal) => self.core.handle(signal, now),
+                Input::Service(svc) => self.observe(&svc, &mut memory, now),
+                Input::Alert { alert, seen } => self.alert(alert, seen, &mut memory, now),
+            };
+            if !self.execute(decisions, &mut memory, now).await {
+                return;
             }
-            self.publish(selector_version.clone(), last_decision.clone());
+            self.publish(&memory);
         }
     }
 
-    fn publish(&self, selector_version: Option<String>, last_decision: Option<DecisionStatus>) {
+    fn observe(&mut self, svc: &Service, memory: &mut Memory, now: Timestamp) -> Vec<Decision> {
+        memory.reference = Some(svc.object_ref(&()));
+        let version = self.service.version_of(svc);
+        if version.is_none() {
+            warn!(guard = %self.config.name, label = %self.config.version_label, "service selector has no version key; nothing to guard");
+        }
+        memory.selector_version.clone_from(&version);
+        let persisted = service::persisted(svc);
+        self.core
+            .handle(Signal::Observed { version, persisted }, now)
+    }
+
+    fn alert(
+        &mut self,
+        alert: Option<decision::Alert>,
+        mut seen: AlertSeen,
+        memory: &mut Memory,
+        now: Timestamp,
+    ) -> Vec<Decision> {
+        let decisions = match alert {
+            Some(a) => self.core.handle(Signal::Alert(a), now),
+            None => Vec::new(),
+        };
+        if seen.outcome == "delivered" {
+            seen.outcome = match decisions.first() {
+                Some(Decision::RollBack { .. }) => "rollback",
+                Some(Decision::WouldRollBack { .. }) => "would-roll-back",
+                _ if self.core.open_window().is_none() => "ignored: no open window",
+                _ => "ignored: not about the green version, predates the cutover, or already acted",
+            };
+        }
+        info!(guard = %self.config.name, alertname = %seen.alertname, status = %seen.status, outcome = seen.outcome, "alert received");
+        if memory.alerts.len() == ALERTS_KEPT {
+            memory.alerts.pop_front();
+        }
+        memory.alerts.push_back(seen);
+        decisions
+    }
+
+    /// Hands decisions to the executor; false once the executor is gone (shutdown).
+    async fn execute(&self, decisions: Vec<Decision>, memory: &mut Memory, now: Timestamp) -> bool {
+        let guard = self.config.name.as_str();
+        for d in decisions {
+            memory.last_decision = Some(describe(&d, now));
+            if let Decision::Resumed(state) = &d {
+                info!(guard, version = %state.version, target = %state.previous, state = state.phase.as_str(), "resumed window from annotations");
+                continue;
+            }
+            let Some(reference) = memory.reference.clone() else {
+                continue;
+            };
+            let command = Command {
+                guard: self.index,
+                decision: d,
+                reference,
+                decided_at: Instant::now(),
+                reply: self.reply.clone(),
+            };
+            if self.executor.send(command).await.is_err() {
+                debug!(guard, "executor gone; shutting down");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn publish(&self, memory: &Memory) {
         let guard = self.config.name.as_str();
         let window = self.core.window();
         let open = self.core.open_window();
@@ -223,7 +283,7 @@ impl GuardTask {
         let ready = self.ready.load(Ordering::Relaxed);
         self.status.send_modify(|s| {
             s.ready = ready;
-            s.selector_version = selector_version;
+            s.selector_version.clone_from(&memory.selector_version);
             s.state = window.map(|w| w.phase);
             s.window = window.map(|w| WindowStatus {
                 version: w.version.clone(),
@@ -233,7 +293,8 @@ impl GuardTask {
                 open: w.open,
             });
             s.checks = checks;
-            s.last_decision = last_decision;
+            s.last_decision.clone_from(&memory.last_decision);
+            s.last_alerts = memory.alerts.iter().cloned().collect();
         });
     }
 }

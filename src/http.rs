@@ -1,4 +1,4 @@
-//! The HTTP listeners: the main one (`/v1/guards`, and the webhook) and the admin one
+//! The HTTP listeners: the main one (`/v1/guards`, `/webhook/alertmanager`) and the admin one
 //! (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Handlers read snapshots and enqueue inputs; they never wait on the Kubernetes API.
@@ -11,22 +11,25 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::guard::{GuardHandle, GuardStatus};
 use crate::metrics::Metrics;
+use crate::webhook::Webhook;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub guards: Arc<[GuardHandle]>,
     pub metrics: Metrics,
+    pub webhook: Arc<Webhook>,
 }
 
 /// The main listener's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/guards", get(guards))
+        .route("/webhook/alertmanager", post(crate::webhook::alertmanager))
         .with_state(state)
 }
 
@@ -107,6 +110,7 @@ mod tests {
             }]
             .into(),
             metrics: Metrics::new().unwrap(),
+            webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
         }
     }
 

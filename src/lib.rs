@@ -18,6 +18,7 @@ pub mod promql;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
+pub mod webhook;
 
 pub use error::{Error, Result};
 

@@ -1,7 +1,8 @@
 //! The command line contract: `serve` and `check-config`, `--config` or
 //! `CUTOVER_WATCHDOG_CONFIG`, and errors that name the key.
 
-mod common;
+// Helpers here panic on a failed setup step, as the #[test] bodies they serve may.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

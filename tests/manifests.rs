@@ -110,10 +110,11 @@ fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
                 .is_some_and(|v| !v.starts_with("monitoring.coreos.com"))
         })
         .collect();
-    let text: String = builtin
+    let text = builtin
         .iter()
-        .map(|d| format!("---\n{}", serde_yaml_ng::to_string(d).unwrap()))
-        .collect();
+        .map(|d| serde_yaml_ng::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n");
     std::fs::write(&rendered, text).unwrap();
     let tool = venv_tool("kubernetes-validate");
     for version in ["1.25.0", "1.37.0"] {

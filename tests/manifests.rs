@@ -472,3 +472,43 @@ async fn the_watchdog_panels_return_data_in_an_end_to_end_run() {
         }
     }
 }
+
+#[test]
+fn the_readme_install_commands_render_valid_objects() {
+    let readme = read("README.md");
+    let secret_cmd =
+        "kubectl create secret generic cutover-watchdog-webhook --from-file=token=./token";
+    assert!(readme.contains(secret_cmd) && readme.contains("kubectl apply -k manifests"));
+    // `apply -k` applies what `kubectl kustomize` renders (validated above); the Secret command,
+    // rendered client-side, must give the Secret the Deployment mounts.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "a-long-random-token\n").unwrap();
+    let mut args: Vec<&str> = secret_cmd.split(' ').skip(1).collect();
+    args.extend(["--dry-run=client", "-o", "yaml"]);
+    let out = Command::new("kubectl")
+        .args(&args)
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("KUBECONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    let secret = ok(&out, secret_cmd);
+    std::fs::write(dir.path().join("secret.yaml"), &secret).unwrap();
+    let out = Command::new(venv_tool("kubernetes-validate"))
+        .arg("--strict")
+        .arg(dir.path().join("secret.yaml"))
+        .output()
+        .unwrap();
+    ok(&out, "kubernetes-validate the secret");
+    let secret: Value = serde_yaml_ng::from_str(&secret).unwrap();
+    let deployment = yaml("manifests/deployment.yaml");
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == secret["metadata"]["name"])
+    );
+    assert!(secret["data"]["token"].is_string());
+}

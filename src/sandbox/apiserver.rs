@@ -37,42 +37,27 @@ struct ResourceType {
 }
 
 const KINDS: &[ResourceType] = &[
-    ResourceType {
-        group: "",
-        version: "v1",
-        plural: "services",
-        kind: "Service",
-        short: &["svc"],
-    },
-    ResourceType {
-        group: "",
-        version: "v1",
-        plural: "pods",
-        kind: "Pod",
-        short: &["po"],
-    },
-    ResourceType {
-        group: "",
-        version: "v1",
-        plural: "events",
-        kind: "Event",
-        short: &["ev"],
-    },
-    ResourceType {
-        group: "events.k8s.io",
-        version: "v1",
-        plural: "events",
-        kind: "Event",
-        short: &["ev"],
-    },
-    ResourceType {
-        group: "coordination.k8s.io",
-        version: "v1",
-        plural: "leases",
-        kind: "Lease",
-        short: &[],
-    },
+    kind("", "services", "Service", &["svc"]),
+    kind("", "pods", "Pod", &["po"]),
+    kind("", "events", "Event", &["ev"]),
+    kind("events.k8s.io", "events", "Event", &["ev"]),
+    kind("coordination.k8s.io", "leases", "Lease", &[]),
 ];
+
+const fn kind(
+    group: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    short: &'static [&'static str],
+) -> ResourceType {
+    ResourceType {
+        group,
+        version: "v1",
+        plural,
+        kind,
+        short,
+    }
+}
 
 impl ResourceType {
     fn api_version(&self) -> String {
@@ -534,6 +519,22 @@ async fn route(
         None => {}
     }
     let ns = target.namespace.clone().unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // JSON only: protobuf and CBOR clients get 415, on which client-go falls back to JSON.
+    if matches!(*method, Method::POST | Method::PUT)
+        && !content_type.starts_with("application/json")
+    {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json (got {content_type:?})"
+            ),
+        );
+    }
     match (method.clone(), target.name.clone()) {
         (Method::GET, None) if is_true(query.get("watch")) => {
             watch_response(shared, &target, query)
@@ -544,13 +545,7 @@ async fn route(
             None => not_found(target.kind, &name),
         },
         (Method::POST, None) => create(shared, target.kind, &ns, &body),
-        (Method::PATCH, Some(name)) => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            patch(shared, &target, &name, content_type, &body)
-        }
+        (Method::PATCH, Some(name)) => patch(shared, &target, &name, content_type, &body),
         (Method::PUT, Some(name)) => replace(shared, &target, &name, &body),
         (Method::DELETE, Some(name)) => delete(shared, &target, &name),
         _ => status(

@@ -29,9 +29,14 @@ const EXECUTOR_QUEUE: usize = 256;
 
 /// A Kubernetes client from `KUBECONFIG`, else in-cluster, that names itself in User-Agent.
 pub async fn kube_client() -> Result<kube::Client> {
-    let mut config = kube::Config::infer()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| Error::KubeConfig(Box::new(e)))?;
+    client_for(config)
+}
+
+/// A client for `config` that names itself in User-Agent, so audit logs tell its writes apart.
+pub fn client_for(mut config: kube::Config) -> Result<kube::Client> {
     config.headers.push((
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_static(crate::USER_AGENT),

@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod demo;
 pub mod error;
 pub mod executor;
 pub mod guard;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use cutover_watchdog::cli::{Cli, Command};
+use cutover_watchdog::demo::{self, DemoOptions};
 use cutover_watchdog::{app, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    telemetry::init(cli.log_format)?;
+    // The demo narrates on stdout; only warnings from the watchdog inside it are worth showing.
+    let quiet = matches!(cli.command, Command::Demo(_));
+    telemetry::init(cli.log_format, if quiet { "warn" } else { "info" })?;
     match cli.command {
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
@@ -37,6 +40,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             app::run(config, shutdown).await?;
+        }
+        Command::Demo(args) => {
+            let options = DemoOptions {
+                scenario: args.scenario,
+                exit_after: args.exit_after,
+                prometheus: args.prometheus,
+                alertmanager: args.alertmanager,
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            anyhow::ensure!(
+                demo::run(&options, shutdown).await?,
+                "the story did not end as the scenario expects"
+            );
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! Logging setup: structured `tracing` events, as text or JSON lines.
 //!
-//! The level comes from `RUST_LOG` (default `info`). Nothing here knows about secrets: callers
+//! The level comes from `RUST_LOG` (default `info`; `warn` in the demo). Nothing here knows about secrets: callers
 //! never put them in fields.
 
 use tracing_subscriber::EnvFilter;
@@ -17,9 +17,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber, writing to stderr.
-pub fn init(format: LogFormat) -> Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber, writing to stderr; `RUST_LOG` overrides `default_level`.
+pub fn init(format: LogFormat, default_level: &str) -> Result<()> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -243,15 +243,20 @@ impl ApiServer {
         })
     }
 
-    /// A kube client for this server.
-    pub fn client(&self) -> Result<kube::Client> {
+    /// A kube client configuration for this server.
+    pub fn config(&self) -> Result<kube::Config> {
         let uri = self
             .url()
             .parse()
             .map_err(|e| Error::Sandbox(format!("bad api double url: {e}")))?;
         let mut config = kube::Config::new(uri);
         config.default_namespace = "default".into();
-        kube::Client::try_from(config).map_err(|e| Error::KubeClient(Box::new(e)))
+        Ok(config)
+    }
+
+    /// A plain kube client for this server (no User-Agent: it stands for "someone else").
+    pub fn client(&self) -> Result<kube::Client> {
+        kube::Client::try_from(self.config()?).map_err(|e| Error::KubeClient(Box::new(e)))
     }
 
     /// Creates or replaces an object directly, as another controller would. `apiVersion`, `kind`,

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::error::{Error, Result};
 
-/// Finds `name` at `explicit`, else on `PATH`, else fails naming the package that ships it.
+/// Finds `name` at `explicit`, else on `PATH`, else fails naming the Debian package that ships it.
 pub fn find_binary(name: &str, package: &str, explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -26,7 +26,6 @@ pub fn find_binary(name: &str, package: &str, explicit: Option<&Path>) -> Result
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| {

@@ -160,7 +160,7 @@ impl Trigger {
                 threshold,
                 for_,
             } => {
-                let observed = observed.map_or_else(|| "no data".to_owned(), |v| format!("{v}"));
+                let observed = observed.map_or_else(|| "no data".to_owned(), |v| format!("{v:.4}"));
                 format!(
                     "check {name}: observed {observed}, threshold {threshold}, breached for {}",
                     humantime::format_duration(*for_)

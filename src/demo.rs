@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -79,7 +79,7 @@ struct Narrator {
 impl Narrator {
     fn new() -> Self {
         let bar = if std::io::stdout().is_terminal() {
-            let bar = ProgressBar::new_spinner();
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -576,6 +576,10 @@ async fn summary(
         s.dir.path().join("kubeconfig").display()
     );
     println!("  kubectl get svc svc-production -o yaml");
-    println!("  kubectl get events.v1.events.k8s.io");
-    println!("  kubectl get pods -L version");
+    println!(
+        "  kubectl get events.v1.events.k8s.io -o custom-columns=TYPE:.type,REASON:.reason,NOTE:.note"
+    );
+    println!(
+        "  kubectl get pods -o custom-columns=NAME:.metadata.name,VERSION:.metadata.labels.version,READY:.status.conditions[0].status"
+    );
 }

@@ -170,6 +170,7 @@ fn spawn_guard(
     let (status_tx, status_rx) = watch::channel(guard::initial_status(&g));
     let (polling_tx, polling_rx) = watch::channel(None);
     let ready = Arc::new(AtomicBool::new(false));
+    let alerts = Arc::new(guard::AlertLog::default());
     let target = Target {
         guard: g.name.clone(),
         service: service.clone(),
@@ -216,6 +217,7 @@ fn spawn_guard(
         polling: polling_tx,
         metrics: parts.metrics.clone(),
         ready: ready.clone(),
+        alerts: alerts.clone(),
     };
     tasks.spawn(task.run(parts.stop.clone()));
     let handle = GuardHandle {
@@ -223,6 +225,7 @@ fn spawn_guard(
         inbox: inbox_tx,
         status: status_rx,
         ready,
+        alerts,
     };
     Ok((handle, target))
 }

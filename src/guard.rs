@@ -28,7 +28,7 @@ use crate::promql::{Prometheus, Template};
 use crate::service::{self, ServiceHandle};
 
 /// How many inputs may wait for a guard before senders wait.
-pub const INBOX: usize = 64;
+pub const INBOX: usize = 1024;
 
 /// An input to a guard's task.
 #[derive(Debug)]
@@ -36,15 +36,43 @@ pub enum Input {
     /// The Service as the watch saw it.
     Service(Box<Service>),
     Signal(Signal),
-    /// An Alertmanager alert matched this guard; `alert` is set when it should act.
+    /// A firing Alertmanager alert that matched this guard and may act.
     Alert {
-        alert: Option<decision::Alert>,
+        alert: decision::Alert,
         seen: AlertSeen,
     },
 }
 
-/// How many alerts `/v1/guards` keeps per guard.
-const ALERTS_KEPT: usize = 10;
+/// The last alerts seen for a guard, for `/v1/guards`. The webhook records alerts that cannot
+/// act here directly, so only the ones that may act travel through the guard's inbox.
+#[derive(Debug, Default)]
+pub struct AlertLog(std::sync::Mutex<VecDeque<AlertSeen>>);
+
+impl AlertLog {
+    /// How many alerts are kept.
+    pub const KEPT: usize = 10;
+
+    pub fn record(&self, seen: AlertSeen) {
+        // A panic while holding this lock cannot leave the deque inconsistent.
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.len() == Self::KEPT {
+            log.pop_front();
+        }
+        log.push_back(seen);
+    }
+
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<AlertSeen> {
+        let log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.iter().cloned().collect()
+    }
+}
 
 /// The window the poller should query, published by the guard task.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +97,7 @@ pub struct GuardStatus {
     pub window: Option<WindowStatus>,
     pub checks: Vec<CheckStatus>,
     pub last_decision: Option<DecisionStatus>,
+    /// Filled in from the guard's [`AlertLog`] when served.
     pub last_alerts: Vec<AlertSeen>,
 }
 
@@ -117,6 +146,7 @@ pub struct GuardHandle {
     pub inbox: mpsc::Sender<Input>,
     pub status: watch::Receiver<GuardStatus>,
     pub ready: Arc<AtomicBool>,
+    pub alerts: Arc<AlertLog>,
 }
 
 /// What a guard's task remembers besides the core's state, for Events and status.
@@ -126,7 +156,6 @@ struct Memory {
     reference: Option<ObjectReference>,
     selector_version: Option<String>,
     last_decision: Option<DecisionStatus>,
-    alerts: VecDeque<AlertSeen>,
 }
 
 /// The task that owns one guard's decision state.
@@ -144,6 +173,7 @@ pub struct GuardTask {
     pub polling: watch::Sender<Option<Polling>>,
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
+    pub alerts: Arc<AlertLog>,
 }
 
 impl GuardTask {
@@ -163,7 +193,7 @@ impl GuardTask {
             let decisions = match input {
                 Input::Signal(signal) => self.core.handle(signal, now),
                 Input::Service(svc) => self.observe(&svc, &mut memory, now),
-                Input::Alert { alert, seen } => self.alert(alert, seen, &mut memory, now),
+                Input::Alert { alert, seen } => self.alert(alert, seen, now),
             };
             if !self.execute(decisions, &mut memory, now).await {
                 return;
@@ -186,28 +216,19 @@ impl GuardTask {
 
     fn alert(
         &mut self,
-        alert: Option<decision::Alert>,
+        alert: decision::Alert,
         mut seen: AlertSeen,
-        memory: &mut Memory,
         now: Timestamp,
     ) -> Vec<Decision> {
-        let decisions = match alert {
-            Some(a) => self.core.handle(Signal::Alert(a), now),
-            None => Vec::new(),
+        let decisions = self.core.handle(Signal::Alert(alert), now);
+        seen.outcome = match decisions.first() {
+            Some(Decision::RollBack { .. }) => "rollback",
+            Some(Decision::WouldRollBack { .. }) => "would-roll-back",
+            _ if self.core.open_window().is_none() => "ignored: no open window",
+            _ => "ignored: not about the green version, predates the cutover, or already acted",
         };
-        if seen.outcome == "delivered" {
-            seen.outcome = match decisions.first() {
-                Some(Decision::RollBack { .. }) => "rollback",
-                Some(Decision::WouldRollBack { .. }) => "would-roll-back",
-                _ if self.core.open_window().is_none() => "ignored: no open window",
-                _ => "ignored: not about the green version, predates the cutover, or already acted",
-            };
-        }
-        info!(guard = %self.config.name, alertname = %seen.alertname, status = %seen.status, outcome = seen.outcome, "alert received");
-        if memory.alerts.len() == ALERTS_KEPT {
-            memory.alerts.pop_front();
-        }
-        memory.alerts.push_back(seen);
+        debug!(guard = %self.config.name, alertname = %seen.alertname, outcome = seen.outcome, "alert received");
+        self.alerts.record(seen);
         decisions
     }
 
@@ -294,7 +315,6 @@ impl GuardTask {
             });
             s.checks = checks;
             s.last_decision.clone_from(&memory.last_decision);
-            s.last_alerts = memory.alerts.iter().cloned().collect();
         });
     }
 }

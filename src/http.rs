@@ -43,13 +43,12 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 async fn guards(State(state): State<AppState>) -> Json<Vec<GuardStatus>> {
-    Json(
-        state
-            .guards
-            .iter()
-            .map(|g| g.status.borrow().clone())
-            .collect(),
-    )
+    let status = |g: &GuardHandle| {
+        let mut s = g.status.borrow().clone();
+        s.last_alerts = g.alerts.snapshot();
+        s
+    };
+    Json(state.guards.iter().map(status).collect())
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -107,6 +106,7 @@ mod tests {
                 inbox,
                 status,
                 ready: Arc::new(AtomicBool::new(ready)),
+                alerts: Arc::default(),
             }]
             .into(),
             metrics: Metrics::new().unwrap(),

@@ -266,20 +266,26 @@ fn dispatch(state: &AppState, payload: &Payload) -> Response {
             if !acts {
                 debug!(guard = %guard.config.name, alertname, status, severity, group_key = %payload.group_key, "alert recorded, no action");
             }
+            let seen = AlertSeen {
+                at: now,
+                alertname: alertname.clone(),
+                status: status.to_owned(),
+                severity: severity.map(str::to_owned),
+                fingerprint: alert.fingerprint.clone(),
+                outcome,
+            };
+            if !acts {
+                // Nothing for the decision core: record it for /v1/guards and move on.
+                guard.alerts.record(seen);
+                continue;
+            }
             let input = Input::Alert {
-                alert: acts.then(|| Alert {
+                alert: Alert {
                     alertname: alertname.clone(),
                     version: alert.labels.get(&guard.config.version_label).cloned(),
                     starts_at: alert.starts_at,
-                }),
-                seen: AlertSeen {
-                    at: now,
-                    alertname: alertname.clone(),
-                    status: status.to_owned(),
-                    severity: severity.map(str::to_owned),
-                    fingerprint: alert.fingerprint.clone(),
-                    outcome,
                 },
+                seen,
             };
             match guard.inbox.try_send(input) {
                 Ok(()) => routed += 1,

@@ -49,6 +49,7 @@ fn bench(c: &mut Criterion) {
                 Signal::Polled {
                     version: "v2".into(),
                     samples: samples.clone(),
+                    at: now,
                 },
                 now,
             ))
@@ -62,6 +63,7 @@ fn bench(c: &mut Criterion) {
                 Signal::Polled {
                     version: "v2".into(),
                     samples: samples.clone(),
+                    at: now,
                 },
                 now,
             ))

@@ -209,10 +209,13 @@ pub enum Signal {
         version: Option<String>,
         persisted: Option<Persisted>,
     },
-    /// One poll of every check, in config order, for the window of `version`.
+    /// One poll of every check, in config order, for the window of `version`, scheduled at
+    /// `at`. Breaches are timed by the schedule, not by when answers arrived, so `for` spans
+    /// whole poll intervals regardless of query latency.
     Polled {
         version: String,
         samples: Vec<Sample>,
+        at: Timestamp,
     },
     Alert(Alert),
     /// The executor's answer to a rollback for the window of `version`.
@@ -348,9 +351,13 @@ impl Guard {
                 self.observed(version, persisted.as_ref(), now)
             }
             // A poll past the window's end closes it instead.
-            Signal::Polled { version, samples } => self
+            Signal::Polled {
+                version,
+                samples,
+                at,
+            } => self
                 .tick(now)
-                .or_else(|| self.polled(&version, &samples, now)),
+                .or_else(|| self.polled(&version, &samples, at)),
             Signal::Alert(alert) => self.alert(&alert, now),
             Signal::Executed { version, outcome } => self.executed(&version, outcome),
             Signal::Tick => self.tick(now),
@@ -685,6 +692,7 @@ mod tests {
             Signal::Polled {
                 version: version.into(),
                 samples: vec![err, p95],
+                at: at(t),
             },
             at(t),
         )

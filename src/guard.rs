@@ -283,14 +283,16 @@ impl GuardTask {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let track = open
+                // Status shows the last window's checks, open or not; the metric only an open one.
+                let track = window
                     .and_then(|w| w.checks.get(i))
                     .cloned()
                     .unwrap_or_default();
+                let breached_now = open.is_some() && track.breached;
                 self.metrics
                     .check_breached
                     .with_label_values(&[guard, &c.name])
-                    .set(i64::from(track.breached));
+                    .set(i64::from(breached_now));
                 CheckStatus {
                     name: c.name.clone(),
                     threshold: c.threshold.to_string(),
@@ -406,18 +408,25 @@ impl Poller {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Poll times come from the schedule, so they are exact multiples of the interval.
+        let origin = (tokio::time::Instant::now(), Timestamp::now());
         loop {
-            tokio::select! {
+            let scheduled = tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-                // A window just opened: poll now rather than up to one interval later.
-                Ok(()) = self.polling.changed() => {}
-            }
+                tick = ticker.tick() => tick,
+                // A window just opened: poll now, and keep the interval from here.
+                Ok(()) = self.polling.changed() => {
+                    ticker.reset();
+                    tokio::time::Instant::now()
+                }
+            };
+            let at = origin.1 + scheduled.saturating_duration_since(origin.0);
             let window = self.polling.borrow_and_update().clone();
             let signal = match window {
                 Some(w) => Signal::Polled {
                     samples: self.poll(&w).await,
                     version: w.version,
+                    at,
                 },
                 None => Signal::Tick,
             };
@@ -429,6 +438,7 @@ impl Poller {
 
     /// One poll: every check concurrently.
     pub async fn poll(&self, window: &Polling) -> Vec<Sample> {
+        let started = Instant::now();
         let queries = self.checks.iter().map(|(check, template)| async move {
             let query = template.render(&window.version, &window.previous);
             let (result, took) = self.prometheus.instant(&query).await;
@@ -437,7 +447,11 @@ impl Poller {
                 .observe(took.as_secs_f64());
             self.sample(check, result)
         });
-        futures::future::join_all(queries).await
+        let samples = futures::future::join_all(queries).await;
+        self.metrics
+            .poll_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        samples
     }
 
     fn sample(

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub prometheus_query_duration_seconds: Histogram,
     pub prometheus_query_errors_total: IntCounterVec,
     pub rollback_duration_seconds: Histogram,
+    pub poll_duration_seconds: Histogram,
     pub kube_write_errors_total: IntCounter,
     pub webhook_requests_total: IntCounterVec,
     pub alerts_received_total: IntCounterVec,
@@ -165,6 +166,19 @@ impl Metrics {
                     .namespace(PREFIX)
                     .buckets(vec![
                         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                )?,
+            )?,
+            poll_duration_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "poll_duration_seconds",
+                        "Time for one guard's poll round: every check, concurrently.",
+                    )
+                    .namespace(PREFIX)
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     ]),
                 )?,
             )?,

@@ -94,6 +94,8 @@ pub struct RequestRecord {
     pub user_agent: String,
     pub body: String,
     pub status: u16,
+    /// When the request arrived.
+    pub at: jiff::Timestamp,
 }
 
 impl RequestRecord {
@@ -460,6 +462,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         user_agent: header(header::USER_AGENT),
         body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
+        at: jiff::Timestamp::now(),
     };
     shared
         .lock()

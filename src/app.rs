@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,9 +17,10 @@ use crate::config::{Config, GuardConfig};
 use crate::decision::{self, Policy};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, Target};
-use crate::guard::{self, GuardHandle, GuardTask, Poller};
+use crate::guard::{self, GuardHandle, GuardTask};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::poller::{PollTarget, Poller};
 use crate::promql::{Prometheus, Template};
 use crate::service::ServiceHandle;
 use crate::webhook::Webhook;
@@ -87,20 +88,30 @@ pub async fn serve(
     // Guard tasks stop on this token; the executor on `shutdown` directly, after them.
     let guards_stop = shutdown.child_token();
 
+    let wake = Arc::new(Notify::new());
+    let mut poll_targets = Vec::new();
     for (index, g) in config.guards.iter().enumerate() {
         let parts = Parts {
             client: &client,
-            prometheus: &prometheus,
             metrics: &metrics,
             commands: &commands,
-            poll_interval: config.poll_interval,
+            wake: &wake,
             stop: &guards_stop,
         };
-        let (handle, target) = spawn_guard(index, Arc::new(g.clone()), &parts, &mut tasks)?;
+        let (handle, target, poll) = spawn_guard(index, Arc::new(g.clone()), &parts, &mut tasks)?;
         handles.push(handle);
         targets.push(target);
+        poll_targets.push(poll);
     }
     drop(commands);
+    let poller = Poller {
+        targets: poll_targets,
+        prometheus,
+        metrics: metrics.clone(),
+        interval: config.poll_interval,
+        wake,
+    };
+    tasks.spawn(poller.run(guards_stop.clone()));
 
     let executor = Executor {
         targets,
@@ -149,20 +160,20 @@ pub async fn serve(
 /// What every guard's tasks share.
 struct Parts<'a> {
     client: &'a kube::Client,
-    prometheus: &'a Prometheus,
     metrics: &'a Metrics,
     commands: &'a mpsc::Sender<crate::executor::Command>,
-    poll_interval: Duration,
+    wake: &'a Arc<Notify>,
     stop: &'a CancellationToken,
 }
 
-/// Starts one guard's watcher, poller and decision task.
+/// Starts one guard's watcher and decision task; returns what the HTTP side, the executor and
+/// the poller need of it.
 fn spawn_guard(
     index: usize,
     g: Arc<GuardConfig>,
     parts: &Parts<'_>,
     tasks: &mut JoinSet<()>,
-) -> Result<(GuardHandle, Target)> {
+) -> Result<(GuardHandle, Target, PollTarget)> {
     parts.metrics.init_guard(&g);
     let service = ServiceHandle::new(parts.client, &g);
     let (inbox_tx, inbox_rx) = mpsc::channel(guard::INBOX);
@@ -187,16 +198,12 @@ fn spawn_guard(
             Ok((c.clone(), template))
         })
         .collect::<Result<Vec<_>>>()?;
-    let poller = Poller {
+    let poll = PollTarget {
         guard: g.name.clone(),
         checks,
-        prometheus: parts.prometheus.clone(),
-        metrics: parts.metrics.clone(),
-        interval: parts.poll_interval,
         polling: polling_rx,
         inbox: inbox_tx.clone(),
     };
-    tasks.spawn(poller.run(parts.stop.clone()));
     tasks.spawn(guard::watch_service(
         service.clone(),
         g.name.clone(),
@@ -218,6 +225,7 @@ fn spawn_guard(
         metrics: parts.metrics.clone(),
         ready: ready.clone(),
         alerts: alerts.clone(),
+        wake: parts.wake.clone(),
     };
     tasks.spawn(task.run(parts.stop.clone()));
     let handle = GuardHandle {
@@ -227,5 +235,5 @@ fn spawn_guard(
         ready,
         alerts,
     };
-    Ok((handle, target))
+    Ok((handle, target, poll))
 }

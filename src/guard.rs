@@ -1,4 +1,4 @@
-//! The per-guard tasks: watch the Service, poll the checks, and run the decision core.
+//! The per-guard tasks: watch the Service, and run the decision core on what comes in.
 //!
 //! Each guard has one task that owns its [`decision::Guard`]; the watcher, the poller, the
 //! webhook and the executor only send it inputs. It forwards decisions to the executor and
@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -20,11 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{CheckConfig, GuardConfig};
+use crate::config::GuardConfig;
 use crate::decision::{self, Decision, Sample, Signal};
 use crate::executor::Command;
 use crate::metrics::Metrics;
-use crate::promql::{Prometheus, Template};
 use crate::service::{self, ServiceHandle};
 
 /// How many inputs may wait for a guard before senders wait.
@@ -174,6 +173,8 @@ pub struct GuardTask {
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
     pub alerts: Arc<AlertLog>,
+    /// Wakes the poller when a window opens.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl GuardTask {
@@ -271,11 +272,15 @@ impl GuardTask {
             version: w.version.clone(),
             previous: w.previous.clone(),
         });
-        self.polling.send_if_modified(|p| {
+        let opened = polling.is_some();
+        let changed = self.polling.send_if_modified(|p| {
             let changed = *p != polling;
             p.clone_from(&polling);
             changed
         });
+        if changed && opened {
+            self.wake.notify_one();
+        }
         let checks = self
             .core
             .policy()
@@ -389,103 +394,6 @@ pub async fn watch_service(
         };
         if inbox.send(Input::Service(Box::new(svc))).await.is_err() {
             return;
-        }
-    }
-}
-
-/// Queries every check of the open window each `interval`, and ticks the guard's clock.
-pub struct Poller {
-    pub guard: String,
-    pub checks: Vec<(CheckConfig, Template)>,
-    pub prometheus: Prometheus,
-    pub metrics: Metrics,
-    pub interval: Duration,
-    pub polling: watch::Receiver<Option<Polling>>,
-    pub inbox: mpsc::Sender<Input>,
-}
-
-impl Poller {
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Poll times come from the schedule, so they are exact multiples of the interval.
-        let origin = (tokio::time::Instant::now(), Timestamp::now());
-        loop {
-            let scheduled = tokio::select! {
-                () = shutdown.cancelled() => return,
-                tick = ticker.tick() => tick,
-                // A window just opened: poll now, and keep the interval from here.
-                Ok(()) = self.polling.changed() => {
-                    ticker.reset();
-                    tokio::time::Instant::now()
-                }
-            };
-            let at = origin.1 + scheduled.saturating_duration_since(origin.0);
-            let window = self.polling.borrow_and_update().clone();
-            let signal = match window {
-                Some(w) => Signal::Polled {
-                    samples: self.poll(&w).await,
-                    version: w.version,
-                    at,
-                },
-                None => Signal::Tick,
-            };
-            if self.inbox.send(Input::Signal(signal)).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// One poll: every check concurrently.
-    pub async fn poll(&self, window: &Polling) -> Vec<Sample> {
-        let started = Instant::now();
-        let queries = self.checks.iter().map(|(check, template)| async move {
-            let query = template.render(&window.version, &window.previous);
-            let (result, took) = self.prometheus.instant(&query).await;
-            self.metrics
-                .prometheus_query_duration_seconds
-                .observe(took.as_secs_f64());
-            self.sample(check, result)
-        });
-        let samples = futures::future::join_all(queries).await;
-        self.metrics
-            .poll_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        samples
-    }
-
-    fn sample(
-        &self,
-        check: &CheckConfig,
-        result: Result<Vec<f64>, (crate::promql::QueryError, String)>,
-    ) -> Sample {
-        let guard = self.guard.as_str();
-        let labels = [guard, check.name.as_str()];
-        match result {
-            Err((kind, message)) => {
-                self.metrics
-                    .prometheus_query_errors_total
-                    .with_label_values(&[kind.as_label()])
-                    .inc();
-                warn!(guard, check = %check.name, reason = kind.as_label(), error = %message, "prometheus query failed; not a breach");
-                Sample::Error
-            }
-            Ok(values) => {
-                if values.len() > 1 {
-                    warn!(guard, check = %check.name, series = values.len(), "query returned several series; the worst counts");
-                }
-                let sample = Sample::from_values(&values, check.threshold());
-                match sample {
-                    Sample::Value(v) => self.metrics.check_value.with_label_values(&labels).set(v),
-                    Sample::NoData => self
-                        .metrics
-                        .check_no_data_total
-                        .with_label_values(&labels)
-                        .inc(),
-                    Sample::Error => {}
-                }
-                sample
-            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod executor;
 pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod poller;
 pub mod promql;
 pub mod sandbox;
 pub mod service;

@@ -138,7 +138,7 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "prometheus_query_duration_seconds",
-                        "Time for one check query to Prometheus.",
+                        "Time for one request to Prometheus: a batch of checks, or one.",
                     )
                     .namespace(PREFIX)
                     .buckets(vec![
@@ -151,7 +151,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "prometheus_query_errors_total",
-                        "Check queries that failed; never counted as a breach.",
+                        "Requests to Prometheus that failed; never counted as a breach.",
                     ),
                     &["reason"],
                 )?,
@@ -174,7 +174,7 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "poll_duration_seconds",
-                        "Time for one guard's poll round: every check, concurrently.",
+                        "Time for one poll round: every open window's checks.",
                     )
                     .namespace(PREFIX)
                     .buckets(vec![

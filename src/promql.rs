@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use serde::Deserialize;
 use url::Url;
 
@@ -136,19 +137,29 @@ impl Prometheus {
 
     /// Runs `query` as an instant query and returns every series' value (NaN included), with
     /// how long it took.
-    pub async fn instant(
-        &self,
-        query: &str,
-    ) -> (
-        std::result::Result<Vec<f64>, (QueryError, String)>,
-        Duration,
-    ) {
+    pub async fn instant(&self, query: &str) -> (QueryResult<Vec<f64>>, Duration) {
         let started = Instant::now();
-        let result = self.send(query).await;
+        let result = self
+            .send(query)
+            .await
+            .and_then(|body| parse_values(&body).map_err(|m| (QueryError::Body, m)));
         (result, started.elapsed())
     }
 
-    async fn send(&self, query: &str) -> std::result::Result<Vec<f64>, (QueryError, String)> {
+    /// Runs several instant queries in one request (see [`batch_query`]) and returns each
+    /// query's series values, in order, with how long it took. If any query cannot be batched
+    /// (a scalar, a syntax error) the whole request fails with [`QueryError::Status`]; callers
+    /// then fall back to single queries.
+    pub async fn batch(&self, queries: &[&str]) -> (QueryResult<Vec<Vec<f64>>>, Duration) {
+        let started = Instant::now();
+        let result = self
+            .send(&batch_query(queries))
+            .await
+            .and_then(|body| parse_batch(&body, queries.len()).map_err(|m| (QueryError::Body, m)));
+        (result, started.elapsed())
+    }
+
+    async fn send(&self, query: &str) -> QueryResult<Bytes> {
         let response = self
             .http
             .post(self.endpoint.clone())
@@ -179,8 +190,64 @@ impl Prometheus {
                 .unwrap_or_default();
             return Err((QueryError::Status, format!("HTTP {status}: {detail}")));
         }
-        parse_values(&body).map_err(|m| (QueryError::Body, m))
+        Ok(body)
     }
+}
+
+/// A query's outcome: the values, or why there are none.
+pub type QueryResult<T> = std::result::Result<T, (QueryError, String)>;
+
+/// The label that tags each query's series in a batch.
+const BATCH_LABEL: &str = "cutover_watchdog_query";
+
+/// One query for several: each instant-vector query's series are tagged with its index, and the
+/// tagged vectors are joined with `or`. Distinct tags mean no series of one query can hide
+/// another's, so each query's result is exactly what it would be alone.
+#[must_use]
+pub fn batch_query(queries: &[&str]) -> String {
+    queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("label_replace(({q}), \"{BATCH_LABEL}\", \"{i}\", \"\", \"\")"))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+#[derive(Deserialize)]
+struct TaggedSample {
+    metric: std::collections::HashMap<String, String>,
+    value: (f64, String),
+}
+
+#[derive(Deserialize)]
+struct BatchResponse {
+    status: String,
+    data: BatchData,
+}
+
+#[derive(Deserialize)]
+struct BatchData {
+    result: Vec<TaggedSample>,
+}
+
+/// Splits a batch's vector back into `n` queries' values.
+pub fn parse_batch(body: &[u8], n: usize) -> std::result::Result<Vec<Vec<f64>>, String> {
+    let response: BatchResponse =
+        serde_json::from_slice(body).map_err(|e| format!("unparseable batch response: {e}"))?;
+    if response.status != "success" {
+        return Err(format!("batch query failed: {}", response.status));
+    }
+    let mut out = vec![Vec::new(); n];
+    for sample in response.data.result {
+        let index = sample
+            .metric
+            .get(BATCH_LABEL)
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < n)
+            .ok_or_else(|| format!("batch series without a valid {BATCH_LABEL} label"))?;
+        out[index].push(number(&sample.value.1)?);
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -276,6 +343,26 @@ mod tests {
         assert_eq!(parse_values(s).unwrap(), vec![2.0]);
         let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert!(parse_values(empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_tags_each_query_and_splits_the_answer_back() {
+        let q = batch_query(&["sum(a)", "b / c"]);
+        assert_eq!(
+            q,
+            r#"label_replace((sum(a)), "cutover_watchdog_query", "0", "", "") or label_replace((b / c), "cutover_watchdog_query", "1", "", "")"#
+        );
+        let body = br#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"cutover_watchdog_query":"1","x":"a"},"value":[1,"0.5"]},
+            {"metric":{"cutover_watchdog_query":"1","x":"b"},"value":[1,"NaN"]}]}}"#;
+        let got = parse_batch(body, 3).unwrap();
+        assert!(
+            got[0].is_empty() && got[2].is_empty(),
+            "no series is no data"
+        );
+        assert_eq!(got[1].len(), 2);
+        let untagged = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#;
+        assert!(parse_batch(untagged, 1).is_err());
     }
 
     #[test]

@@ -1,0 +1,186 @@
+//! The poller: every `poll_interval`, every open window's checks, in few requests.
+//!
+//! One task polls for all guards. Each round it renders every open window's checks and sends
+//! them to Prometheus in batches (see [`crate::promql::batch_query`]), so the number of requests
+//! grows with guards × checks / batch size rather than guards × checks. A batch Prometheus
+//! rejects (a scalar query, a typo) is retried query by query, so one guard's bad query never
+//! blinds another. It decides nothing: it hands samples to the guards' tasks and ticks their
+//! clocks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::CheckConfig;
+use crate::decision::{Sample, Signal};
+use crate::guard::{Input, Polling};
+use crate::metrics::Metrics;
+use crate::promql::{Prometheus, QueryError, QueryResult, Template};
+
+/// Queries per request. Prometheus evaluates a batch's queries one after another, so this
+/// bounds one request's latency as well as its size.
+pub const BATCH: usize = 50;
+
+/// One guard, as the poller sees it.
+pub struct PollTarget {
+    pub guard: String,
+    pub checks: Vec<(CheckConfig, Template)>,
+    /// The open window, published by the guard's task.
+    pub polling: watch::Receiver<Option<Polling>>,
+    pub inbox: mpsc::Sender<Input>,
+}
+
+/// Polls every guard's open window each `interval`.
+pub struct Poller {
+    pub targets: Vec<PollTarget>,
+    pub prometheus: Prometheus,
+    pub metrics: Metrics,
+    pub interval: Duration,
+    /// Notified when a window opens, to poll at once rather than up to an interval later.
+    pub wake: Arc<Notify>,
+}
+
+impl Poller {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Poll times come from the schedule, so breaches are timed in whole intervals whatever
+        // the query latency.
+        let origin = (Instant::now(), Timestamp::now());
+        loop {
+            let scheduled = tokio::select! {
+                () = shutdown.cancelled() => return,
+                tick = ticker.tick() => tick,
+                () = self.wake.notified() => {
+                    ticker.reset();
+                    Instant::now()
+                }
+            };
+            let at = origin.1 + scheduled.saturating_duration_since(origin.0);
+            self.round(at).await;
+        }
+    }
+
+    /// One round: every open window's checks, then a signal to every guard.
+    async fn round(&self, at: Timestamp) {
+        let started = std::time::Instant::now();
+        let windows: Vec<Option<Polling>> = self
+            .targets
+            .iter()
+            .map(|t| t.polling.borrow().clone())
+            .collect();
+        let mut queries = Vec::new();
+        for (target, window) in self.targets.iter().zip(&windows) {
+            if let Some(w) = window {
+                for (_, template) in &target.checks {
+                    queries.push(template.render(&w.version, &w.previous));
+                }
+            }
+        }
+        let mut results = self.evaluate(&queries).await.into_iter();
+        for (target, window) in self.targets.iter().zip(windows) {
+            let signal = match window {
+                Some(w) => Signal::Polled {
+                    samples: target
+                        .checks
+                        .iter()
+                        .map(|(check, _)| {
+                            let result = results.next().unwrap_or_else(|| {
+                                Err((QueryError::Body, "missing batch result".into()))
+                            });
+                            self.sample(&target.guard, check, result)
+                        })
+                        .collect(),
+                    version: w.version,
+                    at,
+                },
+                None => Signal::Tick,
+            };
+            // Never wait on one guard: a poll it misses only delays its next sample.
+            if target.inbox.try_send(Input::Signal(signal)).is_err() {
+                warn!(guard = %target.guard, "guard is busy; skipped one poll");
+            }
+        }
+        self.metrics
+            .poll_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Every query's result, in order, batched.
+    async fn evaluate(&self, queries: &[String]) -> Vec<QueryResult<Vec<f64>>> {
+        let batches = queries.chunks(BATCH).map(|chunk| self.batch(chunk));
+        futures::future::join_all(batches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn batch(&self, chunk: &[String]) -> Vec<QueryResult<Vec<f64>>> {
+        if let [only] = chunk {
+            return vec![self.single(only).await];
+        }
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let (result, took) = self.prometheus.batch(&refs).await;
+        self.metrics
+            .prometheus_query_duration_seconds
+            .observe(took.as_secs_f64());
+        match result {
+            Ok(values) => values.into_iter().map(Ok).collect(),
+            // Prometheus refused the batch: some query in it cannot be batched or is wrong.
+            // Alone, each gets its own answer and its own error.
+            Err((QueryError::Status | QueryError::Body, _)) => {
+                futures::future::join_all(chunk.iter().map(|q| self.single(q))).await
+            }
+            Err((kind, message)) => {
+                self.count_error(kind, &message);
+                vec![Err((kind, message)); chunk.len()]
+            }
+        }
+    }
+
+    async fn single(&self, query: &str) -> QueryResult<Vec<f64>> {
+        let (result, took) = self.prometheus.instant(query).await;
+        self.metrics
+            .prometheus_query_duration_seconds
+            .observe(took.as_secs_f64());
+        if let Err((kind, message)) = &result {
+            self.count_error(*kind, message);
+        }
+        result
+    }
+
+    fn count_error(&self, kind: QueryError, message: &str) {
+        self.metrics
+            .prometheus_query_errors_total
+            .with_label_values(&[kind.as_label()])
+            .inc();
+        warn!(reason = kind.as_label(), error = %message, "prometheus query failed; not a breach");
+    }
+
+    fn sample(&self, guard: &str, check: &CheckConfig, result: QueryResult<Vec<f64>>) -> Sample {
+        let labels = [guard, check.name.as_str()];
+        let Ok(values) = result else {
+            return Sample::Error;
+        };
+        if values.len() > 1 {
+            warn!(guard, check = %check.name, series = values.len(), "query returned several series; the worst counts");
+        }
+        let sample = Sample::from_values(&values, check.threshold());
+        match sample {
+            Sample::Value(v) => self.metrics.check_value.with_label_values(&labels).set(v),
+            Sample::NoData => self
+                .metrics
+                .check_no_data_total
+                .with_label_values(&labels)
+                .inc(),
+            Sample::Error => {}
+        }
+        sample
+    }
+}

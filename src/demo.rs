@@ -348,10 +348,19 @@ pub async fn run(options: &DemoOptions, shutdown: CancellationToken) -> Result<b
     let config = watchdog_config(&sandbox, options.scenario)?;
     let client = crate::app::client_for(sandbox.api.config()?)?;
     let stop = shutdown.child_token();
-    let watchdog = tokio::spawn(crate::app::serve(config, client, stop.clone()));
+    let mut watchdog = tokio::spawn(crate::app::serve(config, client, stop.clone()));
     let main_url = format!("http://127.0.0.1:{}", sandbox.main);
     let admin_url = format!("http://127.0.0.1:{}", sandbox.admin);
-    wait_ready(&admin_url).await?;
+    // If the watchdog fails to start (a port taken, say), say why rather than "not ready".
+    tokio::select! {
+        ready = wait_ready(&admin_url) => ready?,
+        ended = &mut watchdog => {
+            return Err(match ended {
+                Ok(Err(e)) => e,
+                _ => Error::Sandbox("the watchdog stopped during start-up".into()),
+            });
+        }
+    }
     narrator.say(&format!(
         "watchdog:        {main_url}/v1/guards, {admin_url}/metrics (ready)"
     ));

@@ -194,7 +194,7 @@ fn spawn_guard(
         .map(|c| {
             // Validated by Config::parse already; this only re-splits the text.
             let template = Template::parse(&c.query)
-                .map_err(|m| Error::Sandbox(format!("check {}: {m}", c.name)))?;
+                .map_err(|m| Error::Unusable(format!("check {}: {m}", c.name)))?;
             Ok((c.clone(), template))
         })
         .collect::<Result<Vec<_>>>()?;

@@ -72,6 +72,11 @@ pub enum Error {
     #[error("failed to set up logging: {0}")]
     Telemetry(String),
 
+    /// A setting that passed the config check but cannot be used, e.g. an empty secret file.
+    #[error("{0}")]
+    Unusable(String),
+
+    /// The local sandbox (demo and tests) could not be set up.
     #[error("{0}")]
     Sandbox(String),
 

@@ -129,7 +129,7 @@ impl Prometheus {
         let mut endpoint = base.clone();
         endpoint
             .path_segments_mut()
-            .map_err(|()| Error::Sandbox(format!("prometheus url {base} cannot be a base")))?
+            .map_err(|()| Error::Unusable(format!("prometheus.url {base} cannot be a base URL")))?
             .pop_if_empty()
             .extend(["api", "v1", "query"]);
         Ok(Self { http, endpoint })

@@ -54,7 +54,10 @@ pub fn read_secret(key: &str, path: &Path) -> Result<String> {
     })?;
     let secret = text.trim().to_owned();
     if secret.is_empty() {
-        return Err(Error::Sandbox(format!("{key} {} is empty", path.display())));
+        return Err(Error::Unusable(format!(
+            "{key} {} is empty",
+            path.display()
+        )));
     }
     Ok(secret)
 }

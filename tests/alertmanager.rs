@@ -111,11 +111,7 @@ async fn a_real_alertmanager_critical_alert_reverts_the_selector_once_even_from_
     std::fs::write(&config, setup.yaml(main, admin)).unwrap();
     let watchdog = Watchdog::start_with(&cluster, &config, main, admin).await;
 
-    cluster.cut_over("v2").await;
-    common::wait_for("the window to open", Duration::from_secs(10), || {
-        cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
+    cluster.cut_over_recorded("v2").await;
     app.set("v2", FAILING);
 
     // From the moment Prometheus has the alert pending: its `for`, then group_wait, plus 2 s.
@@ -261,11 +257,7 @@ async fn wait_for_alerts_seen(watchdog: &Watchdog, n: usize) -> Value {
 async fn the_same_critical_alert_posted_five_times_concurrently_yields_one_patch() {
     let cluster = Cluster::start().await;
     let watchdog = webhook_only(&cluster).await;
-    cluster.cut_over("v2").await;
-    common::wait_for("the window to open", Duration::from_secs(10), || {
-        cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
+    cluster.cut_over_recorded("v2").await;
     let posts = (0..5).map(|_| post_fixture(&watchdog, "firing-critical-and-info.json"));
     for status in futures::future::join_all(posts).await {
         assert_eq!(status, 200);
@@ -313,11 +305,7 @@ async fn the_same_critical_alert_posted_five_times_concurrently_yields_one_patch
 async fn a_resolved_only_critical_alert_changes_nothing() {
     let cluster = Cluster::start().await;
     let watchdog = webhook_only(&cluster).await;
-    cluster.cut_over("v2").await;
-    common::wait_for("the window to open", Duration::from_secs(10), || {
-        cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
+    cluster.cut_over_recorded("v2").await;
     assert_eq!(
         post_fixture(&watchdog, "critical-resolved-info-firing.json").await,
         200

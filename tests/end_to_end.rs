@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Setup, Stack, Watchdog};
-use cutover_watchdog::sandbox::apiserver::{Fault, FaultRule};
+use cutover_watchdog::sandbox::apiserver::Fault;
 use cutover_watchdog::sandbox::traffic::Behaviour;
 
 const FAILING: Behaviour = Behaviour {
@@ -29,11 +29,7 @@ const ROLLBACKS: &str =
 #[tokio::test]
 async fn green_error_ratio_reverts_the_selector_within_for_plus_rate_window_plus_two_polls() {
     let s = Stack::start(Cluster::start().await, Setup::default()).await;
-    s.cut_over_to_v2().await;
-    s.wait_until("the window recorded", Duration::from_secs(5), || {
-        s.cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
+    s.cut_over_to_v2_recorded().await;
     assert_eq!(
         s.cluster.annotation("previous-version").as_deref(),
         Some("v1")
@@ -244,18 +240,8 @@ async fn a_409_on_the_first_patch_yields_exactly_one_selector_change() {
         },
     )
     .await;
-    s.cut_over_to_v2().await;
-    s.wait_until("the window recorded", Duration::from_secs(5), || {
-        s.cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
-    s.cluster.api.inject(FaultRule {
-        method: axum::http::Method::PATCH,
-        plural: "services".into(),
-        name: Some(common::SVC.into()),
-        times: 1,
-        fault: Fault::ConcurrentWrite,
-    });
+    s.cut_over_to_v2_recorded().await;
+    s.cluster.fault_next_service_patch(Fault::ConcurrentWrite);
     s.app.set("v2", FAILING);
     s.wait_until("the selector back at v1", Duration::from_secs(15), || {
         s.cluster.selector_version() == "v1"
@@ -474,19 +460,10 @@ async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
         },
     )
     .await;
-    s.cut_over_to_v2().await;
-    s.wait_until("the window recorded", Duration::from_secs(5), || {
-        s.cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
+    s.cut_over_to_v2_recorded().await;
     // The rollback's PATCH takes 2 s to answer; SIGTERM arrives while it is in flight.
-    s.cluster.api.inject(FaultRule {
-        method: axum::http::Method::PATCH,
-        plural: "services".into(),
-        name: Some(common::SVC.into()),
-        times: 1,
-        fault: Fault::Delay(Duration::from_secs(2)),
-    });
+    s.cluster
+        .fault_next_service_patch(Fault::Delay(Duration::from_secs(2)));
     s.app.set("v2", FAILING);
     let patches_in_flight = || {
         let arrived = s
@@ -541,18 +518,8 @@ async fn a_refused_patch_is_reported_as_rollback_failed_and_retried_while_the_tr
         },
     )
     .await;
-    s.cut_over_to_v2().await;
-    s.wait_until("the window recorded", Duration::from_secs(5), || {
-        s.cluster.annotation("state").as_deref() == Some("watching")
-    })
-    .await;
-    s.cluster.api.inject(FaultRule {
-        method: axum::http::Method::PATCH,
-        plural: "services".into(),
-        name: Some(common::SVC.into()),
-        times: 1,
-        fault: Fault::Status(403),
-    });
+    s.cut_over_to_v2_recorded().await;
+    s.cluster.fault_next_service_patch(Fault::Status(403));
     s.app.set("v2", FAILING);
     s.wait_metric(
         r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,

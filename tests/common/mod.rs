@@ -88,6 +88,15 @@ impl Cluster {
         );
     }
 
+    /// Cuts over and waits until the watchdog has recorded the window on the Service.
+    pub async fn cut_over_recorded(&self, version: &str) {
+        self.cut_over(version).await;
+        wait_for("the window recorded", Duration::from_secs(10), || {
+            self.annotation("state").as_deref() == Some("watching")
+        })
+        .await;
+    }
+
     pub fn service(&self) -> Value {
         self.api.get("services", NS, SVC).unwrap()
     }
@@ -130,6 +139,17 @@ impl Cluster {
             .filter(|r| r.user_agent.starts_with("cutover-watchdog/"))
             .filter(|r| r.json().is_some_and(|j| !j["spec"]["selector"].is_null()))
             .count()
+    }
+
+    /// Injects `fault` into the next PATCH of `svc-production`.
+    pub fn fault_next_service_patch(&self, fault: apiserver::Fault) {
+        self.api.inject(apiserver::FaultRule {
+            method: axum::http::Method::PATCH,
+            plural: "services".into(),
+            name: Some(SVC.into()),
+            times: 1,
+            fault,
+        });
     }
 
     pub fn set_pod_ready(&self, version: &str, index: usize, ready: bool) {
@@ -443,6 +463,16 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Cuts over to v2 and waits until the window is also recorded on the Service (so a fault
+    /// injected next meets the rollback, not the cutover's own annotation write).
+    pub async fn cut_over_to_v2_recorded(&self) {
+        self.cut_over_to_v2().await;
+        self.wait_until("the window recorded", Duration::from_secs(5), || {
+            self.cluster.annotation("state").as_deref() == Some("watching")
+        })
+        .await;
     }
 
     /// Cuts over to v2 with kubectl and waits until the watchdog has opened the window.

@@ -10,6 +10,8 @@ RUN apt-get update \
     && rustup target add x86_64-unknown-linux-musl
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the criterion bench; cargo wants its file present to read the manifest.
+COPY benches ./benches
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
     && cp target/x86_64-unknown-linux-musl/release/cutover-watchdog /cutover-watchdog
 

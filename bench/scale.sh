@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale: N guards with 2 checks each, every window open, polling every 1 s against the real
-# Prometheus. Reports, per N: rounds that finished inside the interval, queries per round, CPU
-# and RSS of the watchdog. Usage: bench/scale.sh [SECONDS] [N ...]   (default: 60 10 100 500)
+# Prometheus. Reports, per N: poll rounds (one per interval, all guards) that finished inside the
+# interval, Prometheus requests per round (checks are batched), CPU and RSS of the watchdog. Usage: bench/scale.sh [SECONDS] [N ...]   (default: 60 10 100 500)
 source "$(dirname "$0")/common.sh"
 DURATION=${1:-60}
 shift || true
@@ -42,7 +42,7 @@ for n in "${SIZES[@]}"; do
   inside=$(( $(metric 'cutover_watchdog_poll_duration_seconds_bucket{le="1"}') - inside0 ))
   queries=$(( $(metric cutover_watchdog_prometheus_query_duration_seconds_count) - queries0 ))
   errors=$(( $(curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^cutover_watchdog_prometheus_query_errors_total/ {s += $2} END {print s + 0}') - errors0 ))
-  echo "guards $n: $rounds poll rounds in ${DURATION}s (expected $((n * DURATION))), $inside inside 1 s; $((queries / (rounds / n > 0 ? rounds / n : 1))) queries per round of all guards; query errors $errors; watchdog cpu $cpu% of a core, rss $(mib "$(rss_kib "$WATCHDOG_PID")") MiB"
+  echo "guards $n ($((2 * n)) checks): $rounds poll rounds in ${DURATION}s (expected $DURATION), $inside inside 1 s; $((queries / (rounds > 0 ? rounds : 1))) Prometheus requests per round; failed requests $errors; watchdog cpu $cpu% of a core, rss $(mib "$(rss_kib "$WATCHDOG_PID")") MiB"
   kill "$WATCHDOG_PID" "$SANDBOX_PID" 2>/dev/null || true
   wait "$WATCHDOG_PID" 2>/dev/null || true
 done

@@ -28,6 +28,25 @@ use crate::webhook::Webhook;
 /// Queued Kubernetes writes across all guards.
 const EXECUTOR_QUEUE: usize = 256;
 
+/// A token cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Io {
+        context: "failed to install the SIGTERM handler".into(),
+        source,
+    })?;
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
 /// A Kubernetes client from `KUBECONFIG`, else in-cluster, that names itself in User-Agent.
 pub async fn kube_client() -> Result<kube::Client> {
     let config = kube::Config::infer()

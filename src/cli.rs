@@ -32,24 +32,7 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Play the runbook's story on a local sandbox (no cluster needed): cutover, a fault in v2,
     /// detection, the revert. Needs the Debian packages prometheus and prometheus-alertmanager.
-    Demo(DemoArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    /// Which story to play.
-    #[arg(long, value_enum, default_value = "error-rate")]
-    pub scenario: crate::demo::Scenario,
-    /// After the story, keep serving this long (e.g. `0s`, `30s`), then exit; without it, serve
-    /// until Ctrl-C. The exit code says whether the story ended as the scenario expects.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub exit_after: Option<std::time::Duration>,
-    /// The Prometheus binary (default: `prometheus` on PATH).
-    #[arg(long)]
-    pub prometheus: Option<PathBuf>,
-    /// The Alertmanager binary (default: `prometheus-alertmanager` on PATH).
-    #[arg(long)]
-    pub alertmanager: Option<PathBuf>,
+    Demo(crate::demo::DemoOptions),
 }
 
 #[derive(Debug, clap::Args)]

@@ -61,12 +61,20 @@ impl Scenario {
 }
 
 /// What the demo is told on the command line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
+    /// Which story to play.
+    #[arg(long, value_enum, default_value = "error-rate")]
     pub scenario: Scenario,
-    /// After the story: keep serving this long, then exit. `None`: serve until Ctrl-C.
+    /// After the story, keep serving this long (e.g. `0s`, `30s`), then exit; without it, serve
+    /// until Ctrl-C. The exit code says whether the story ended as the scenario expects.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub exit_after: Option<Duration>,
+    /// The Prometheus binary (default: `prometheus` on PATH).
+    #[arg(long)]
     pub prometheus: Option<PathBuf>,
+    /// The Alertmanager binary (default: `prometheus-alertmanager` on PATH).
+    #[arg(long)]
     pub alertmanager: Option<PathBuf>,
 }
 

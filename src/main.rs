@@ -2,17 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use cutover_watchdog::cli::{Cli, Command};
-use cutover_watchdog::demo::{self, DemoOptions};
-use cutover_watchdog::{app, config::Config, telemetry};
-use tokio_util::sync::CancellationToken;
+use cutover_watchdog::{app, config::Config, demo, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, each cause once: "invalid config c.yaml: guards[0].name: ...".
@@ -36,36 +32,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Serve(args) => {
-            let config = Config::load(&args.config)?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            app::run(config, shutdown).await?;
+            app::run(Config::load(&args.config)?, app::shutdown_on_signal()?).await?;
         }
-        Command::Demo(args) => {
-            let options = DemoOptions {
-                scenario: args.scenario,
-                exit_after: args.exit_after,
-                prometheus: args.prometheus,
-                alertmanager: args.alertmanager,
-            };
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            anyhow::ensure!(
-                demo::run(&options, shutdown).await?,
-                "the story did not end as the scenario expects"
-            );
+        Command::Demo(options) => {
+            let as_expected = demo::run(&options, app::shutdown_on_signal()?).await?;
+            anyhow::ensure!(as_expected, "the story did not end as the scenario expects");
         }
     }
-    Ok(())
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("failed to install SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    shutdown.cancel();
     Ok(())
 }

@@ -129,14 +129,7 @@ async fn a_blip_shorter_than_for_does_not_roll_back() {
 
 #[tokio::test]
 async fn green_with_no_traffic_is_no_data_and_does_not_roll_back() {
-    let s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let s = Stack::quick().await;
     s.app.set("v2", Behaviour::IDLE);
     s.cut_over_to_v2().await;
     let series = r#"cutover_watchdog_check_no_data_total{check="error_rate",guard="checkout"}"#;
@@ -149,14 +142,7 @@ async fn green_with_no_traffic_is_no_data_and_does_not_roll_back() {
 
 #[tokio::test]
 async fn prometheus_killed_mid_window_is_never_a_breach_and_the_watchdog_stays_up() {
-    let mut s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut s = Stack::quick().await;
     s.cut_over_to_v2().await;
     s.wait_status("a first value", Duration::from_secs(10), |g| {
         g["checks"][0]["last"]["kind"] == "value"
@@ -207,15 +193,7 @@ async fn blue_without_ready_pods_blocks_the_rollback_until_it_is_ready() {
     );
     assert!(s.watchdog.logs().contains("rollback blocked"));
     // Several more polls while blocked: one event per episode, not one per poll.
-    let polls = s
-        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
-        .await;
-    s.wait_metric(
-        "cutover_watchdog_prometheus_query_duration_seconds_count",
-        polls + 4.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    s.wait_polls(4).await;
     let count = |reason: &str, events: &[String]| events.iter().filter(|e| *e == reason).count();
     assert_eq!(count("RollbackBlocked", &s.cluster.event_reasons()), 1);
 
@@ -232,14 +210,7 @@ async fn blue_without_ready_pods_blocks_the_rollback_until_it_is_ready() {
 
 #[tokio::test]
 async fn a_409_on_the_first_patch_yields_exactly_one_selector_change() {
-    let s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let s = Stack::quick().await;
     s.cut_over_to_v2_recorded().await;
     s.cluster.fault_next_service_patch(Fault::ConcurrentWrite);
     s.app.set("v2", FAILING);
@@ -259,14 +230,7 @@ async fn a_409_on_the_first_patch_yields_exactly_one_selector_change() {
 
 #[tokio::test]
 async fn a_kill_9_and_restart_mid_window_resumes_the_window() {
-    let mut s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut s = Stack::quick().await;
     s.cut_over_to_v2().await;
     let cutover_at = s.cluster.annotation("cutover-at").unwrap();
     let before = s.watchdog.guards().await[0]["window"].clone();
@@ -327,15 +291,7 @@ async fn dry_run_records_would_roll_back_once_and_patches_nothing() {
         r#"cutover_watchdog_dry_run_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
     s.wait_metric(series, 1.0, Duration::from_secs(15)).await;
     // Further breached polls do not record it again.
-    let polls = s
-        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
-        .await;
-    s.wait_metric(
-        "cutover_watchdog_prometheus_query_duration_seconds_count",
-        polls + 4.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    s.wait_polls(4).await;
     assert_eq!(s.metric(series).await, 1.0);
     assert_eq!(s.metric(ROLLBACKS).await, 0.0);
     assert_eq!(s.cluster.selector_version(), "v2");
@@ -421,14 +377,7 @@ async fn a_window_that_ends_unstable_expires_with_a_warning() {
 
 #[tokio::test]
 async fn a_human_reverting_during_the_window_supersedes_it_and_nothing_is_patched() {
-    let s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let s = Stack::quick().await;
     s.cut_over_to_v2().await;
     s.cluster.cut_over("v1").await;
     s.wait_until("state superseded", Duration::from_secs(10), || {
@@ -452,14 +401,7 @@ async fn a_human_reverting_during_the_window_supersedes_it_and_nothing_is_patche
 
 #[tokio::test]
 async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
-    let mut s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut s = Stack::quick().await;
     s.cut_over_to_v2_recorded().await;
     // The rollback's PATCH takes 2 s to answer; SIGTERM arrives while it is in flight.
     s.cluster
@@ -510,14 +452,7 @@ async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
 
 #[tokio::test]
 async fn a_refused_patch_is_reported_as_rollback_failed_and_retried_while_the_trigger_holds() {
-    let s = Stack::start(
-        Cluster::start().await,
-        Setup {
-            for_: "1s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let s = Stack::quick().await;
     s.cut_over_to_v2_recorded().await;
     s.cluster.fault_next_service_patch(Fault::Status(403));
     s.app.set("v2", FAILING);

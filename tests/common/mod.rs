@@ -405,6 +405,18 @@ impl Stack {
         }
     }
 
+    /// The default stack with `for: 1s`: the check trips one second into a breach.
+    pub async fn quick() -> Self {
+        Self::start(
+            Cluster::start().await,
+            Setup {
+                for_: "1s",
+                ..Setup::default()
+            },
+        )
+        .await
+    }
+
     pub async fn metric(&self, series: &str) -> f64 {
         metric(&self.watchdog.metrics().await, series).unwrap_or(0.0)
     }
@@ -423,6 +435,14 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits for `n` more poll rounds.
+    pub async fn wait_polls(&self, n: u32) {
+        let rounds = "cutover_watchdog_poll_duration_seconds_count";
+        let now = self.metric(rounds).await;
+        self.wait_metric(rounds, now + f64::from(n), Duration::from_secs(10))
+            .await;
     }
 
     /// Waits for the guard's status (from `/v1/guards`) to satisfy `condition`.

@@ -57,6 +57,8 @@ pub async fn kube_client() -> Result<kube::Client> {
 
 /// A client for `config` that names itself in User-Agent, so audit logs tell its writes apart.
 pub fn client_for(mut config: kube::Config) -> Result<kube::Client> {
+    // Retries are the executor's: bounded by kube_timeout, logged, and reported with their cause.
+    config.default_retry = false;
     config.headers.push((
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_static(crate::USER_AGENT),

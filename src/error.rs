@@ -88,6 +88,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether retrying may help: a 5xx or 429 from the API server, a broken connection, or a
+    /// call that timed out. A 4xx other than 429 is an answer, not a fault.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+                kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+                _ => false,
+            },
+            Self::KubeTimeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// The crate's `Result`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

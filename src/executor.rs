@@ -22,6 +22,9 @@ use crate::service::{self, PatchError, ServiceHandle};
 
 /// A stale `resourceVersion` is re-read and retried this many times before giving up.
 const CONFLICT_RETRIES: usize = 5;
+/// Backoff between retries of a transient API error: doubling from the first to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One decision to carry out for one guard.
 pub struct Command {
@@ -179,17 +182,7 @@ impl Executor {
             self.event(r, EventType::Warning, "RollbackTriggered", "Rollback", note)
                 .await;
         }
-        let attempt = tokio::time::timeout(self.kube_timeout, self.patch_until_done(target, state));
-        let result = match attempt.await {
-            Ok(result) => result,
-            Err(_) => Err(Error::KubeTimeout {
-                verb: "roll back service",
-                namespace: target.service.namespace.clone(),
-                name: target.service.name.clone(),
-                seconds: self.kube_timeout.as_secs(),
-            }),
-        };
-        match result {
+        match self.patch_until_done(target, state).await {
             Ok(RollbackResult::RolledBack { confirmed }) => {
                 let took = command.decided_at.elapsed();
                 self.metrics
@@ -251,41 +244,76 @@ impl Executor {
         }
     }
 
-    /// Re-read, check, patch; on a stale `resourceVersion`, again.
+    /// Re-read, check, patch. A stale `resourceVersion` (409) is re-read at once, a few times;
+    /// a transient API error (5xx, 429, a broken connection) is retried with backoff while the
+    /// `kube_timeout` budget lasts, and reported with its cause once it does not.
     async fn patch_until_done(&self, target: &Target, state: &Persisted) -> Result<RollbackResult> {
-        let svc = &target.service;
-        for attempt in 0..=CONFLICT_RETRIES {
-            let current = svc.get().await?;
-            let version = svc.version_of(&current);
-            if version.as_deref() != Some(state.version.as_str()) {
-                return Ok(RollbackResult::NotApplicable { selector: version });
-            }
-            let selector = service::selector(&current);
-            let ready = svc.ready_pods(&selector, &state.previous).await?;
-            if ready < target.min_ready_previous {
-                return Ok(RollbackResult::Blocked { ready });
-            }
-            let rv = current.metadata.resource_version.unwrap_or_default();
-            match svc.patch_selector(&rv, &state.previous, state).await {
-                Ok(_) => {
-                    let confirmed = svc.get().await?;
-                    let now = svc.version_of(&confirmed);
-                    return Ok(RollbackResult::RolledBack {
-                        confirmed: now.as_deref() == Some(state.previous.as_str()),
+        let deadline = Instant::now() + self.kube_timeout;
+        let mut conflicts = 0;
+        let mut backoff = FIRST_BACKOFF;
+        let mut last_error = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(attempt) = tokio::time::timeout(remaining, self.attempt(target, state)).await
+            else {
+                // A call hung past the budget: report the last real error if there was one.
+                return Err(last_error.unwrap_or_else(|| Error::KubeTimeout {
+                    verb: "roll back service",
+                    namespace: target.service.namespace.clone(),
+                    name: target.service.name.clone(),
+                    seconds: self.kube_timeout.as_secs(),
+                }));
+            };
+            match attempt {
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) if conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    info!(guard = %target.guard, conflicts, "service changed since read (409); re-reading");
+                }
+                Ok(None) => {
+                    return Err(Error::KubeTimeout {
+                        verb: "patch service (conflicts kept recurring)",
+                        namespace: target.service.namespace.clone(),
+                        name: target.service.name.clone(),
+                        seconds: self.kube_timeout.as_secs(),
                     });
                 }
-                Err(PatchError::Conflict) => {
-                    info!(guard = %target.guard, attempt, "service changed since read (409); re-reading");
+                Err(e) if e.is_transient() && Instant::now() + backoff < deadline => {
+                    warn!(guard = %target.guard, error = %chain(&e), retry_in_ms = backoff.as_millis(), "transient API error; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    last_error = Some(e);
                 }
-                Err(PatchError::Other(e)) => return Err(e),
+                Err(e) => return Err(e),
             }
         }
-        Err(Error::KubeTimeout {
-            verb: "patch service (conflicts kept recurring)",
-            namespace: svc.namespace.clone(),
-            name: svc.name.clone(),
-            seconds: self.kube_timeout.as_secs(),
-        })
+    }
+
+    /// One read, check and patch; `None` when the patch met a newer `resourceVersion`.
+    async fn attempt(&self, target: &Target, state: &Persisted) -> Result<Option<RollbackResult>> {
+        let svc = &target.service;
+        let current = svc.get().await?;
+        let version = svc.version_of(&current);
+        if version.as_deref() != Some(state.version.as_str()) {
+            return Ok(Some(RollbackResult::NotApplicable { selector: version }));
+        }
+        let selector = service::selector(&current);
+        let ready = svc.ready_pods(&selector, &state.previous).await?;
+        if ready < target.min_ready_previous {
+            return Ok(Some(RollbackResult::Blocked { ready }));
+        }
+        let rv = current.metadata.resource_version.unwrap_or_default();
+        match svc.patch_selector(&rv, &state.previous, state).await {
+            Ok(_) => {
+                let confirmed = svc.get().await?;
+                let now = svc.version_of(&confirmed);
+                Ok(Some(RollbackResult::RolledBack {
+                    confirmed: now.as_deref() == Some(state.previous.as_str()),
+                }))
+            }
+            Err(PatchError::Conflict) => Ok(None),
+            Err(PatchError::Other(e)) => Err(e),
+        }
     }
 
     /// Records the window's state on the Service, unless the guard is a dry run.

@@ -479,3 +479,58 @@ async fn a_refused_patch_is_reported_as_rollback_failed_and_retried_while_the_tr
     .await;
     assert_eq!(s.cluster.selector_patches(), 1);
 }
+
+#[tokio::test]
+async fn transient_500s_on_the_patch_are_retried_with_backoff_and_the_rollback_lands() {
+    let s = Stack::quick().await;
+    s.cut_over_to_v2_recorded().await;
+    s.cluster.fault_service_patches(Fault::Status(500), 2);
+    s.app.set("v2", FAILING);
+    s.wait_until("the selector back at v1", Duration::from_secs(15), || {
+        s.cluster.selector_version() == "v1"
+    })
+    .await;
+    let failed = s
+        .cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.is_patch_of("services", common::SVC) && r.status == 500)
+        .count();
+    assert_eq!(failed, 2);
+    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(
+        s.metric(r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#)
+            .await,
+        0.0,
+        "retried inside the budget, not reported"
+    );
+    assert!(s.watchdog.logs().contains("transient API error; retrying"));
+}
+
+#[tokio::test]
+async fn a_patch_that_keeps_failing_exhausts_the_budget_and_reports_rollback_failed_with_its_cause()
+{
+    let s = Stack::quick().await;
+    s.cut_over_to_v2_recorded().await;
+    s.cluster.fault_service_patches(Fault::Status(503), 10_000);
+    s.app.set("v2", FAILING);
+    // kube_timeout is 5 s in the test config.
+    s.wait_metric(
+        r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(s.cluster.selector_version(), "v2");
+    assert!(
+        s.cluster
+            .event_reasons()
+            .contains(&"RollbackFailed".to_owned())
+    );
+    let logs = s.watchdog.logs();
+    assert!(
+        logs.contains("failed to patch service default/svc-production"),
+        "{logs}"
+    );
+}

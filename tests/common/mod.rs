@@ -143,11 +143,16 @@ impl Cluster {
 
     /// Injects `fault` into the next PATCH of `svc-production`.
     pub fn fault_next_service_patch(&self, fault: apiserver::Fault) {
+        self.fault_service_patches(fault, 1);
+    }
+
+    /// Injects `fault` into the next `times` `PATCH` requests of `svc-production`.
+    pub fn fault_service_patches(&self, fault: apiserver::Fault, times: usize) {
         self.api.inject(apiserver::FaultRule {
             method: axum::http::Method::PATCH,
             plural: "services".into(),
             name: Some(SVC.into()),
-            times: 1,
+            times,
             fault,
         });
     }

@@ -301,6 +301,18 @@ async fn the_same_critical_alert_posted_five_times_concurrently_yields_one_patch
     assert_eq!(cluster.selector_patches(), 1);
 }
 
+/// What `/v1/guards` recorded of the fixtures' critical alert, once all three alerts are in.
+async fn critical_alert_seen(watchdog: &Watchdog) -> Value {
+    let status = wait_for_alerts_seen(watchdog, 3).await;
+    status["last_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alertname"] == "GreenErrorRateHigh")
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test]
 async fn a_resolved_only_critical_alert_changes_nothing() {
     let cluster = Cluster::start().await;
@@ -310,14 +322,7 @@ async fn a_resolved_only_critical_alert_changes_nothing() {
         post_fixture(&watchdog, "critical-resolved-info-firing.json").await,
         200
     );
-    let status = wait_for_alerts_seen(&watchdog, 3).await;
-    let critical = status["last_alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["alertname"] == "GreenErrorRateHigh")
-        .unwrap()
-        .clone();
+    let critical = critical_alert_seen(&watchdog).await;
     assert_eq!(critical["status"], "resolved");
     assert_eq!(critical["outcome"], "ignored: resolved");
     assert_eq!(cluster.selector_version(), "v2");
@@ -340,14 +345,7 @@ async fn a_critical_alert_before_any_cutover_changes_nothing() {
         post_fixture(&watchdog, "firing-critical-and-info.json").await,
         200
     );
-    let status = wait_for_alerts_seen(&watchdog, 3).await;
-    let critical = status["last_alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["alertname"] == "GreenErrorRateHigh")
-        .unwrap()
-        .clone();
+    let critical = critical_alert_seen(&watchdog).await;
     assert_eq!(critical["outcome"], "ignored: no open window");
     assert_eq!(cluster.selector_version(), "v1");
     assert_eq!(cluster.selector_patches(), 0);

@@ -48,6 +48,15 @@ pub enum Error {
         seconds: u64,
     },
 
+    #[error(
+        "gave up patching service {namespace}/{name}: it changed under {attempts} attempts in a row (409)"
+    )]
+    Conflicts {
+        namespace: String,
+        name: String,
+        attempts: usize,
+    },
+
     #[error("failed to bind {what} listener on {addr}")]
     Bind {
         what: &'static str,

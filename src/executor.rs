@@ -271,11 +271,10 @@ impl Executor {
                     info!(guard = %target.guard, conflicts, "service changed since read (409); re-reading");
                 }
                 Ok(None) => {
-                    return Err(Error::KubeTimeout {
-                        verb: "patch service (conflicts kept recurring)",
+                    return Err(Error::Conflicts {
                         namespace: target.service.namespace.clone(),
                         name: target.service.name.clone(),
-                        seconds: self.kube_timeout.as_secs(),
+                        attempts: conflicts + 1,
                     });
                 }
                 Err(e) if e.is_transient() && Instant::now() + backoff < deadline => {

@@ -534,3 +534,28 @@ async fn a_patch_that_keeps_failing_exhausts_the_budget_and_reports_rollback_fai
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_service_that_keeps_changing_under_the_patch_is_reported_not_overwritten() {
+    let s = Stack::quick().await;
+    s.cut_over_to_v2_recorded().await;
+    s.cluster
+        .fault_service_patches(Fault::ConcurrentWrite, 10_000);
+    s.app.set("v2", FAILING);
+    s.wait_metric(
+        r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,
+        1.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        s.cluster.selector_version(),
+        "v2",
+        "never patched over a newer write"
+    );
+    assert!(
+        s.watchdog
+            .logs()
+            .contains("it changed under 6 attempts in a row (409)")
+    );
+}

@@ -23,6 +23,7 @@ const HEALTHY: Behaviour = Behaviour {
     error_ratio: 0.001,
     latency_seconds: 0.05,
 };
+const FAILURES: &str = r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#;
 const ROLLBACKS: &str =
     r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
 
@@ -456,12 +457,7 @@ async fn a_refused_patch_is_reported_as_rollback_failed_and_retried_while_the_tr
     s.cut_over_to_v2_recorded().await;
     s.cluster.fault_next_service_patch(Fault::Status(403));
     s.app.set("v2", FAILING);
-    s.wait_metric(
-        r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,
-        1.0,
-        Duration::from_secs(15),
-    )
-    .await;
+    s.wait_metric(FAILURES, 1.0, Duration::from_secs(15)).await;
     assert!(
         s.cluster
             .event_reasons()
@@ -500,8 +496,7 @@ async fn transient_500s_on_the_patch_are_retried_with_backoff_and_the_rollback_l
     assert_eq!(failed, 2);
     assert_eq!(s.cluster.selector_patches(), 1);
     assert_eq!(
-        s.metric(r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#)
-            .await,
+        s.metric(FAILURES).await,
         0.0,
         "retried inside the budget, not reported"
     );
@@ -516,12 +511,7 @@ async fn a_patch_that_keeps_failing_exhausts_the_budget_and_reports_rollback_fai
     s.cluster.fault_service_patches(Fault::Status(503), 10_000);
     s.app.set("v2", FAILING);
     // kube_timeout is 5 s in the test config.
-    s.wait_metric(
-        r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,
-        1.0,
-        Duration::from_secs(20),
-    )
-    .await;
+    s.wait_metric(FAILURES, 1.0, Duration::from_secs(20)).await;
     assert_eq!(s.cluster.selector_version(), "v2");
     assert!(
         s.cluster
@@ -542,12 +532,7 @@ async fn a_service_that_keeps_changing_under_the_patch_is_reported_not_overwritt
     s.cluster
         .fault_service_patches(Fault::ConcurrentWrite, 10_000);
     s.app.set("v2", FAILING);
-    s.wait_metric(
-        r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#,
-        1.0,
-        Duration::from_secs(15),
-    )
-    .await;
+    s.wait_metric(FAILURES, 1.0, Duration::from_secs(15)).await;
     assert_eq!(
         s.cluster.selector_version(),
         "v2",

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -19,14 +20,15 @@ use crate::error::{Error, Result};
 use crate::executor::{Executor, Target};
 use crate::guard::{self, GuardHandle, GuardTask};
 use crate::http::{self, AppState};
+use crate::leader::{Elector, Fence};
 use crate::metrics::Metrics;
 use crate::poller::{PollTarget, Poller};
 use crate::promql::{Prometheus, Template};
 use crate::service::ServiceHandle;
 use crate::webhook::Webhook;
 
-/// Queued Kubernetes writes across all guards.
-const EXECUTOR_QUEUE: usize = 256;
+/// Queued Kubernetes writes per guard. A guard makes a handful of decisions per window.
+const LANE_QUEUE: usize = 16;
 
 /// A token cancelled on SIGTERM or Ctrl-C.
 pub fn shutdown_on_signal() -> Result<CancellationToken> {
@@ -55,14 +57,15 @@ pub async fn kube_client() -> Result<kube::Client> {
     client_for(config)
 }
 
-/// A client for `config` that names itself in User-Agent, so audit logs tell its writes apart.
+/// A client for `config` that names itself and this replica in User-Agent.
 pub fn client_for(mut config: kube::Config) -> Result<kube::Client> {
     // Retries are the executor's: bounded by kube_timeout, logged, and reported with their cause.
     config.default_retry = false;
-    config.headers.push((
-        axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_static(crate::USER_AGENT),
-    ));
+    // With the replica's name, so the audit log tells two replicas' writes apart.
+    let agent = format!("{} ({})", crate::USER_AGENT, identity());
+    let agent = axum::http::HeaderValue::from_str(&agent)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static(crate::USER_AGENT));
+    config.headers.push((axum::http::header::USER_AGENT, agent));
     kube::Client::try_from(config).map_err(|e| Error::KubeClient(Box::new(e)))
 }
 
@@ -79,6 +82,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 }
 
 /// Runs the watchdog with a given client (tests and the demo pass their own).
+///
+/// With leader election on, the listeners serve at once (`/readyz` says "not the leader"), but
+/// the guards start only once this replica leads: a follower neither watches nor polls nor
+/// writes, and a new leader resumes every open window from the Service's annotations.
 pub async fn serve(
     config: Config,
     client: kube::Client,
@@ -95,36 +102,41 @@ pub async fn serve(
     let main_listener = bind("main", config.listen).await?;
     let admin_listener = bind("admin", config.admin_listen).await?;
 
-    let instance = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "cutover-watchdog".into());
+    let identity = identity();
+    // The Lease is released only after the executor is done writing.
+    let release = CancellationToken::new();
+    let (fence, lost) = elect(&config, &client, &identity, &metrics, &release, &shutdown);
+
     let reporter = Reporter {
         controller: "cutover-watchdog".into(),
-        instance: Some(instance.chars().take(128).collect()),
+        instance: Some(identity.chars().take(128).collect()),
     };
-    let (commands, command_rx) = mpsc::channel(EXECUTOR_QUEUE);
-    let mut tasks = JoinSet::new();
+    let executor = Arc::new(Executor {
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        kube_timeout: config.kube_timeout,
+        fence: fence.clone(),
+    });
     let mut handles = Vec::new();
-    let mut targets = Vec::new();
-    // Guard tasks stop on this token; the executor on `shutdown` directly, after them.
-    let guards_stop = shutdown.child_token();
-
-    let wake = Arc::new(Notify::new());
+    let mut starts = Vec::new();
     let mut poll_targets = Vec::new();
-    for (index, g) in config.guards.iter().enumerate() {
+    // Guard tasks stop on this token; the executor lanes on `shutdown` directly, after them.
+    let guards_stop = shutdown.child_token();
+    let wake = Arc::new(Notify::new());
+    for g in &config.guards {
         let parts = Parts {
             client: &client,
             metrics: &metrics,
-            commands: &commands,
+            executor: &executor,
             wake: &wake,
             stop: &guards_stop,
+            shutdown: &shutdown,
         };
-        let (handle, target, poll) = spawn_guard(index, Arc::new(g.clone()), &parts, &mut tasks)?;
+        let (handle, start, poll) = prepare_guard(Arc::new(g.clone()), &parts)?;
         handles.push(handle);
-        targets.push(target);
+        starts.push(start);
         poll_targets.push(poll);
     }
-    drop(commands);
     let poller = Poller {
         targets: poll_targets,
         prometheus,
@@ -132,27 +144,101 @@ pub async fn serve(
         interval: config.poll_interval,
         wake,
     };
-    tasks.spawn(poller.run(guards_stop.clone()));
-
-    let executor = Executor {
-        targets,
-        recorder: Recorder::new(client, reporter),
-        metrics: metrics.clone(),
-        kube_timeout: config.kube_timeout,
-    };
-    let executor = tokio::spawn(executor.run(command_rx, shutdown.clone()));
 
     let state = AppState {
         guards: handles.into(),
         metrics,
         webhook: Arc::new(webhook),
+        leader: fence.clone(),
     };
-    let main = axum::serve(main_listener, http::router(state.clone()))
+    info!(listen = %config.listen, admin = %config.admin_listen, guards = config.guards.len(), identity = %identity, "cutover-watchdog serving");
+    let servers = tokio::spawn(listen(
+        main_listener,
+        admin_listener,
+        state,
+        shutdown.clone(),
+    ));
+
+    let mut tasks = JoinSet::new();
+    let mut lanes = JoinSet::new();
+    let mut leading = fence.clone();
+    let leads = tokio::select! {
+        leads = leading.leading() => leads,
+        () = shutdown.cancelled() => false,
+    };
+    if leads {
+        for start in starts {
+            start.spawn(&mut tasks, &mut lanes);
+        }
+        tasks.spawn(poller.run(guards_stop.clone()));
+    }
+
+    let served = match servers.await {
+        Ok(served) => served,
+        Err(e) => Err(Error::Unusable(format!("listener task failed: {e}"))),
+    };
+    // Either shutdown was requested, a listener died, or the Lease was lost: stop in order.
+    shutdown.cancel();
+    // A lane finishes a patch in flight; its own calls are bounded by kube_timeout.
+    let grace = config.kube_timeout + Duration::from_secs(2);
+    if tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!("executor did not finish within the shutdown deadline");
+    }
+    tasks.shutdown().await;
+    release.cancel();
+    if let Some(lost) = lost {
+        match lost.await {
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {}
+            Err(e) => warn!(error = %e, "elector task failed"),
+        }
+    }
+    info!("cutover-watchdog stopped");
+    served
+}
+
+/// Starts the elector if leader election is configured. Losing the Lease cancels `shutdown`;
+/// the elector's error is then what `serve` returns.
+fn elect(
+    config: &Config,
+    client: &kube::Client,
+    identity: &str,
+    metrics: &Metrics,
+    release: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> (Fence, Option<JoinHandle<Result<()>>>) {
+    let Some(le) = &config.leader_election else {
+        metrics.leader.set(1);
+        return (Fence::open(), None);
+    };
+    let (elector, fence) = Elector::new(client, le, identity, metrics.clone());
+    let release = release.clone();
+    let shutdown = shutdown.clone();
+    let lost = tokio::spawn(async move {
+        let result = elector.run(release).await;
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    });
+    (fence, Some(lost))
+}
+
+/// Serves both listeners until `shutdown`.
+async fn listen(
+    main: TcpListener,
+    admin: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let main = axum::serve(main, http::router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin = axum::serve(admin_listener, http::admin_router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    info!(listen = %config.listen, admin = %config.admin_listen, guards = config.guards.len(), "cutover-watchdog serving");
-    let served = tokio::try_join!(
+    let admin = axum::serve(admin, http::admin_router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned());
+    tokio::try_join!(
         async {
             main.await.map_err(|source| Error::Serve {
                 what: "main",
@@ -165,40 +251,53 @@ pub async fn serve(
                 source,
             })
         },
-    );
-    // Either shutdown was requested or a listener died: stop everything in order.
-    shutdown.cancel();
-    // The executor finishes a patch in flight; its own calls are bounded by kube_timeout.
-    let grace = config.kube_timeout + Duration::from_secs(2);
-    if tokio::time::timeout(grace, executor).await.is_err() {
-        warn!("executor did not finish within the shutdown deadline");
-    }
-    tasks.shutdown().await;
-    info!("cutover-watchdog stopped");
-    served.map(drop)
+    )
+    .map(drop)
+}
+
+/// Who this replica is, in the Lease and in Events: the Pod name in a cluster.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "cutover-watchdog".into())
 }
 
 /// What every guard's tasks share.
 struct Parts<'a> {
     client: &'a kube::Client,
     metrics: &'a Metrics,
-    commands: &'a mpsc::Sender<crate::executor::Command>,
+    executor: &'a Arc<Executor>,
     wake: &'a Arc<Notify>,
     stop: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
 }
 
-/// Starts one guard's watcher and decision task; returns what the HTTP side, the executor and
-/// the poller need of it.
-fn spawn_guard(
-    index: usize,
+/// A guard's tasks, built but not started: they start once this replica leads.
+struct GuardStart {
+    watcher: BoxFuture<'static, ()>,
+    task: BoxFuture<'static, ()>,
+    lane: BoxFuture<'static, ()>,
+}
+
+impl GuardStart {
+    fn spawn(self, tasks: &mut JoinSet<()>, lanes: &mut JoinSet<()>) {
+        tasks.spawn(self.watcher);
+        tasks.spawn(self.task);
+        lanes.spawn(self.lane);
+    }
+}
+
+/// Builds one guard's watcher, decision task and executor lane; returns what the HTTP side and
+/// the poller need of it, and the tasks to start.
+fn prepare_guard(
     g: Arc<GuardConfig>,
     parts: &Parts<'_>,
-    tasks: &mut JoinSet<()>,
-) -> Result<(GuardHandle, Target, PollTarget)> {
+) -> Result<(GuardHandle, GuardStart, PollTarget)> {
     parts.metrics.init_guard(&g);
     let service = ServiceHandle::new(parts.client, &g);
     let (inbox_tx, inbox_rx) = mpsc::channel(guard::INBOX);
     let (reply_tx, reply_rx) = mpsc::channel(4);
+    let (lane_tx, lane_rx) = mpsc::channel(LANE_QUEUE);
     let (status_tx, status_rx) = watch::channel(guard::initial_status(&g));
     let (polling_tx, polling_rx) = watch::channel(None);
     let ready = Arc::new(AtomicBool::new(false));
@@ -225,22 +324,21 @@ fn spawn_guard(
         polling: polling_rx,
         inbox: inbox_tx.clone(),
     };
-    tasks.spawn(guard::watch_service(
+    let watcher = guard::watch_service(
         service.clone(),
         g.name.clone(),
         inbox_tx.clone(),
         ready.clone(),
         parts.stop.clone(),
-    ));
+    );
     let task = GuardTask {
-        index,
         config: g.clone(),
         core: decision::Guard::new(Policy::from(g.as_ref())),
         service,
         inbox: inbox_rx,
         reply: reply_tx,
         replies: reply_rx,
-        executor: parts.commands.clone(),
+        executor: lane_tx,
         status: status_tx,
         polling: polling_tx,
         metrics: parts.metrics.clone(),
@@ -248,7 +346,15 @@ fn spawn_guard(
         alerts: alerts.clone(),
         wake: parts.wake.clone(),
     };
-    tasks.spawn(task.run(parts.stop.clone()));
+    let lane = parts
+        .executor
+        .clone()
+        .run_lane(target, lane_rx, parts.shutdown.clone());
+    let start = GuardStart {
+        watcher: Box::pin(watcher),
+        task: Box::pin(task.run(parts.stop.clone())),
+        lane: Box::pin(lane),
+    };
     let handle = GuardHandle {
         config: g,
         inbox: inbox_tx,
@@ -256,5 +362,5 @@ fn spawn_guard(
         ready,
         alerts,
     };
-    Ok((handle, target, poll))
+    Ok((handle, start, poll))
 }

@@ -37,6 +37,32 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// The guarded Services.
     pub guards: Vec<GuardConfig>,
+    /// Leader election, for two or more replicas. Absent: this replica acts alone.
+    #[serde(default)]
+    pub leader_election: Option<LeaderElectionConfig>,
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease: only the holder writes, and it stops
+/// writing `fence_margin` before any other replica could consider the Lease expired.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// The Lease's name.
+    #[serde(default = "defaults::lease_name")]
+    pub lease_name: String,
+    /// The Lease's namespace; defaults to the client's (the Pod's own, in cluster).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// How long the Lease holds without renewal before another replica may take it.
+    #[serde(default = "defaults::lease_duration", with = "duration")]
+    pub lease_duration: Duration,
+    /// How often the leader renews, and a follower looks again.
+    #[serde(default = "defaults::renew_interval", with = "duration")]
+    pub renew_interval: Duration,
+    /// The leader stops writing this long before the Lease could expire: time for a write in
+    /// flight to land, and for clocks that run at different rates.
+    #[serde(default = "defaults::fence_margin", with = "duration")]
+    pub fence_margin: Duration,
 }
 
 /// `POST /webhook/alertmanager`: how it authenticates and how much it takes.
@@ -163,6 +189,36 @@ pub struct PrometheusConfig {
     /// Per-query timeout; a query that takes longer counts as an error, never as a breach.
     #[serde(default = "defaults::prometheus_timeout", with = "duration")]
     pub timeout: Duration,
+}
+
+impl LeaderElectionConfig {
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        check_dns_label("leader_election.lease_name", &self.lease_name)?;
+        if let Some(ns) = &self.namespace {
+            check_dns_label("leader_election.namespace", ns)?;
+        }
+        nonzero("leader_election.renew_interval", self.renew_interval)?;
+        // The leader acts for lease_duration - fence_margin after each renewal; a renewal must
+        // fit in that, or leadership would lapse between two healthy renewals.
+        if self.fence_margin + self.renew_interval >= self.lease_duration {
+            return Err((
+                "leader_election".into(),
+                format!(
+                    "renew_interval ({}) + fence_margin ({}) must be shorter than lease_duration ({})",
+                    humantime::format_duration(self.renew_interval),
+                    humantime::format_duration(self.fence_margin),
+                    humantime::format_duration(self.lease_duration),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long the leader may act after starting a renewal that succeeded.
+    #[must_use]
+    pub fn term(&self) -> Duration {
+        self.lease_duration.saturating_sub(self.fence_margin)
+    }
 }
 
 /// One guarded Service.
@@ -335,6 +391,9 @@ impl Config {
         nonzero("prometheus.timeout", self.prometheus.timeout)?;
         nonzero("kube_timeout", self.kube_timeout)?;
         self.webhook.validate()?;
+        if let Some(le) = &self.leader_election {
+            le.validate()?;
+        }
         if self.guards.is_empty() {
             return Err(("guards".into(), "at least one guard is required".into()));
         }
@@ -483,6 +542,18 @@ mod defaults {
     }
     pub fn kube_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn lease_name() -> String {
+        "cutover-watchdog".into()
+    }
+    pub fn lease_duration() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn renew_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn fence_margin() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn namespace() -> String {
         "default".into()

@@ -57,6 +57,20 @@ pub enum Error {
         attempts: usize,
     },
 
+    #[error(
+        "not writing to service {namespace}/{name}: this replica does not hold the leader lease"
+    )]
+    NotLeader { namespace: String, name: String },
+
+    #[error(
+        "lost the leader lease {namespace}/{name}: {reason}; stopping so that only the new leader acts"
+    )]
+    LeadershipLost {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+
     #[error("failed to bind {what} listener on {addr}")]
     Bind {
         what: &'static str,

@@ -1,11 +1,13 @@
-//! The one task that writes to Kubernetes.
+//! The one component that writes to Kubernetes.
 //!
-//! Every Service patch and Event goes through [`Executor::run`], one command at a time, so two
-//! triggers (a check and an alert, two guards' decisions) can never race two patches. It does
-//! not decide *whether* to act (that is [`crate::decision`]); it decides *how*, safely: the
-//! selector must still name the green version, the target must have Ready pods, and the patch
-//! carries a `resourceVersion` precondition. On shutdown it finishes the command in hand and
-//! takes no new one.
+//! Every Service patch, annotation and Event goes through an [`Executor`]. It runs one lane per
+//! guard: a guard's commands are carried out one at a time, in order, so two triggers (a check
+//! and an alert) can never race two patches on one Service; lanes run side by side, so a slow
+//! API answer for one Service holds up no other. It does not decide *whether* to act (that is
+//! [`crate::decision`]); it decides *how*, safely: the selector must still name the green
+//! version, the target must have Ready pods, the patch carries a `resourceVersion`
+//! precondition, and no write starts unless the [`Fence`] allows it (this replica leads). On
+//! shutdown a lane finishes the command in hand and takes no new one.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::decision::{Decision, Outcome, Persisted, Signal, Trigger};
 use crate::error::{Error, Result, chain};
+use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::service::{self, PatchError, ServiceHandle};
 
@@ -28,7 +31,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One decision to carry out for one guard.
 pub struct Command {
-    pub guard: usize,
     pub decision: Decision,
     /// The Service the decision was made on, for Events.
     pub reference: ObjectReference,
@@ -45,13 +47,14 @@ pub struct Target {
     pub dry_run: bool,
 }
 
-/// Owns every Kubernetes write.
+/// Owns every Kubernetes write; shared by the lanes.
 pub struct Executor {
-    pub targets: Vec<Target>,
     pub recorder: Recorder,
     pub metrics: Metrics,
     /// Budget for one command's API calls, retries included.
     pub kube_timeout: Duration,
+    /// Whether this replica may write at all.
+    pub fence: Fence,
 }
 
 enum RollbackResult {
@@ -61,8 +64,13 @@ enum RollbackResult {
 }
 
 impl Executor {
-    /// Carries out commands until `shutdown`, finishing the one in hand.
-    pub async fn run(self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    /// Carries out one guard's commands in order until `shutdown`, finishing the one in hand.
+    pub async fn run_lane(
+        self: std::sync::Arc<Self>,
+        target: Target,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let command = tokio::select! {
                 biased;
@@ -73,15 +81,12 @@ impl Executor {
                 },
             };
             // Deliberately not raced against `shutdown`: a patch in flight finishes.
-            self.execute(command).await;
+            self.execute(&target, command).await;
         }
-        debug!("executor stopped");
+        debug!(guard = %target.guard, "executor lane stopped");
     }
 
-    async fn execute(&self, command: Command) {
-        let Some(target) = self.targets.get(command.guard) else {
-            return;
-        };
+    async fn execute(&self, target: &Target, command: Command) {
         let guard = target.guard.as_str();
         let r = &command.reference;
         match &command.decision {
@@ -229,6 +234,11 @@ impl Executor {
                 info!(guard, expected = %state.version, found = selector.as_deref().unwrap_or(""), "selector no longer names the window's version; not patching");
                 Outcome::NotApplicable
             }
+            Err(e @ Error::NotLeader { .. }) => {
+                // Not a failure of the rollback: the replica that leads now carries it out.
+                warn!(guard, error = %chain(&e), "leadership lapsed; leaving the rollback to the new leader");
+                Outcome::Failed
+            }
             Err(e) => {
                 self.metrics
                     .rollback_failures_total
@@ -302,7 +312,22 @@ impl Executor {
             return Ok(Some(RollbackResult::Blocked { ready }));
         }
         let rv = current.metadata.resource_version.unwrap_or_default();
-        match svc.patch_selector(&rv, &state.previous, state).await {
+        // The fence is checked last, right before the write, and bounds it: a patch that
+        // cannot land while this replica leads must not land at all.
+        let Some(left) = self.fence.remaining() else {
+            return Err(Error::NotLeader {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            });
+        };
+        let patch = tokio::time::timeout(left, svc.patch_selector(&rv, &state.previous, state));
+        let Ok(patched) = patch.await else {
+            return Err(Error::NotLeader {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            });
+        };
+        match patched {
             Ok(_) => {
                 let confirmed = svc.get().await?;
                 let now = svc.version_of(&confirmed);
@@ -320,7 +345,12 @@ impl Executor {
         if target.dry_run {
             return;
         }
-        let write = tokio::time::timeout(self.kube_timeout, target.service.annotate(state)).await;
+        let Some(left) = self.fence.remaining() else {
+            debug!(guard = %target.guard, "not the leader; not recording window state");
+            return;
+        };
+        let budget = self.kube_timeout.min(left);
+        let write = tokio::time::timeout(budget, target.service.annotate(state)).await;
         if let Some(e) = match write {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(chain(&e)),
@@ -346,8 +376,14 @@ impl Executor {
             action: action.to_owned(),
             secondary: None,
         };
-        let publish =
-            tokio::time::timeout(self.kube_timeout, self.recorder.publish(&event, reference));
+        let Some(left) = self.fence.remaining() else {
+            debug!(reason, "not the leader; not publishing event");
+            return;
+        };
+        let publish = tokio::time::timeout(
+            self.kube_timeout.min(left),
+            self.recorder.publish(&event, reference),
+        );
         let failed = match publish.await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => chain(&e),

@@ -159,7 +159,6 @@ struct Memory {
 
 /// The task that owns one guard's decision state.
 pub struct GuardTask {
-    pub index: usize,
     pub config: Arc<GuardConfig>,
     pub core: decision::Guard,
     pub service: ServiceHandle,
@@ -246,7 +245,6 @@ impl GuardTask {
                 continue;
             };
             let command = Command {
-                guard: self.index,
                 decision: d,
                 reference,
                 decided_at: Instant::now(),

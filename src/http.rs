@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use crate::guard::{GuardHandle, GuardStatus};
+use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::webhook::Webhook;
 
@@ -23,6 +24,8 @@ pub struct AppState {
     pub guards: Arc<[GuardHandle]>,
     pub metrics: Metrics,
     pub webhook: Arc<Webhook>,
+    /// Whether this replica leads; only the leader is ready and takes alerts.
+    pub leader: Fence,
 }
 
 /// The main listener's routes.
@@ -61,8 +64,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Ready once every guard's watch is established.
+/// Ready once this replica leads (always, without election) and every guard's watch is
+/// established. A follower is not ready, so the Service sends webhooks to the leader.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.leader.allows() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not the leader: another replica holds the lease\n".to_owned(),
+        );
+    }
     let waiting: Vec<&str> = state
         .guards
         .iter()
@@ -111,6 +121,7 @@ mod tests {
             .into(),
             metrics: Metrics::new().unwrap(),
             webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
+            leader: Fence::open(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod executor;
 pub mod guard;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod poller;
 pub mod promql;

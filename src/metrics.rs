@@ -4,8 +4,8 @@
 //! request data, so cardinality is bounded by the config file.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::GuardConfig;
@@ -35,6 +35,7 @@ pub struct Metrics {
     pub kube_write_errors_total: IntCounter,
     pub webhook_requests_total: IntCounterVec,
     pub alerts_received_total: IntCounterVec,
+    pub leader: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -208,6 +209,13 @@ impl Metrics {
                     ),
                     &["status"],
                 )?,
+            )?,
+            leader: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "leader",
+                    "1 while this replica may write: it holds the leader lease, or election is off.",
+                ))?,
             )?,
             registry,
         };

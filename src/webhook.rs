@@ -167,6 +167,17 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, scheme);
         return r;
     }
+    if !state.leader.allows() {
+        // A follower's guards are not running; the leader's take the alert. Alertmanager
+        // retries a 503, and the Service routes only to the ready leader.
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not the leader: send alerts to the Service, which routes to the leader",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -232,7 +232,7 @@ async fn a_409_on_the_first_patch_yields_exactly_one_selector_change() {
 #[tokio::test]
 async fn a_kill_9_and_restart_mid_window_resumes_the_window() {
     let mut s = Stack::quick().await;
-    s.cut_over_to_v2().await;
+    s.cut_over_to_v2_recorded().await;
     let cutover_at = s.cluster.annotation("cutover-at").unwrap();
     let before = s.watchdog.guards().await[0]["window"].clone();
     s.watchdog.child.start_kill().unwrap();

@@ -13,6 +13,7 @@ use axum::http::{Request, StatusCode, header};
 use cutover_watchdog::config::Config;
 use cutover_watchdog::guard::{self, AlertLog, GuardHandle, Input};
 use cutover_watchdog::http::{AppState, router};
+use cutover_watchdog::leader::Fence;
 use cutover_watchdog::metrics::Metrics;
 use cutover_watchdog::webhook::Webhook;
 use http_body_util::BodyExt;
@@ -63,6 +64,7 @@ fn harness(extra_webhook: &str, queue: usize) -> Harness {
         .into(),
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
+        leader: Fence::open(),
     };
     Harness {
         state,
@@ -335,6 +337,7 @@ async fn basic_auth_is_an_alternative_to_a_bearer_token() {
         .into(),
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(webhook),
+        leader: Fence::open(),
     };
     let body = fixture("firing-info-only.json");
     let request = |auth: &str| {

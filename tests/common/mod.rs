@@ -280,6 +280,15 @@ impl Watchdog {
     }
 
     pub async fn start_with(cluster: &Cluster, config: &Path, main: u16, admin: u16) -> Self {
+        let w = Self::spawn(cluster, config, (main, admin), "watchdog-test");
+        w.wait_ready().await;
+        w
+    }
+
+    /// Starts the binary as replica `identity` (its Pod name) without waiting for `/readyz`:
+    /// a follower never becomes ready.
+    pub fn spawn(cluster: &Cluster, config: &Path, ports: (u16, u16), identity: &str) -> Self {
+        let (main, admin) = ports;
         let log = cluster
             .dir
             .path()
@@ -290,22 +299,56 @@ impl Watchdog {
             .arg(config)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info,cutover_watchdog=debug")
-            .env("POD_NAME", "watchdog-test")
+            .env("POD_NAME", identity)
             .stdout(Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let w = Self {
+        Self {
             child,
             main: format!("http://127.0.0.1:{main}"),
             admin: format!("http://127.0.0.1:{admin}"),
             log,
             config: config.to_owned(),
             ports: (main, admin),
-        };
-        w.wait_ready().await;
-        w
+        }
+    }
+
+    /// Waits until `/healthz` answers: the process is up, leader or not.
+    pub async fn wait_healthy(&self) {
+        let url = format!("{}/healthz", self.admin);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "watchdog not healthy in 20s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/readyz`'s status code and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(format!("{}/readyz", self.admin))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Posts an Alertmanager webhook body; the answer's status code.
+    pub async fn post_alert(&self, body: &str) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/webhook/alertmanager", self.main))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
     }
 
     pub async fn wait_ready(&self) {
@@ -533,4 +576,24 @@ pub async fn warm_up(prometheus: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// An Alertmanager (payload version 4) webhook body with one critical alert about `version` of
+/// the app, firing since now, as the runbook's `GreenErrorRateHigh` rule sends it.
+pub fn critical_alert(version: &str) -> String {
+    let now = jiff::Timestamp::now();
+    serde_json::json!({
+        "receiver": "watchdog", "status": "firing", "version": "4",
+        "groupKey": "{}:{alertname=\"GreenErrorRateHigh\"}", "truncatedAlerts": 0,
+        "groupLabels": {"alertname": "GreenErrorRateHigh"},
+        "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "GreenErrorRateHigh", "app": APP, "severity": "critical", "version": version},
+            "annotations": {"summary": "error rate above 2%"},
+            "startsAt": now.to_string(), "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus:9090/graph", "fingerprint": format!("{:016x}", now.as_nanosecond()),
+        }],
+    })
+    .to_string()
 }

@@ -14,6 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access;
 use crate::config::{Config, GuardConfig};
 use crate::decision::{self, Policy};
 use crate::error::{Error, Result};
@@ -99,6 +100,12 @@ pub async fn serve(
         );
     }
     let prometheus = Prometheus::new(&config.prometheus.url, config.prometheus.timeout)?;
+    access::check(
+        &client,
+        access::needed(&config, &client),
+        config.kube_timeout,
+    )
+    .await?;
     let main_listener = bind("main", config.listen).await?;
     let admin_listener = bind("admin", config.admin_listen).await?;
 
@@ -179,8 +186,22 @@ pub async fn serve(
     };
     // Either shutdown was requested, a listener died, or the Lease was lost: stop in order.
     shutdown.cancel();
-    // A lane finishes a patch in flight; its own calls are bounded by kube_timeout.
     let grace = config.kube_timeout + Duration::from_secs(2);
+    stop_in_order(lanes, tasks, grace, &release, lost).await?;
+    info!("cutover-watchdog stopped");
+    served
+}
+
+/// The executor lanes finish a patch in flight (their calls are bounded by `kube_timeout`, so
+/// `grace` is a backstop); then the other tasks stop, and only then is the Lease released.
+/// Returns the elector's error if the Lease was lost.
+async fn stop_in_order(
+    mut lanes: JoinSet<()>,
+    mut tasks: JoinSet<()>,
+    grace: Duration,
+    release: &CancellationToken,
+    lost: Option<JoinHandle<Result<()>>>,
+) -> Result<()> {
     if tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} })
         .await
         .is_err()
@@ -191,13 +212,11 @@ pub async fn serve(
     release.cancel();
     if let Some(lost) = lost {
         match lost.await {
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(())) => {}
+            Ok(result) => result?,
             Err(e) => warn!(error = %e, "elector task failed"),
         }
     }
-    info!("cutover-watchdog stopped");
-    served
+    Ok(())
 }
 
 /// Starts the elector if leader election is configured. Losing the Lease cancels `shutdown`;
@@ -329,6 +348,7 @@ fn prepare_guard(
         g.name.clone(),
         inbox_tx.clone(),
         ready.clone(),
+        parts.metrics.clone(),
         parts.stop.clone(),
     );
     let task = GuardTask {

@@ -58,6 +58,12 @@ pub enum Error {
     },
 
     #[error(
+        "missing Kubernetes permissions: {}; grant them in the watchdog's Role (manifests/role.yaml) bound to its ServiceAccount",
+        missing.join(", ")
+    )]
+    Forbidden { missing: Vec<String> },
+
+    #[error(
         "not writing to service {namespace}/{name}: this replica does not hold the leader lease"
     )]
     NotLeader { namespace: String, name: String },

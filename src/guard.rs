@@ -362,8 +362,10 @@ pub async fn watch_service(
     guard: String,
     inbox: mpsc::Sender<Input>,
     ready: Arc<AtomicBool>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let relists = metrics.service_relists_total.with_label_values(&[&guard]);
     let stream = service.watch().default_backoff();
     futures::pin_mut!(stream);
     loop {
@@ -375,7 +377,12 @@ pub async fn watch_service(
             None => return,
             Some(Ok(watcher::Event::Apply(svc) | watcher::Event::InitApply(svc))) => svc,
             Some(Ok(watcher::Event::InitDone)) => {
-                if !ready.swap(true, Ordering::Relaxed) {
+                if ready.swap(true, Ordering::Relaxed) {
+                    // The Service was listed again (after 410 Gone): whatever changed while the
+                    // watch was down has just been fed to the guard as the current state.
+                    relists.inc();
+                    info!(guard, namespace = %service.namespace, service = %service.name, "watch re-listed");
+                } else {
                     info!(guard, namespace = %service.namespace, service = %service.name, "watch established");
                 }
                 continue;

@@ -5,6 +5,7 @@
 //! a check trips: once, safely, never onto a version with no Ready pods, never over a human's
 //! change. See the README for the contract.
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub webhook_requests_total: IntCounterVec,
     pub alerts_received_total: IntCounterVec,
     pub leader: IntGauge,
+    pub service_relists_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -217,6 +218,16 @@ impl Metrics {
                     "1 while this replica may write: it holds the leader lease, or election is off.",
                 ))?,
             )?,
+            service_relists_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "service_relists_total",
+                        "Times a guard's Service watch listed again from scratch (after 410 Gone).",
+                    ),
+                    &["guard"],
+                )?,
+            )?,
             registry,
         };
         // Closed label sets start at zero, for the same reason as `init_guard`.
@@ -243,6 +254,7 @@ impl Metrics {
             &self.cutovers_total,
             &self.rollback_blocked_total,
             &self.rollback_failures_total,
+            &self.service_relists_total,
         ] {
             counter.with_label_values(&[g]);
         }

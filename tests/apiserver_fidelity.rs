@@ -240,3 +240,45 @@ async fn events_without_required_fields_are_refused_with_422() {
     assert_eq!(body["kind"], "Status");
     assert_eq!(body["reason"], "Invalid");
 }
+
+#[tokio::test]
+async fn kube_watcher_re_lists_after_410_gone_and_sees_what_changed_meanwhile() {
+    let c = Cluster::start().await;
+    let services: Api<Service> = Api::namespaced(c.api.client().unwrap(), NS);
+    let stream = watcher(services, watcher::Config::default()).boxed();
+    let mut stream = stream;
+    // Initial list: Init, one InitApply, InitDone.
+    let mut inits = 0;
+    while let Some(e) = stream.next().await {
+        if matches!(e.unwrap(), watcher::Event::InitDone) {
+            inits += 1;
+            break;
+        }
+    }
+    c.api.pause_watches();
+    c.cut_over("v2").await;
+    c.api.expire_watches();
+    let mut saw_410 = false;
+    let version = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("the watcher recovers")
+        {
+            Some(Err(e)) => {
+                saw_410 |= e.to_string().contains("410") || format!("{e:?}").contains("410")
+            }
+            Some(Ok(watcher::Event::InitApply(svc))) => {
+                break svc.spec.unwrap().selector.unwrap()["version"].clone();
+            }
+            Some(Ok(watcher::Event::Init)) => inits += 1,
+            Some(Ok(_)) => {}
+            None => panic!("watch stream ended"),
+        }
+    };
+    assert!(saw_410, "the expired watch surfaced as 410");
+    assert_eq!(inits, 2, "a second list from scratch");
+    assert_eq!(
+        version, "v2",
+        "the re-list shows the cutover made while the watch was down"
+    );
+}

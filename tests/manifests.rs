@@ -95,6 +95,22 @@ fn kustomize_renders_the_base_and_the_prometheus_operator_overlay_offline() {
         kinds.contains(&"PrometheusRule") && kinds.contains(&"ServiceMonitor"),
         "{kinds:?}"
     );
+    let ha = documents(&kustomize("examples/ha"));
+    let deployment = ha.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let affinity = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+    assert!(affinity.is_object(), "replicas spread over nodes");
+    let config = ha
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["config.yaml"].is_string())
+        .unwrap();
+    assert!(
+        config["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("leader_election:"),
+        "two replicas need leader election"
+    );
 }
 
 #[test]
@@ -109,6 +125,12 @@ fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
                 .as_str()
                 .is_some_and(|v| !v.starts_with("monitoring.coreos.com"))
         })
+        .collect();
+    // The HA variant differs from the base only in its Deployment.
+    let ha = documents(&kustomize("examples/ha"));
+    let builtin: Vec<Value> = builtin
+        .into_iter()
+        .chain(ha.into_iter().filter(|d| d["kind"] == "Deployment"))
         .collect();
     let text = builtin
         .iter()
@@ -197,7 +219,17 @@ fn the_role_grants_exactly_the_verbs_the_watchdog_uses_on_the_guarded_services()
     }
     assert_eq!(verbs(grant("", "pods")), ["list"]);
     assert_eq!(verbs(grant("events.k8s.io", "events")), ["create", "patch"]);
-    assert_eq!(rules.len(), 3, "nothing else");
+    let leases: Vec<&Value> = rules
+        .iter()
+        .filter(|r| r["resources"][0] == "leases")
+        .collect();
+    let lease_name = &config["leader_election"]["lease_name"];
+    assert_eq!(leases.len(), 2, "get+update by name, create apart");
+    assert_eq!(leases[0]["apiGroups"][0], "coordination.k8s.io");
+    assert_eq!(leases[0]["resourceNames"][0], *lease_name);
+    assert_eq!(verbs(leases[0]), ["get", "update"]);
+    assert_eq!(verbs(leases[1]), ["create"]);
+    assert_eq!(rules.len(), 5, "nothing else");
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! resourceVersion that every write bumps, `409 Conflict` with a `Status` body on a stale
 //! precondition, JSON merge and strategic-merge patches (maps merge; lists of known kinds merge
 //! by key), list+watch with initial events and bookmarks, label and field selectors, and
-//! `Status` error bodies. It does not do authentication, admission, defaulting, pagination, JSON
+//! `Status` error bodies, and `SelfSubjectAccessReview`s answered from a deny list. It does not
+//! do authentication, admission, defaulting, pagination, JSON
 //! patch or server-side apply; those answer 415 or are ignored. Faults can be injected per
 //! request for tests.
 
@@ -155,12 +156,20 @@ struct Store {
     /// (method, path) of every request as it arrives, before it is answered.
     arrivals: Vec<(String, String)>,
     faults: Vec<FaultRule>,
+    /// Live watches deliver nothing while set (a partition between client and server).
+    watches_paused: bool,
+    /// Watches from a resourceVersion older than this get `410 Gone` (history compacted).
+    compacted: u64,
+    /// (verb, resource) pairs that access reviews deny, e.g. `("patch", "services")`.
+    denied: Vec<(String, String)>,
 }
 
 struct Shared {
     store: Mutex<Store>,
     /// The latest resourceVersion, for watchers to wake on.
     latest: watch::Sender<u64>,
+    /// Bumped to end every live watch.
+    generation: watch::Sender<u64>,
     addr: SocketAddr,
 }
 
@@ -205,9 +214,11 @@ impl ApiServer {
             source,
         })?;
         let (latest, _) = watch::channel(0);
+        let (generation, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             latest,
+            generation,
             addr,
         });
         let stop = CancellationToken::new();
@@ -319,6 +330,46 @@ impl ApiServer {
     /// Injects a fault for matching requests.
     pub fn inject(&self, rule: FaultRule) {
         self.shared.lock().faults.push(rule);
+    }
+
+    /// Live watches stop delivering events, as if the connection were partitioned; see
+    /// [`Self::expire_watches`].
+    pub fn pause_watches(&self) {
+        self.shared.lock().watches_paused = true;
+    }
+
+    /// Ends every live watch and compacts the history, so a client that resumes from the
+    /// resourceVersion it had gets `410 Gone` ("too old resource version") and must re-list.
+    pub fn expire_watches(&self) {
+        let mut store = self.shared.lock();
+        store.watches_paused = false;
+        // Other objects were written meanwhile (the global resourceVersion moved on), then the
+        // history was compacted: every client's resourceVersion is now too old.
+        store.rv += 1;
+        store.compacted = store.rv;
+        drop(store);
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Ends every live watch; clients resume from their last resourceVersion.
+    pub fn drop_watches(&self) {
+        self.shared.lock().watches_paused = false;
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Removes every injected fault that has not fired yet.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Makes `SelfSubjectAccessReview`s deny `verb` on `resource` (plural, e.g. `services`),
+    /// as a Role without that rule would. Requests themselves are not authorized: inject a
+    /// 403 fault for that.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.shared
+            .lock()
+            .denied
+            .push((verb.to_owned(), resource.to_owned()));
     }
 }
 
@@ -498,6 +549,17 @@ async fn route(
         && let Some(doc) = discovery(&segments, shared.addr)
     {
         return json_response(StatusCode::OK, &doc);
+    }
+    if method == Method::POST
+        && segments
+            == [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ]
+    {
+        return access_review(shared, &body);
     }
     let Some(target) = parse_target(&segments) else {
         return status(
@@ -788,6 +850,30 @@ fn create(shared: &Shared, kind: &ResourceType, ns: &str, body: &[u8]) -> Respon
     json_response(StatusCode::CREATED, &stored)
 }
 
+/// Answers a `SelfSubjectAccessReview` from the deny list: allowed unless denied.
+fn access_review(shared: &Shared, body: &[u8]) -> Response {
+    let Ok(mut review) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the request body is not valid JSON");
+    };
+    let attributes = &review["spec"]["resourceAttributes"];
+    let verb = attributes["verb"].as_str().unwrap_or_default().to_owned();
+    let resource = attributes["resource"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let denied = shared
+        .lock()
+        .denied
+        .iter()
+        .any(|(v, r)| *v == verb && *r == resource);
+    review["status"] = if denied {
+        json!({"allowed": false, "denied": true, "reason": format!("no RBAC rule allows {verb} on {resource}")})
+    } else {
+        json!({"allowed": true, "reason": "allowed by the sandbox"})
+    };
+    json_response(StatusCode::CREATED, &review)
+}
+
 fn conflict(kind: &ResourceType, name: &str) -> Response {
     status(
         409,
@@ -976,6 +1062,29 @@ fn watch_line(event: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// How long a watch lasts: the client's `timeoutSeconds`, else 30 minutes.
+fn watch_timeout(query: &BTreeMap<String, String>) -> Duration {
+    query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_mins(30), Duration::from_secs)
+}
+
+/// A watch from a compacted resourceVersion: one `ERROR` event with a 410 `Status`, as the API
+/// server streams it.
+fn gone(from: u64, compacted: u64) -> Response {
+    let status_body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("too old resource version: {from} ({compacted})"),
+        "reason": "Expired", "code": 410,
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(watch_line("ERROR", &status_body)))
+        .unwrap_or_else(|_| status(500, "InternalError", "failed to build watch response"))
+}
+
 fn watch_response(
     shared: &Arc<Shared>,
     target: &Target,
@@ -993,6 +1102,9 @@ fn watch_response(
         .get("resourceVersion")
         .filter(|rv| !rv.is_empty() && *rv != "0")
         .and_then(|rv| rv.parse().ok());
+    if let Some(from) = from.filter(|rv| *rv < store.compacted) {
+        return gone(from, store.compacted);
+    }
     let mut first: Vec<Bytes> = Vec::new();
     let cursor = if initial || from.is_none() {
         for v in selected(&store, target, query).unwrap_or_default() {
@@ -1011,49 +1123,60 @@ fn watch_response(
         from.unwrap_or(0)
     };
     drop(store);
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_mins(30), Duration::from_secs);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + watch_timeout(query);
     let shared = shared.clone();
     let resource = target.kind.resource();
     let namespace = target.namespace.clone();
     let query = query.clone();
     let mut latest = shared.latest.subscribe();
     latest.borrow_and_update();
-    let live = futures::stream::unfold((cursor, latest), move |(mut cursor, mut latest)| {
+    let mut generation = shared.generation.subscribe();
+    generation.borrow_and_update();
+    let state = (cursor, latest, generation);
+    let live = futures::stream::unfold(state, move |(mut cursor, mut latest, mut generation)| {
         let shared = shared.clone();
         let resource = resource.clone();
         let namespace = namespace.clone();
         let query = query.clone();
         async move {
             loop {
+                if generation.has_changed().unwrap_or(true) {
+                    return None; // dropped by the test
+                }
                 let batch: Vec<Bytes> = {
                     let store = shared.lock();
-                    let fresh: Vec<&WatchRecord> =
-                        store.log.iter().filter(|r| r.rv > cursor).collect();
-                    if let Some(last) = fresh.last() {
-                        cursor = last.rv;
+                    if store.watches_paused {
+                        Vec::new()
+                    } else {
+                        let fresh: Vec<&WatchRecord> =
+                            store.log.iter().filter(|r| r.rv > cursor).collect();
+                        if let Some(last) = fresh.last() {
+                            cursor = last.rv;
+                        }
+                        fresh
+                            .into_iter()
+                            .filter(|r| {
+                                r.resource == resource
+                                    && namespace.as_ref().is_none_or(|n| *n == r.namespace)
+                                    && matches(&r.object, &query).unwrap_or(false)
+                            })
+                            .map(|r| watch_line(r.event, &r.object))
+                            .collect()
                     }
-                    fresh
-                        .into_iter()
-                        .filter(|r| {
-                            r.resource == resource
-                                && namespace.as_ref().is_none_or(|n| *n == r.namespace)
-                                && matches(&r.object, &query).unwrap_or(false)
-                        })
-                        .map(|r| watch_line(r.event, &r.object))
-                        .collect()
                 };
                 if !batch.is_empty() {
-                    return Some((batch, (cursor, latest)));
+                    return Some((batch, (cursor, latest, generation)));
                 }
-                if tokio::time::timeout_at(deadline, latest.changed())
-                    .await
-                    .is_err()
-                {
-                    return None; // timeoutSeconds reached: the server closes the watch
+                let woken = tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        _ = latest.changed() => true,
+                        _ = generation.changed() => false,
+                    }
+                });
+                match woken.await {
+                    Ok(true) => {}
+                    // Dropped by the test, or timeoutSeconds reached: the server closes the watch.
+                    Ok(false) | Err(_) => return None,
                 }
             }
         }

@@ -581,6 +581,11 @@ pub async fn warm_up(prometheus: &str) {
 /// An Alertmanager (payload version 4) webhook body with one critical alert about `version` of
 /// the app, firing since now, as the runbook's `GreenErrorRateHigh` rule sends it.
 pub fn critical_alert(version: &str) -> String {
+    critical_alert_for(APP, version)
+}
+
+/// [`critical_alert`] for another app.
+pub fn critical_alert_for(app: &str, version: &str) -> String {
     let now = jiff::Timestamp::now();
     serde_json::json!({
         "receiver": "watchdog", "status": "firing", "version": "4",
@@ -589,7 +594,7 @@ pub fn critical_alert(version: &str) -> String {
         "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
         "alerts": [{
             "status": "firing",
-            "labels": {"alertname": "GreenErrorRateHigh", "app": APP, "severity": "critical", "version": version},
+            "labels": {"alertname": "GreenErrorRateHigh", "app": app, "severity": "critical", "version": version},
             "annotations": {"summary": "error rate above 2%"},
             "startsAt": now.to_string(), "endsAt": "0001-01-01T00:00:00Z",
             "generatorURL": "http://prometheus:9090/graph", "fingerprint": format!("{:016x}", now.as_nanosecond()),

@@ -1,0 +1,187 @@
+//! The start-up self-check: does this identity hold every permission the guards will use?
+//!
+//! One `SelfSubjectAccessReview` per (verb, resource, name) the watchdog needs, sent together.
+//! A denial fails start-up with a message naming each missing permission and where to grant
+//! it, rather than a 403 at the first rollback, hours later. It does not check anything else
+//! (that the Services exist, that Prometheus answers), and a review that cannot be made at all
+//! (an old or restricted API server) only warns: the check must never be why a rollback fails.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::error::{Error, Result, chain};
+
+/// One permission the watchdog needs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Permission {
+    pub verb: &'static str,
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub namespace: String,
+    /// Only for rules the Role can limit by name.
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resource = if self.group.is_empty() {
+            self.resource.to_owned()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        };
+        match &self.name {
+            Some(name) => write!(f, "{} {resource}/{name} in {}", self.verb, self.namespace),
+            None => write!(f, "{} {resource} in {}", self.verb, self.namespace),
+        }
+    }
+}
+
+/// Every permission `config` needs; the Lease, if any, lives in its configured namespace or
+/// the client's.
+#[must_use]
+pub fn needed(config: &Config, client: &Client) -> BTreeSet<Permission> {
+    let lease_namespace = config.leader_election.as_ref().map(|le| {
+        le.namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned())
+    });
+    needed_in(config, lease_namespace.as_deref())
+}
+
+fn needed_in(config: &Config, lease_namespace: Option<&str>) -> BTreeSet<Permission> {
+    let p = |verb, group, resource, namespace: &str, name: Option<&str>| Permission {
+        verb,
+        group,
+        resource,
+        namespace: namespace.to_owned(),
+        name: name.map(str::to_owned),
+    };
+    let mut needed = BTreeSet::new();
+    for g in &config.guards {
+        let ns = g.namespace.as_str();
+        for verb in ["get", "list", "watch", "patch"] {
+            needed.insert(p(verb, "", "services", ns, Some(&g.service)));
+        }
+        needed.insert(p("list", "", "pods", ns, None));
+        for verb in ["create", "patch"] {
+            needed.insert(p(verb, "events.k8s.io", "events", ns, None));
+        }
+    }
+    if let (Some(le), Some(ns)) = (&config.leader_election, lease_namespace) {
+        for verb in ["get", "update"] {
+            needed.insert(p(
+                verb,
+                "coordination.k8s.io",
+                "leases",
+                ns,
+                Some(&le.lease_name),
+            ));
+        }
+        needed.insert(p("create", "coordination.k8s.io", "leases", ns, None));
+    }
+    needed
+}
+
+/// Asks the API server about each permission; fails naming every one that is denied.
+pub async fn check(client: &Client, needed: BTreeSet<Permission>, timeout: Duration) -> Result<()> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let asks = needed.into_iter().map(|permission| {
+        let reviews = reviews.clone();
+        async move {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(permission.verb.to_owned()),
+                        group: Some(permission.group.to_owned()),
+                        resource: Some(permission.resource.to_owned()),
+                        namespace: Some(permission.namespace.clone()),
+                        name: permission.name.clone(),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            let answer =
+                tokio::time::timeout(timeout, reviews.create(&PostParams::default(), &review))
+                    .await;
+            (permission, answer)
+        }
+    });
+    let mut missing = Vec::new();
+    let mut unknown = 0;
+    for (permission, answer) in join_all(asks).await {
+        match answer {
+            Ok(Ok(review)) if review.status.as_ref().is_some_and(|s| s.allowed) => {
+                debug!(%permission, "permission granted");
+            }
+            Ok(Ok(_)) => missing.push(permission.to_string()),
+            Ok(Err(e)) => {
+                unknown += 1;
+                debug!(%permission, error = %chain(&e), "access review failed");
+            }
+            Err(_) => unknown += 1,
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Forbidden { missing });
+    }
+    if unknown > 0 {
+        warn!(
+            unknown,
+            "could not review some permissions (SelfSubjectAccessReview failed); starting anyway"
+        );
+    } else {
+        info!("every needed Kubernetes permission is granted");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_needed_permissions_name_each_guarded_service_and_the_lease() {
+        let config = Config::from_yaml(
+            "prometheus: {url: 'http://127.0.0.1:9090'}\nleader_election: {}\nguards:\n- {name: a, service: svc-a}\n- {name: b, namespace: shop, service: svc-b}\n",
+        )
+        .unwrap();
+        let needed: Vec<String> = needed_in(&config, Some("ops"))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "patch services/svc-a in default",
+            "watch services/svc-b in shop",
+            "list pods in shop",
+            "create events.events.k8s.io in default",
+            "update leases.coordination.k8s.io/cutover-watchdog in ops",
+            "create leases.coordination.k8s.io in ops",
+        ] {
+            assert!(
+                needed.iter().any(|n| n == want),
+                "{want} missing from {needed:#?}"
+            );
+        }
+        let without = needed_without_election();
+        assert!(without.iter().all(|p| p.resource != "leases"));
+    }
+
+    fn needed_without_election() -> BTreeSet<Permission> {
+        let config = Config::from_yaml(
+            "prometheus: {url: 'http://127.0.0.1:9090'}\nguards:\n- {name: a, service: svc-a}\n",
+        )
+        .unwrap();
+        needed_in(&config, None)
+    }
+}

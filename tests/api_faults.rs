@@ -1,0 +1,228 @@
+//! Kubernetes API faults injected by the double, beyond the patch faults in `end_to_end`: a
+//! missing permission at start-up, watches dropped or expired (410 Gone) around a cutover, and
+//! a slow API for one Service while another guard must act.
+
+// Test code: a failed setup step should panic right there; counters are small whole numbers.
+#![allow(clippy::unwrap_used, clippy::float_cmp)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Setup, Watchdog, critical_alert, critical_alert_for, metric, wait_for};
+use cutover_watchdog::sandbox::apiserver::{self, Fault, FaultRule};
+use cutover_watchdog::sandbox::free_port;
+
+const ALERTS: &str = "  alerts:\n    match: {app: my-microservice}\n";
+
+async fn watchdog(cluster: &Cluster) -> Watchdog {
+    Watchdog::start(
+        cluster,
+        &Setup {
+            extra: ALERTS,
+            ..Setup::default()
+        },
+    )
+    .await
+}
+
+async fn cutovers(w: &Watchdog) -> f64 {
+    metric(
+        &w.metrics().await,
+        r#"cutover_watchdog_cutovers_total{guard="checkout"}"#,
+    )
+    .unwrap()
+}
+
+async fn wait_relisted(w: &Watchdog, times: f64) {
+    let series = r#"cutover_watchdog_service_relists_total{guard="checkout"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&w.metrics().await, series) < Some(times) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no re-list:\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_missing_permission_fails_start_up_naming_it_and_the_role() {
+    let cluster = Cluster::start().await;
+    cluster.api.deny("patch", "services");
+    cluster.api.deny("create", "leases");
+    let ports = (free_port().unwrap(), free_port().unwrap());
+    let config = cluster.dir.path().join("watchdog.yaml");
+    let setup = Setup {
+        top: "leader_election: {}\n",
+        ..Setup::default()
+    };
+    std::fs::write(&config, setup.yaml(ports.0, ports.1)).unwrap();
+    let mut w = Watchdog::spawn(&cluster, &config, ports, "watchdog-test");
+    let status = tokio::time::timeout(Duration::from_secs(10), w.child.wait())
+        .await
+        .expect("start-up must fail fast")
+        .unwrap();
+    assert!(!status.success());
+    let logs = w.logs();
+    for named in [
+        "missing Kubernetes permissions: ",
+        "patch services/svc-production in default",
+        "create leases.coordination.k8s.io in default",
+        "grant them in the watchdog's Role (manifests/role.yaml)",
+    ] {
+        assert!(logs.contains(named), "{named:?} not in {logs}");
+    }
+    let error = logs.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(
+        !error.contains("get services"),
+        "only the missing ones are named: {error}"
+    );
+    assert!(cluster.api.requests().iter().all(|r| r.method != "PATCH"));
+}
+
+#[tokio::test]
+async fn a_watch_expired_across_a_cutover_re_lists_and_opens_the_window() {
+    let cluster = Cluster::start().await;
+    let w = watchdog(&cluster).await;
+    // The watch is cut off; the cutover happens while the watchdog cannot see it.
+    cluster.api.pause_watches();
+    cluster.cut_over("v2").await;
+    assert_eq!(w.guards().await[0]["selector_version"], "v1");
+    cluster.api.expire_watches();
+    wait_relisted(&w, 1.0).await;
+    wait_for(
+        "the window opened from the re-list",
+        Duration::from_secs(10),
+        || cluster.annotation("state").as_deref() == Some("watching"),
+    )
+    .await;
+    let g = &w.guards().await[0];
+    assert_eq!(g["window"]["version"], "v2");
+    assert_eq!(g["window"]["rollback_target"], "v1");
+    assert_eq!(cutovers(&w).await, 1.0);
+    assert!(
+        w.logs().contains("410") || w.logs().contains("too old resource version"),
+        "{}",
+        w.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_watch_expired_with_nothing_changed_re_lists_without_a_phantom_cutover() {
+    let cluster = Cluster::start().await;
+    let w = watchdog(&cluster).await;
+    cluster.api.expire_watches();
+    wait_relisted(&w, 1.0).await;
+    // Then once more with a window open: the re-list shows the same v2, not a new cutover.
+    cluster.cut_over_recorded("v2").await;
+    let start = w.guards().await[0]["window"]["start"].clone();
+    cluster.api.expire_watches();
+    wait_relisted(&w, 2.0).await;
+    assert_eq!(
+        w.post_alert("{}").await,
+        400,
+        "the watchdog is up and serving"
+    );
+    let g = &w.guards().await[0];
+    assert_eq!(g["window"]["start"], start, "the same window");
+    assert_eq!(cutovers(&w).await, 1.0, "one cutover, no phantom");
+    let detected = cluster
+        .event_reasons()
+        .iter()
+        .filter(|r| *r == "CutoverDetected")
+        .count();
+    assert_eq!(detected, 1);
+    assert_eq!(cluster.selector_patches(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_watch_resumes_from_its_resource_version_and_misses_no_cutover() {
+    let cluster = Cluster::start().await;
+    let w = watchdog(&cluster).await;
+    cluster.api.pause_watches();
+    cluster.cut_over("v2").await;
+    cluster.api.drop_watches();
+    wait_for(
+        "the window opened after the watch resumed",
+        Duration::from_secs(10),
+        || cluster.annotation("state").as_deref() == Some("watching"),
+    )
+    .await;
+    assert_eq!(cutovers(&w).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_slow_api_for_one_service_does_not_hold_up_another_guards_rollback() {
+    let cluster = Cluster::start().await;
+    cluster
+        .api
+        .apply(apiserver::service(
+            "default",
+            "svc-other",
+            &[("app", "other"), ("version", "v1")],
+        ))
+        .unwrap();
+    for i in 0..2 {
+        let labels = [("app", "other"), ("version", "v1")];
+        cluster
+            .api
+            .apply(apiserver::pod(
+                "default",
+                &format!("other-v1-{i}"),
+                &labels,
+                true,
+            ))
+            .unwrap();
+    }
+    let extra = format!(
+        "{ALERTS}- name: other\n  service: svc-other\n  alerts:\n    match: {{app: other}}\n"
+    );
+    let w = Watchdog::start(
+        &cluster,
+        &Setup {
+            extra: &extra,
+            ..Setup::default()
+        },
+    )
+    .await;
+    cluster.cut_over_recorded("v2").await;
+    let patch = r#"{"spec":{"selector":{"version":"v2"}}}"#;
+    let out = cluster
+        .kubectl(&["patch", "svc", "svc-other", "-p", patch])
+        .await;
+    assert!(out.status.success());
+    wait_for("the other window recorded", Duration::from_secs(10), || {
+        cluster.api.get("services", "default", "svc-other").unwrap()["metadata"]["annotations"]
+            ["cutover-watchdog.io/state"]
+            == "watching"
+    })
+    .await;
+    // Every read of svc-production by name now takes 4 s.
+    cluster.api.inject(FaultRule {
+        method: axum::http::Method::GET,
+        plural: "services".into(),
+        name: Some(common::SVC.into()),
+        times: usize::MAX,
+        fault: Fault::Delay(Duration::from_secs(4)),
+    });
+    assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
+    assert_eq!(w.post_alert(&critical_alert_for("other", "v2")).await, 200);
+    let other = || {
+        cluster.api.get("services", "default", "svc-other").unwrap()["spec"]["selector"]["version"]
+            == "v1"
+    };
+    wait_for("the other guard's rollback", Duration::from_secs(3), other).await;
+    assert_eq!(
+        cluster.selector_version(),
+        "v2",
+        "the slow Service is still being read when the other is already reverted"
+    );
+    wait_for(
+        "the slow guard's rollback too",
+        Duration::from_secs(20),
+        || cluster.selector_version() == "v1",
+    )
+    .await;
+}

@@ -77,6 +77,14 @@ impl Cluster {
             .expect("kubectl must be installed (it ships on these machines as /usr/bin/kubectl)")
     }
 
+    /// Sets the selector's version directly in the double, as a deploy tool would; faster than
+    /// kubectl for tests that cut over many times.
+    pub fn set_selector_version(&self, version: &str) {
+        let mut svc = self.service();
+        svc["spec"]["selector"]["version"] = Value::from(version);
+        self.api.apply(svc).unwrap();
+    }
+
     /// `kubectl patch svc svc-production -p {"spec":{"selector":{"version":V}}}`, as an operator.
     pub async fn cut_over(&self, version: &str) {
         let patch = format!(r#"{{"spec":{{"selector":{{"version":"{version}"}}}}}}"#);

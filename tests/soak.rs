@@ -1,0 +1,106 @@
+//! A time-scaled soak: 100 cutovers in a row on one Service, every other one failing. Exactly
+//! the failing ones roll back, each once, and memory is flat at the end.
+
+// Test code: a failed setup step should panic right there; counters are small whole numbers.
+#![allow(clippy::unwrap_used, clippy::float_cmp)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Setup, Stack, Watchdog, critical_alert, metric, wait_for};
+
+const CUTOVERS: usize = 100;
+
+/// The child's resident set size in KiB, from /proc.
+fn rss_kib(w: &Watchdog) -> u64 {
+    let pid = w.child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_memory() {
+    // Real Prometheus and healthy traffic, so the clean cutovers have clean polls.
+    let stack = Stack::start(
+        Cluster::start().await,
+        Setup {
+            poll_interval: "100ms",
+            window: "600ms",
+            stabilization: "300ms",
+            extra: "  alerts:\n    match: {app: my-microservice}\n",
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (cluster, w) = (&stack.cluster, &stack.watchdog);
+    let mut warm = 0;
+    for i in 0..CUTOVERS {
+        let blue = cluster.selector_version();
+        let green = if blue == "v1" { "v2" } else { "v1" };
+        cluster.set_selector_version(green);
+        wait_for(
+            &format!("cutover {i}: window recorded"),
+            Duration::from_secs(10),
+            || {
+                cluster.annotation("state").as_deref() == Some("watching")
+                    && cluster.annotation("version").as_deref() == Some(green)
+            },
+        )
+        .await;
+        if i % 2 == 0 {
+            assert_eq!(w.post_alert(&critical_alert(green)).await, 200);
+            wait_for(
+                &format!("cutover {i}: rolled back"),
+                Duration::from_secs(10),
+                || {
+                    cluster.annotation("state").as_deref() == Some("rolled-back")
+                        && cluster.selector_version() == blue
+                },
+            )
+            .await;
+        } else {
+            wait_for(
+                &format!("cutover {i}: stable"),
+                Duration::from_secs(10),
+                || cluster.annotation("state").as_deref() == Some("stable"),
+            )
+            .await;
+            // A selector change inside the window would be someone overriding it, not a new
+            // cutover: the next one comes after the window.
+            let closed = format!("cutover {i}: window closed");
+            stack
+                .wait_status(&closed, Duration::from_secs(10), |g| {
+                    g["window"]["open"] == false
+                })
+                .await;
+        }
+        if i == 19 {
+            warm = rss_kib(w);
+        }
+    }
+    let text = w.metrics().await;
+    let count = |series: &str| metric(&text, series).unwrap();
+    assert_eq!(
+        count(r#"cutover_watchdog_cutovers_total{guard="checkout"}"#),
+        100.0
+    );
+    assert_eq!(
+        count(r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="alert"}"#),
+        50.0
+    );
+    assert_eq!(
+        cluster.selector_patches(),
+        50,
+        "one patch per failing cutover"
+    );
+    let end = rss_kib(w);
+    assert!(
+        end <= warm + warm / 10 + 1024,
+        "RSS grew from {warm} KiB after 20 cutovers to {end} KiB after {CUTOVERS}"
+    );
+}

@@ -1148,8 +1148,9 @@ fn watch_response(
                     if store.watches_paused {
                         Vec::new()
                     } else {
-                        let fresh: Vec<&WatchRecord> =
-                            store.log.iter().filter(|r| r.rv > cursor).collect();
+                        // The log is in resourceVersion order: find the new tail, don't scan.
+                        let from = store.log.partition_point(|r| r.rv <= cursor);
+                        let fresh: Vec<&WatchRecord> = store.log[from..].iter().collect();
                         if let Some(last) = fresh.last() {
                             cursor = last.rv;
                         }

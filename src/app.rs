@@ -2,6 +2,8 @@
 //!
 //! This is the only place that knows every part. It holds no logic of its own.
 
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, GuardConfig};
+use crate::config::{Config, GuardConfig, WebhookConfig};
 use crate::decision::{self, Policy};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, Target};
@@ -22,7 +24,9 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::poller::{PollTarget, Poller};
 use crate::promql::{Prometheus, Template};
+use crate::reload::{Reload, Reloader};
 use crate::service::ServiceHandle;
+use crate::tls::{CertStore, TlsListener};
 use crate::webhook::Webhook;
 
 /// Queued Kubernetes writes across all guards.
@@ -85,12 +89,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let metrics = Metrics::new()?;
-    let webhook = Webhook::from_config(&config.webhook)?;
-    if !webhook.authenticates() {
-        warn!(
-            "webhook.bearer_token_file and webhook.basic_auth are unset: /webhook/alertmanager accepts unauthenticated requests"
-        );
-    }
+    let (webhook, certs) = load_secrets(&config.webhook)?;
+    let acceptor = certs.as_ref().map(CertStore::acceptor).transpose()?;
     let prometheus = Prometheus::new(&config.prometheus.url, config.prometheus.timeout)?;
     let main_listener = bind("main", config.listen).await?;
     let admin_listener = bind("admin", config.admin_listen).await?;
@@ -142,16 +142,31 @@ pub async fn serve(
     };
     let executor = tokio::spawn(executor.run(command_rx, shutdown.clone()));
 
+    let mut secrets: Vec<Arc<dyn Reload>> = Vec::new();
+    secrets.extend(webhook.credentials().map(|c| c as Arc<dyn Reload>));
+    secrets.extend(certs.map(|c| c as Arc<dyn Reload>));
+    let reloader = Reloader {
+        targets: secrets,
+        metrics: metrics.clone(),
+        interval: config.webhook.reload_interval,
+    };
+    tasks.spawn(reloader.run(shutdown.clone()));
+
     let state = AppState {
         guards: handles.into(),
         metrics,
-        webhook: Arc::new(webhook),
+        webhook,
     };
-    let main = axum::serve(main_listener, http::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let main = serve_main(
+        main_listener,
+        acceptor,
+        http::router(state.clone()),
+        &shutdown,
+    );
     let admin = axum::serve(admin_listener, http::admin_router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    info!(listen = %config.listen, admin = %config.admin_listen, guards = config.guards.len(), "cutover-watchdog serving");
+    let tls = config.webhook.tls.files().is_some();
+    info!(listen = %config.listen, tls, admin = %config.admin_listen, guards = config.guards.len(), "cutover-watchdog serving");
     let served = tokio::try_join!(
         async {
             main.await.map_err(|source| Error::Serve {
@@ -176,6 +191,45 @@ pub async fn serve(
     tasks.shutdown().await;
     info!("cutover-watchdog stopped");
     served.map(drop)
+}
+
+/// The webhook's credentials and the main listener's certificate, loaded: a secret that cannot
+/// be used at startup is an error, unlike a bad rotation later.
+fn load_secrets(config: &WebhookConfig) -> Result<(Arc<Webhook>, Option<Arc<CertStore>>)> {
+    let webhook = Arc::new(Webhook::from_config(config)?);
+    if !webhook.authenticates() {
+        warn!(
+            "webhook.bearer_token_file and webhook.basic_auth are unset: /webhook/alertmanager accepts unauthenticated requests"
+        );
+    }
+    let certs = match config.tls.files() {
+        Some((cert, key)) => Some(Arc::new(CertStore::load(cert, key)?)),
+        None => None,
+    };
+    Ok((webhook, certs))
+}
+
+/// The main listener, over TLS when an acceptor is given. Two listener types, one future type:
+/// the rest of the wiring does not care which.
+fn serve_main(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> {
+    let stopped = shutdown.clone().cancelled_owned();
+    match acceptor {
+        Some(acceptor) => Box::pin(
+            axum::serve(TlsListener::new(listener, acceptor), router)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+        None => Box::pin(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+    }
 }
 
 /// What every guard's tasks share.

@@ -17,9 +17,11 @@ pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod promql;
+pub mod reload;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -176,7 +176,9 @@ pub trait Reload: Send + Sync {
 pub struct Reloader {
     /// What to check; empty means the task ends at once.
     pub targets: Vec<Arc<dyn Reload>>,
+    /// Where failed reloads are counted.
     pub metrics: Metrics,
+    /// `webhook.reload_interval`.
     pub interval: Duration,
 }
 

@@ -172,6 +172,7 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
+    /// Serves TLS with `acceptor` on connections accepted from `tcp`.
     #[must_use]
     pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
         Self {

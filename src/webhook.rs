@@ -63,13 +63,23 @@ fn parse_secret(key: &str, path: &Path, bytes: &[u8]) -> Result<String> {
     Ok(secret.to_owned())
 }
 
-/// Reads a secret file, trimming surrounding whitespace and the trailing newline.
-pub fn read_secret(key: &str, path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        context: format!("failed to read {key} {}", path.display()),
-        source,
-    })?;
-    parse_secret(key, path, &bytes)
+/// SHA-256 of the `Authorization` header value `contents` (the secret file's) make.
+fn header_digest(
+    scheme: &Scheme,
+    key: &str,
+    path: &Path,
+    contents: &[Vec<u8>],
+) -> Result<[u8; 32]> {
+    let bytes = contents.first().map_or(&[][..], Vec::as_slice);
+    let secret = parse_secret(key, path, bytes)?;
+    Ok(match scheme {
+        Scheme::Bearer => digest(format!("Bearer {secret}").as_bytes()),
+        Scheme::Basic { username } => {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"));
+            digest(format!("Basic {encoded}").as_bytes())
+        }
+    })
 }
 
 /// How the accepted `Authorization` header is built from the secret.
@@ -115,31 +125,15 @@ impl Credentials {
             return Ok(None);
         };
         let watched = Watched::new(vec![(key, path.clone())]);
-        let mut credentials = Self {
+        let expected = header_digest(&scheme, key, path, &watched.read()?)?;
+        Ok(Some(Self {
             kind,
             key,
             path: path.clone(),
             scheme,
             watched,
-            expected: RwLock::new([0; 32]),
-        };
-        let contents = credentials.watched.read()?;
-        let expected = credentials.header_digest(&contents)?;
-        credentials.expected = RwLock::new(expected);
-        Ok(Some(credentials))
-    }
-
-    fn header_digest(&self, contents: &[Vec<u8>]) -> Result<[u8; 32]> {
-        let bytes = contents.first().map_or(&[][..], Vec::as_slice);
-        let secret = parse_secret(self.key, &self.path, bytes)?;
-        Ok(match &self.scheme {
-            Scheme::Bearer => digest(format!("Bearer {secret}").as_bytes()),
-            Scheme::Basic { username } => {
-                let encoded = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{secret}"));
-                digest(format!("Basic {encoded}").as_bytes())
-            }
-        })
+            expected: RwLock::new(expected),
+        }))
     }
 
     /// Whether `given` (the raw header value) is the accepted one, in constant time.
@@ -159,7 +153,7 @@ impl Reload for Credentials {
     }
 
     fn apply(&self, contents: &[Vec<u8>]) -> Result<()> {
-        let expected = self.header_digest(contents)?;
+        let expected = header_digest(&self.scheme, self.key, &self.path, contents)?;
         *self
             .expected
             .write()

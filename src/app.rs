@@ -2,6 +2,8 @@
 //!
 //! This is the only place that knows every part. It holds no logic of its own.
 
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access;
-use crate::config::{Config, GuardConfig};
+use crate::config::{Config, GuardConfig, WebhookConfig};
 use crate::decision::{self, Policy};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, Target};
@@ -25,7 +27,9 @@ use crate::leader::{Elector, Fence};
 use crate::metrics::Metrics;
 use crate::poller::{PollTarget, Poller};
 use crate::promql::{Prometheus, Template};
+use crate::reload::{Reload, Reloader};
 use crate::service::ServiceHandle;
+use crate::tls::{CertStore, TlsListener};
 use crate::webhook::Webhook;
 
 /// Queued Kubernetes writes per guard. A guard makes a handful of decisions per window.
@@ -93,12 +97,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let metrics = Metrics::new()?;
-    let webhook = Webhook::from_config(&config.webhook)?;
-    if !webhook.authenticates() {
-        warn!(
-            "webhook.bearer_token_file and webhook.basic_auth are unset: /webhook/alertmanager accepts unauthenticated requests"
-        );
-    }
+    let (webhook, certs) = load_secrets(&config.webhook)?;
+    let acceptor = certs.as_ref().map(CertStore::acceptor).transpose()?;
     let prometheus = Prometheus::new(&config.prometheus.url, config.prometheus.timeout)?;
     access::check(
         &client,
@@ -152,21 +152,33 @@ pub async fn serve(
         wake,
     };
 
+    let mut tasks = JoinSet::new();
+    let mut secrets: Vec<Arc<dyn Reload>> = Vec::new();
+    secrets.extend(webhook.credentials().map(|c| c as Arc<dyn Reload>));
+    secrets.extend(certs.map(|c| c as Arc<dyn Reload>));
+    let reloader = Reloader {
+        targets: secrets,
+        metrics: metrics.clone(),
+        interval: config.webhook.reload_interval,
+    };
+    tasks.spawn(reloader.run(shutdown.clone()));
+
     let state = AppState {
         guards: handles.into(),
         metrics,
-        webhook: Arc::new(webhook),
+        webhook,
         leader: fence.clone(),
     };
-    info!(listen = %config.listen, admin = %config.admin_listen, guards = config.guards.len(), identity = %identity, "cutover-watchdog serving");
-    let servers = tokio::spawn(listen(
+    let tls = config.webhook.tls.files().is_some();
+    info!(listen = %config.listen, tls, admin = %config.admin_listen, guards = config.guards.len(), identity = %identity, "cutover-watchdog serving");
+    let main = serve_main(
         main_listener,
-        admin_listener,
-        state,
-        shutdown.clone(),
-    ));
+        acceptor,
+        http::router(state.clone()),
+        &shutdown,
+    );
+    let servers = tokio::spawn(listen(main, admin_listener, state, shutdown.clone()));
 
-    let mut tasks = JoinSet::new();
     let mut lanes = JoinSet::new();
     let mut leading = fence.clone();
     let leads = tokio::select! {
@@ -248,13 +260,11 @@ fn elect(
 
 /// Serves both listeners until `shutdown`.
 async fn listen(
-    main: TcpListener,
+    main: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>,
     admin: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let main = axum::serve(main, http::router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let admin = axum::serve(admin, http::admin_router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned());
     tokio::try_join!(
@@ -279,6 +289,45 @@ fn identity() -> String {
     std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "cutover-watchdog".into())
+}
+
+/// The webhook's credentials and the main listener's certificate, loaded: a secret that cannot
+/// be used at startup is an error, unlike a bad rotation later.
+fn load_secrets(config: &WebhookConfig) -> Result<(Arc<Webhook>, Option<Arc<CertStore>>)> {
+    let webhook = Arc::new(Webhook::from_config(config)?);
+    if !webhook.authenticates() {
+        warn!(
+            "webhook.bearer_token_file and webhook.basic_auth are unset: /webhook/alertmanager accepts unauthenticated requests"
+        );
+    }
+    let certs = match config.tls.files() {
+        Some((cert, key)) => Some(Arc::new(CertStore::load(cert, key)?)),
+        None => None,
+    };
+    Ok((webhook, certs))
+}
+
+/// The main listener, over TLS when an acceptor is given. Two listener types, one future type:
+/// the rest of the wiring does not care which.
+fn serve_main(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    shutdown: &CancellationToken,
+) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> {
+    let stopped = shutdown.clone().cancelled_owned();
+    match acceptor {
+        Some(acceptor) => Box::pin(
+            axum::serve(TlsListener::new(listener, acceptor), router)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+        None => Box::pin(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+    }
 }
 
 /// What every guard's tasks share.

@@ -82,6 +82,34 @@ pub struct WebhookConfig {
     /// One global limit, applied before authentication; above it requests get 429.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// How often the secret files and the TLS pair are checked for new contents, so a rotated
+    /// secret takes effect without a restart.
+    #[serde(default = "defaults::reload_interval", with = "duration")]
+    pub reload_interval: Duration,
+    /// HTTPS on `listen` (the main listener only; the admin listener stays plain HTTP).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// The main listener's certificate and key, both PEM, both or neither. Re-read when they change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1) for the leaf certificate.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The (certificate, key) paths when TLS is on. Only meaningful after [`Config::parse`],
+    /// which refuses one without the other.
+    #[must_use]
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 impl Default for WebhookConfig {
@@ -91,6 +119,8 @@ impl Default for WebhookConfig {
             basic_auth: None,
             max_body_bytes: defaults::max_body_bytes(),
             rate_limit: RateLimitConfig::default(),
+            reload_interval: defaults::reload_interval(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -121,6 +151,22 @@ impl WebhookConfig {
                 "webhook.rate_limit.burst".into(),
                 "must be at least 1".into(),
             ));
+        }
+        nonzero("webhook.reload_interval", w.reload_interval)?;
+        match (&w.tls.cert_file, &w.tls.key_file) {
+            (Some(_), None) => {
+                return Err((
+                    "webhook.tls.key_file".into(),
+                    "is required when webhook.tls.cert_file is set".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "webhook.tls.cert_file".into(),
+                    "is required when webhook.tls.key_file is set".into(),
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -573,6 +619,9 @@ mod defaults {
     pub fn max_body_bytes() -> usize {
         1 << 20
     }
+    pub fn reload_interval() -> Duration {
+        Duration::from_secs(5)
+    }
     pub fn severities() -> Vec<String> {
         vec!["critical".into()]
     }
@@ -688,6 +737,34 @@ guards:
             c.webhook.bearer_token_file.as_deref(),
             Some(Path::new("/etc/t"))
         );
+    }
+
+    #[test]
+    fn secrets_are_checked_for_rotation_every_five_seconds_by_default() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.webhook.reload_interval, Duration::from_secs(5));
+        assert!(c.webhook.tls.files().is_none());
+        let c = Config::from_yaml(&(MINIMAL.to_owned() + "webhook: {reload_interval: 250ms}\n"))
+            .unwrap();
+        assert_eq!(c.webhook.reload_interval, Duration::from_millis(250));
+        let e = error_of(&(MINIMAL.to_owned() + "webhook: {reload_interval: 0s}\n"));
+        assert!(e.contains("webhook.reload_interval"), "{e}");
+    }
+
+    #[test]
+    fn tls_needs_both_the_certificate_and_the_key_and_names_the_missing_one() {
+        let both = MINIMAL.to_owned() + "webhook:\n  tls: {cert_file: /c.pem, key_file: /k.pem}\n";
+        let c = Config::from_yaml(&both).unwrap();
+        assert_eq!(
+            c.webhook.tls.files(),
+            Some((Path::new("/c.pem"), Path::new("/k.pem")))
+        );
+        let e = error_of(&(MINIMAL.to_owned() + "webhook:\n  tls: {cert_file: /c.pem}\n"));
+        assert!(e.contains("webhook.tls.key_file"), "{e}");
+        let e = error_of(&(MINIMAL.to_owned() + "webhook:\n  tls: {key_file: /k.pem}\n"));
+        assert!(e.contains("webhook.tls.cert_file"), "{e}");
+        let e = error_of(&(MINIMAL.to_owned() + "webhook:\n  tls: {cert: /c.pem}\n"));
+        assert!(e.contains("webhook.tls") && e.contains("cert"), "{e}");
     }
 
     #[test]

@@ -101,6 +101,22 @@ pub enum Error {
     #[error("failed to set up logging: {0}")]
     Telemetry(String),
 
+    /// TLS could not use a certificate or key (a key that does not fit its certificate).
+    #[error("{context}")]
+    Tls {
+        context: String,
+        #[source]
+        source: rustls::Error,
+    },
+
+    /// A PEM file did not parse.
+    #[error("{context}")]
+    Pem {
+        context: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+
     /// A setting that passed the config check but cannot be used, e.g. an empty secret file.
     #[error("{0}")]
     Unusable(String),

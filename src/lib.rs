@@ -19,9 +19,11 @@ pub mod leader;
 pub mod metrics;
 pub mod poller;
 pub mod promql;
+pub mod reload;
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -11,6 +11,7 @@ use prometheus::{
 use crate::config::GuardConfig;
 use crate::error::Result;
 use crate::promql::QueryError;
+use crate::reload::SecretKind;
 
 const PREFIX: &str = "cutover_watchdog";
 
@@ -37,6 +38,7 @@ pub struct Metrics {
     pub alerts_received_total: IntCounterVec,
     pub leader: IntGauge,
     pub service_relists_total: IntCounterVec,
+    pub secret_reload_errors_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -228,6 +230,16 @@ impl Metrics {
                     &["guard"],
                 )?,
             )?,
+            secret_reload_errors_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "secret_reload_errors_total",
+                        "Rotated secret files that could not be used; the previous secret stays.",
+                    ),
+                    &["file"],
+                )?,
+            )?,
             registry,
         };
         // Closed label sets start at zero, for the same reason as `init_guard`.
@@ -240,6 +252,10 @@ impl Metrics {
         }
         for code in ["200", "400", "401", "413", "415", "429", "503"] {
             m.webhook_requests_total.with_label_values(&[code]);
+        }
+        for file in SecretKind::ALL {
+            m.secret_reload_errors_total
+                .with_label_values(&[file.as_label()]);
         }
         Ok(m)
     }
@@ -330,6 +346,9 @@ mod tests {
             "prometheus_query_duration_seconds_count 1",
             "prometheus_query_errors_total{reason=\"timeout\"} 1",
             "rollback_duration_seconds_count 1",
+            "secret_reload_errors_total{file=\"token\"} 0",
+            "secret_reload_errors_total{file=\"password\"} 0",
+            "secret_reload_errors_total{file=\"tls\"} 0",
         ] {
             assert!(
                 text.contains(&format!("cutover_watchdog_{name}")),

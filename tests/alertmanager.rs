@@ -11,13 +11,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::secrets::AM_TOKEN as TOKEN;
 use common::{Cluster, Setup, Watchdog};
 use cutover_watchdog::sandbox::free_port;
 use cutover_watchdog::sandbox::processes::{self, PrometheusSetup};
 use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
 use serde_json::Value;
 
-const TOKEN: &str = "am-token-7f3c";
 const HEALTHY: Behaviour = Behaviour {
     rps: 100.0,
     error_ratio: 0.001,

@@ -514,7 +514,8 @@ fn the_readme_install_commands_render_valid_objects() {
     // `apply -k` applies what `kubectl kustomize` renders (validated above); the Secret command,
     // rendered client-side, must give the Secret the Deployment mounts.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "a-long-random-token\n").unwrap();
+    let token = format!("{}\n", common::secrets::MANIFEST_TOKEN);
+    std::fs::write(dir.path().join("token"), token).unwrap();
     let mut args: Vec<&str> = secret_cmd.split(' ').skip(1).collect();
     args.extend(["--dry-run=client", "-o", "yaml"]);
     let out = Command::new("kubectl")

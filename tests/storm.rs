@@ -84,20 +84,18 @@ async fn rollback_latency(admin: &str) -> (f64, f64) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_alerts_a_second_across_1000_guards_roll_each_back_once() {
-    let wrk = processes::find_binary("wrk", "wrk", None).unwrap_or_else(|e| panic!("{e}"));
-    let cluster = Cluster::start().await;
-    populate(&cluster.api);
-    let (main, admin) = (free_port().unwrap(), free_port().unwrap());
-    let config_path = cluster.dir.path().join("storm.yaml");
-    std::fs::write(&config_path, config(main, admin)).unwrap();
+/// The watchdog binary (release when `CUTOVER_WATCHDOG_BIN` says so) on `config`, logging
+/// warnings to a file.
+fn start_watchdog(
+    cluster: &Cluster,
+    config: &std::path::Path,
+) -> (tokio::process::Child, std::path::PathBuf) {
     let binary = std::env::var("CUTOVER_WATCHDOG_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cutover-watchdog").to_owned());
     let log = cluster.dir.path().join("storm.log");
-    let mut watchdog = tokio::process::Command::new(&binary)
+    let child = tokio::process::Command::new(&binary)
         .args(["serve", "--config"])
-        .arg(&config_path)
+        .arg(config)
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -105,11 +103,12 @@ async fn ten_thousand_alerts_a_second_across_1000_guards_roll_each_back_once() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = watchdog.id().unwrap();
-    let admin_url = format!("http://127.0.0.1:{admin}");
-    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(format!("{admin_url}/readyz"))
+    (child, log)
+}
+
+async fn wait_ready(admin: &str, logs: &dyn Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    while !reqwest::get(format!("{admin}/readyz"))
         .await
         .is_ok_and(|r| r.status().is_success())
     {
@@ -120,10 +119,12 @@ async fn ten_thousand_alerts_a_second_across_1000_guards_roll_each_back_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let idle = rss_kib(pid);
+}
 
+/// `wrk` sending the storm for [`STORM`] at about [`RATE`] requests per second.
+fn start_storm(wrk: &std::path::Path, main: u16) -> tokio::process::Child {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/storm.lua");
-    let storm = tokio::process::Command::new(&wrk)
+    tokio::process::Command::new(wrk)
         .args(["-t1", "-c100", "--latency"])
         .arg(format!("-d{}s", STORM.as_secs()))
         .args(["-s", script])
@@ -133,7 +134,38 @@ async fn ten_thousand_alerts_a_second_across_1000_guards_roll_each_back_once() {
         .env("CONNECTIONS", "100")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Successful selector `PATCH` requests per guard.
+fn selector_patches(api: &ApiServer) -> Vec<usize> {
+    let mut patches = vec![0_usize; GUARDS];
+    for r in api.requests() {
+        let selector = r.json().is_some_and(|j| !j["spec"]["selector"].is_null());
+        if r.method == "PATCH" && r.status == 200 && selector {
+            let i: usize = r.path.rsplit("svc-").next().unwrap().parse().unwrap();
+            patches[i] += 1;
+        }
+    }
+    patches
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_alerts_a_second_across_1000_guards_roll_each_back_once() {
+    let wrk = processes::find_binary("wrk", "wrk", None).unwrap_or_else(|e| panic!("{e}"));
+    let cluster = Cluster::start().await;
+    populate(&cluster.api);
+    let (main, admin) = (free_port().unwrap(), free_port().unwrap());
+    let config_path = cluster.dir.path().join("storm.yaml");
+    std::fs::write(&config_path, config(main, admin)).unwrap();
+    let (mut watchdog, log) = start_watchdog(&cluster, &config_path);
+    let pid = watchdog.id().unwrap();
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_ready(&admin_url, &logs).await;
+    let idle = rss_kib(pid);
+
+    let storm = start_storm(&wrk, main);
     let start = tokio::time::Instant::now();
     // Cutovers staggered over the first 25 s; memory sampled as they go.
     let spacing = Duration::from_millis(25);
@@ -186,16 +218,7 @@ async fn ten_thousand_alerts_a_second_across_1000_guards_roll_each_back_once() {
         })
     })
     .await;
-    let mut patches = vec![0_usize; GUARDS];
-    for r in cluster.api.requests() {
-        if r.method == "PATCH"
-            && r.status == 200
-            && r.json().is_some_and(|j| !j["spec"]["selector"].is_null())
-        {
-            let i: usize = r.path.rsplit("svc-").next().unwrap().parse().unwrap();
-            patches[i] += 1;
-        }
-    }
+    let patches = selector_patches(&cluster.api);
     let wrong: Vec<(usize, usize)> = patches
         .iter()
         .copied()

@@ -4,12 +4,17 @@
 // Helpers here panic on a failed setup step, as the #[test] bodies they serve may.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use common::secrets::{
+    BASIC_HEADER, BASIC_USER, PASSWORD, ROTATED_BASIC_HEADER, TOKEN, TOKEN_BASE64,
+};
 use cutover_watchdog::config::Config;
 use cutover_watchdog::guard::{self, AlertLog, GuardHandle, Input};
 use cutover_watchdog::http::{AppState, router};
@@ -20,8 +25,6 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
-
-const TOKEN: &str = "s3cret-token";
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -163,12 +166,15 @@ async fn resolved_and_info_only_payloads_change_nothing() {
 async fn missing_or_wrong_credentials_get_401_that_says_nothing_of_why() {
     let body = fixture("firing-critical-and-info.json");
     let mut bodies = Vec::new();
+    let truncated = format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]);
+    let as_basic = format!("Basic {TOKEN_BASE64}");
+    let lowercase = format!("bearer {TOKEN}");
     for auth in [
         None,
         Some("Bearer wrong"),
-        Some("Bearer s3cret-toke"),
-        Some("Basic czNjcmV0LXRva2Vu"),
-        Some("bearer s3cret-token"),
+        Some(truncated.as_str()),
+        Some(as_basic.as_str()),
+        Some(lowercase.as_str()),
     ] {
         let mut h = harness("", 16);
         let mut r = post().header(header::CONTENT_TYPE, "application/json");
@@ -316,9 +322,9 @@ async fn a_full_guard_queue_gets_503_so_alertmanager_retries() {
 async fn basic_auth_is_an_alternative_to_a_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
-    std::fs::write(&password, "hunter2\n").unwrap();
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
     let yaml = format!(
-        "prometheus: {{url: 'http://127.0.0.1:9090'}}\nwebhook:\n  basic_auth: {{username: am, password_file: {}}}\n\
+        "prometheus: {{url: 'http://127.0.0.1:9090'}}\nwebhook:\n  basic_auth: {{username: {BASIC_USER}, password_file: {}}}\n\
          guards:\n- name: checkout\n  service: svc-production\n",
         password.display()
     );
@@ -347,17 +353,12 @@ async fn basic_auth_is_an_alternative_to_a_bearer_token() {
             .body(Body::from(body.clone()))
             .unwrap()
     };
-    // base64("am:hunter2") = YW06aHVudGVyMg==
     assert_eq!(
-        send(router(state.clone()), request("Basic YW06aHVudGVyMg=="))
-            .await
-            .0,
+        send(router(state.clone()), request(BASIC_HEADER)).await.0,
         StatusCode::OK
     );
     assert_eq!(
-        send(router(state), request("Basic YW06aHVudGVyMw=="))
-            .await
-            .0,
+        send(router(state), request(ROTATED_BASIC_HEADER)).await.0,
         StatusCode::UNAUTHORIZED
     );
 }

@@ -1,13 +1,20 @@
 //! Shared builders for the integration tests: a sandbox cluster on the API double, the real
-//! kubectl with its own HOME, the watchdog binary as a child process, and bounded waits.
+//! kubectl with its own HOME, the watchdog binary as a child process, and bounded waits; the
+//! secrets the suite uses, Secret volumes that rotate as the kubelet rotates them, test
+//! certificates and an HTTPS client.
+//!
+//! Every watchdog child writes its log under [`log_dir`], kept after the test, so that
+//! `tests/secrets_in_logs.rs` can check the whole suite's logs for [`secrets::ALL`].
 
 #![allow(dead_code)]
 // each test binary uses a different part
 // Test support: a setup step that fails should fail the test, loudly, where it happened.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cutover_watchdog::sandbox::apiserver::{self, ApiServer};
@@ -193,11 +200,53 @@ pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut()
     }
 }
 
+/// Polls the async `condition` every 50 ms until it holds, for at most `timeout`; panics naming
+/// `what`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `RUST_LOG` for every watchdog child: every crate at trace, so the secrets check sees every
+/// line anything could log. Measured: no slower than `debug` on these tests, about 3 times the
+/// lines.
+pub const LOG_LEVEL: &str = "trace";
+
+/// The suite-wide directory of watchdog logs, kept after each test (`.ci/test` empties it
+/// before the suite and checks it after).
+#[must_use]
+pub fn log_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs")
+}
+
+/// A new log file in [`log_dir`]: `<test process id>-<n>.log`.
+fn next_log_file() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = log_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{}-{n}.log", std::process::id()))
+}
+
 /// The watchdog binary, running `serve` as a child process. Killed on drop.
 pub struct Watchdog {
     pub child: tokio::process::Child,
     pub main: String,
     pub admin: String,
+    /// Its stderr, in [`log_dir`].
     pub log: PathBuf,
     pub config: PathBuf,
     /// (main, admin) listener ports, to restart on the same ones.
@@ -297,16 +346,14 @@ impl Watchdog {
     /// a follower never becomes ready.
     pub fn spawn(cluster: &Cluster, config: &Path, ports: (u16, u16), identity: &str) -> Self {
         let (main, admin) = ports;
-        let log = cluster
-            .dir
-            .path()
-            .join(format!("watchdog-{}.log", free_port().unwrap()));
+        let log = next_log_file();
         let file = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
             .args(["serve", "--config"])
             .arg(config)
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,cutover_watchdog=debug")
+            // The more lines, the more tests/secrets_in_logs.rs covers.
+            .env("RUST_LOG", LOG_LEVEL)
             .env("POD_NAME", identity)
             .stdout(Stdio::null())
             .stderr(file)
@@ -609,4 +656,247 @@ pub fn critical_alert_for(app: &str, version: &str) -> String {
         }],
     })
     .to_string()
+}
+
+/// Every secret the suite hands a watchdog, in one place, so that `tests/secrets_in_logs.rs`
+/// can look for each of them in every log line. Tests use these, never ad-hoc literals.
+pub mod secrets {
+    /// The webhook's bearer token in most tests.
+    pub const TOKEN: &str = "s3cret-token";
+    /// [`TOKEN`] in base64, as a client confusing the schemes would send it.
+    pub const TOKEN_BASE64: &str = "czNjcmV0LXRva2Vu";
+    /// The token a rotation replaces [`TOKEN`] with.
+    pub const ROTATED_TOKEN: &str = "r0tated-token-2c9a";
+    /// The token the real Alertmanagers send.
+    pub const AM_TOKEN: &str = "am-token-7f3c";
+    /// The token the README's `kubectl create secret` command is tested with.
+    pub const MANIFEST_TOKEN: &str = "a-long-random-token";
+    pub const BASIC_USER: &str = "am";
+    pub const PASSWORD: &str = "hunter2";
+    /// `Basic base64("am:hunter2")`.
+    pub const BASIC_HEADER: &str = "Basic YW06aHVudGVyMg==";
+    pub const ROTATED_PASSWORD: &str = "hunter3-rotated";
+    /// `Basic base64("am:hunter3-rotated")`.
+    pub const ROTATED_BASIC_HEADER: &str = "Basic YW06aHVudGVyMy1yb3RhdGVk";
+
+    /// Test TLS keys (P-256, PKCS#8). Fixed, so the logs can be checked for them; the
+    /// certificates are made from them at test time ([`super::TestCert`]).
+    pub const TLS_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgqvIZ2DampR8/XbCt
+V2Py/iDGpRCwn8WATNXscPHeNyKhRANCAAToiEe/Jy41J09KtMkQRaxiBWwiidKC
+frkTPY4hk83fFT6u9yUgBAnVVSqCs5y/6FhiFfP/CezpZmRyAoRLSJ3d
+-----END PRIVATE KEY-----
+";
+    /// The key a certificate rotation moves to.
+    pub const ROTATED_TLS_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgBtUZKI2xiW5n9i7F
+t+n730Ac3DOOb7VYbaAbpENPav+hRANCAAQ1hXc2R2LqN9RTACMp5jl6bl7xL+Ty
+bR/CXV8ZHaqVBS2xafvppJZNgyxp07E8OP7v4tDhdRNuM03IlVwEiOKQ
+-----END PRIVATE KEY-----
+";
+    /// A key that fits no test certificate.
+    pub const STRAY_TLS_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0e35Qw28FKhkQjrW
+vME4k5Pyab3ZDFk3nDh41CkuaQahRANCAATd8HZj+1+RZQjhY8+SF3LLtLzdcqAk
+1ZVjnUeh4+1CsHko6acaOJN8249o5C9iI1lr7ulytJa1gO6uk0koUeI+
+-----END PRIVATE KEY-----
+";
+
+    /// Each secret as it could leak: the values, and each PEM key's body whole and line by line
+    /// (a log line quoting one line of a key is a leak too).
+    #[must_use]
+    pub fn all() -> Vec<String> {
+        let mut all: Vec<String> = [
+            TOKEN,
+            TOKEN_BASE64,
+            ROTATED_TOKEN,
+            AM_TOKEN,
+            MANIFEST_TOKEN,
+            PASSWORD,
+            BASIC_HEADER,
+            ROTATED_PASSWORD,
+            ROTATED_BASIC_HEADER,
+        ]
+        .map(str::to_owned)
+        .into();
+        for key in [TLS_KEY, ROTATED_TLS_KEY, STRAY_TLS_KEY] {
+            let body: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+            all.push(body.concat());
+            all.extend(body.iter().map(|l| (*l).to_owned()));
+        }
+        all
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made by rcgen from a fixed key.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: &'static str,
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    pub fn new(key_pem: &'static str, name: &str) -> Self {
+        let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert_pem: cert.pem(),
+            key_pem,
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+/// A directory laid out as the kubelet mounts a Secret: `<key> -> ..data/<key>` and
+/// `..data -> ..<version>/`. [`SecretVolume::update`] swaps `..data` atomically by renaming a
+/// new symlink over it, as the kubelet does, so a reader sees the old files or the new ones.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+    version: usize,
+}
+
+impl SecretVolume {
+    pub fn new(dir: &Path, files: &[(&str, &[u8])]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut v = Self {
+            dir: dir.to_owned(),
+            version: 0,
+        };
+        v.update(files);
+        v
+    }
+
+    /// The path a config points at: the stable symlink, never a version directory.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// Publishes `files` as the Secret's new contents; a key left out no longer exists (its
+    /// symlink dangles, as when a key is removed from the Secret).
+    pub fn update(&mut self, files: &[(&str, &[u8])]) {
+        use std::os::unix::fs::symlink;
+        self.version += 1;
+        let version = format!("..{}", self.version);
+        let new = self.dir.join(&version);
+        std::fs::create_dir(&new).unwrap();
+        for (key, contents) in files {
+            std::fs::write(new.join(key), contents).unwrap();
+            let link = self.dir.join(key);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(Path::new("..data").join(key), &link).unwrap();
+            }
+        }
+        let staged = self.dir.join("..data_tmp");
+        symlink(&version, &staged).unwrap();
+        std::fs::rename(&staged, self.dir.join("..data")).unwrap();
+        if self.version > 1 {
+            std::fs::remove_dir_all(self.dir.join(format!("..{}", self.version - 1))).unwrap();
+        }
+    }
+}
+
+/// One HTTPS answer, with the leaf certificate the server presented.
+pub struct HttpsAnswer {
+    pub status: u16,
+    pub leaf: Vec<u8>,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request (`request` is e.g. `GET /v1/guards`) over a new TLS connection to
+/// `127.0.0.1:port` as `localhost`, trusting only `roots`. An error means the connection or the
+/// handshake failed.
+pub async fn https(
+    port: u16,
+    roots: &[&[u8]],
+    request: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpsAnswer> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(CertificateDer::from(root.to_vec())).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let mut head = format!(
+        "{request} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.extend([name, ": ", value, "\r\n"]);
+    }
+    head.push_str("\r\n");
+    write_all(&mut tls, head.as_bytes()).await?;
+    write_all(&mut tls, body).await?;
+    let mut answer = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), read_to_end(&mut tls, &mut answer)).await;
+    match read {
+        Ok(Ok(())) => {}
+        // A peer that closes without close_notify: what arrived is the whole answer.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(std::io::Error::other("HTTPS answer timed out")),
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok(HttpsAnswer { status, leaf, body })
+}
+
+// By hand rather than through tokio's `io-util` feature, which would rebuild the whole tree.
+async fn write_all(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut buf: &[u8],
+) -> std::io::Result<()> {
+    use std::pin::Pin;
+    while !buf.is_empty() {
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, buf)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    std::future::poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+}
+
+async fn read_to_end(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use std::pin::Pin;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut buf)).await?;
+        if buf.filled().is_empty() {
+            return Ok(());
+        }
+        out.extend_from_slice(buf.filled());
+    }
 }

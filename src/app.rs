@@ -20,7 +20,7 @@ use crate::executor::{Executor, Target};
 use crate::guard::{self, GuardHandle, GuardTask};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::poller::{PollTarget, Poller};
+use crate::poller::{PollTarget, Poller, PrometheusHealth};
 use crate::promql::{Prometheus, Template};
 use crate::service::ServiceHandle;
 use crate::webhook::Webhook;
@@ -125,12 +125,14 @@ pub async fn serve(
         poll_targets.push(poll);
     }
     drop(commands);
+    let health = Arc::new(PrometheusHealth::default());
     let poller = Poller {
         targets: poll_targets,
         prometheus,
         metrics: metrics.clone(),
         interval: config.poll_interval,
         wake,
+        health: health.clone(),
     };
     tasks.spawn(poller.run(guards_stop.clone()));
 
@@ -146,6 +148,7 @@ pub async fn serve(
         guards: handles.into(),
         metrics,
         webhook: Arc::new(webhook),
+        prometheus: health,
     };
     let main = axum::serve(main_listener, http::router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

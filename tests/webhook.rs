@@ -63,6 +63,7 @@ fn harness(extra_webhook: &str, queue: usize) -> Harness {
         .into(),
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
+        prometheus: Arc::default(),
     };
     Harness {
         state,
@@ -335,6 +336,7 @@ async fn basic_auth_is_an_alternative_to_a_bearer_token() {
         .into(),
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(webhook),
+        prometheus: Arc::default(),
     };
     let body = fixture("firing-info-only.json");
     let request = |auth: &str| {

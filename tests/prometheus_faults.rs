@@ -272,7 +272,20 @@ async fn a_flapping_connection_never_lets_for_run_across_its_errors_and_a_steady
     .await;
     // ...but every other one fails, so no breach lasts `for` (1 s) without a gap. Eight more
     // requests are four seconds of a breach a skipped error would have let trip.
-    s.wait_proxied(8).await;
+    let target = s.proxy().requests() + 8;
+    s.wait_until(
+        "eight more requests, the selector at v2 throughout",
+        Duration::from_secs(20),
+        || {
+            assert_eq!(
+                s.cluster.selector_version(),
+                "v2",
+                "rolled back on a breach its errors interrupted"
+            );
+            s.proxy().requests() >= target
+        },
+    )
+    .await;
     assert!(s.watchdog.alive(), "{}", s.watchdog.logs());
     assert_eq!(s.cluster.selector_version(), "v2");
     assert_eq!(s.cluster.selector_patch_attempts(), 0);

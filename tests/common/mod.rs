@@ -451,17 +451,6 @@ impl Stack {
             .expect("a stack started with Stack::behind_proxy")
     }
 
-    /// Waits for `n` more requests to reach the fault proxy, whatever it did with them.
-    pub async fn wait_proxied(&self, n: u64) {
-        let target = self.proxy().requests() + n;
-        self.wait_until(
-            &format!("{n} more requests at the proxy"),
-            Duration::from_secs(20),
-            || self.proxy().requests() >= target,
-        )
-        .await;
-    }
-
     /// Kills Prometheus (SIGKILL), waits until the watchdog has failed to reach it (a real
     /// restart takes long enough for that; on this machine it may not), and starts a fresh one
     /// on the same port with an empty data dir: a restart that lost every sample. Returns once

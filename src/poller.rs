@@ -86,16 +86,6 @@ impl PrometheusHealth {
         }
     }
 
-    /// Whether the latest round with queries had a failed one.
-    #[must_use]
-    pub fn failing(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .failing_since
-            .is_some()
-    }
-
     /// One line: answering, failing since when and why, or not asked yet.
     #[must_use]
     pub fn describe(&self) -> String {

@@ -25,7 +25,7 @@ use crate::guard::{self, GuardHandle, GuardTask};
 use crate::http::{self, AppState};
 use crate::leader::{Elector, Fence};
 use crate::metrics::Metrics;
-use crate::poller::{PollTarget, Poller};
+use crate::poller::{PollTarget, Poller, PrometheusHealth};
 use crate::promql::{Prometheus, Template};
 use crate::reload::{Reload, Reloader};
 use crate::service::ServiceHandle;
@@ -144,23 +144,18 @@ pub async fn serve(
         starts.push(start);
         poll_targets.push(poll);
     }
+    let health = Arc::new(PrometheusHealth::default());
     let poller = Poller {
         targets: poll_targets,
         prometheus,
         metrics: metrics.clone(),
         interval: config.poll_interval,
         wake,
+        health: health.clone(),
     };
 
     let mut tasks = JoinSet::new();
-    let mut secrets: Vec<Arc<dyn Reload>> = Vec::new();
-    secrets.extend(webhook.credentials().map(|c| c as Arc<dyn Reload>));
-    secrets.extend(certs.map(|c| c as Arc<dyn Reload>));
-    let reloader = Reloader {
-        targets: secrets,
-        metrics: metrics.clone(),
-        interval: config.webhook.reload_interval,
-    };
+    let reloader = reloader(&webhook, certs, &metrics, config.webhook.reload_interval);
     tasks.spawn(reloader.run(shutdown.clone()));
 
     let state = AppState {
@@ -168,6 +163,7 @@ pub async fn serve(
         metrics,
         webhook,
         leader: fence.clone(),
+        prometheus: health,
     };
     let tls = config.webhook.tls.files().is_some();
     info!(listen = %config.listen, tls, admin = %config.admin_listen, guards = config.guards.len(), identity = %identity, "cutover-watchdog serving");
@@ -289,6 +285,23 @@ fn identity() -> String {
     std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "cutover-watchdog".into())
+}
+
+/// Re-reads the webhook's secret files and the certificate when they change.
+fn reloader(
+    webhook: &Webhook,
+    certs: Option<Arc<CertStore>>,
+    metrics: &Metrics,
+    interval: Duration,
+) -> Reloader {
+    let mut secrets: Vec<Arc<dyn Reload>> = Vec::new();
+    secrets.extend(webhook.credentials().map(|c| c as Arc<dyn Reload>));
+    secrets.extend(certs.map(|c| c as Arc<dyn Reload>));
+    Reloader {
+        targets: secrets,
+        metrics: metrics.clone(),
+        interval,
+    }
 }
 
 /// The webhook's credentials and the main listener's certificate, loaded: a secret that cannot

@@ -758,6 +758,62 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_faults_never_trip_and_a_breach_after_one_starts_over() {
+        // (error-rate samples, `for` 120 s, expect rollback at?)
+        type Row<'a> = (&'a str, &'a [(i64, Sample)], Option<i64>);
+        let table: &[Row] = &[
+            (
+                "flapping: every breach is cut short by an error",
+                &[
+                    (20, BAD),
+                    (50, Err_),
+                    (80, BAD),
+                    (110, Err_),
+                    (140, BAD),
+                    (170, Err_),
+                    (200, BAD),
+                ],
+                None,
+            ),
+            (
+                "an outage longer than `for` mid-breach: the breach starts over after it",
+                &[
+                    (20, BAD),
+                    (80, Err_),
+                    (140, Err_),
+                    (200, Err_),
+                    (260, BAD),
+                    (320, BAD),
+                    (380, BAD),
+                ],
+                Some(380),
+            ),
+            (
+                "a restart that lost the data: errors, then no data (ignored), then the breach anew",
+                &[
+                    (20, BAD),
+                    (80, Err_),
+                    (100, NoData),
+                    (120, NoData),
+                    (140, BAD),
+                    (200, BAD),
+                    (260, BAD),
+                ],
+                Some(260),
+            ),
+        ];
+        for (what, polls, trips_at) in table {
+            let mut g = guard(false);
+            cut_over(&mut g);
+            let tripped = polls
+                .iter()
+                .find(|(t, s)| rollback_target(&poll(&mut g, "v2", *t, *s, FAST)).is_some())
+                .map(|(t, _)| *t);
+            assert_eq!(tripped, *trips_at, "{what}");
+        }
+    }
+
+    #[test]
     fn no_data_follows_each_checks_policy() {
         // latency_p95 breaches on no data (for 180s); error_rate ignores it.
         let mut g = guard(false);

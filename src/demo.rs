@@ -271,6 +271,7 @@ async fn start_sandbox(options: &DemoOptions, narrator: &Narrator) -> Result<San
         rules: (options.scenario == Scenario::CriticalAlert).then(|| rules().to_owned()),
         alertmanagers: vec![alertmanager.addr],
         binary: Some(prometheus_bin),
+        port: None,
     })
     .await?;
     narrator.say(&format!(

@@ -35,6 +35,12 @@ pub enum Input {
     /// The Service as the watch saw it.
     Service(Box<Service>),
     Signal(Signal),
+    /// A poll of the guard's checks ([`Signal::Polled`]), with why each check's query failed,
+    /// if it did, in check order. The core needs only the samples; the reasons are for status.
+    Polled {
+        signal: Signal,
+        errors: Vec<Option<String>>,
+    },
     /// A firing Alertmanager alert that matched this guard and may act.
     Alert {
         alert: decision::Alert,
@@ -115,6 +121,8 @@ pub struct CheckStatus {
     pub threshold: String,
     pub for_seconds: f64,
     pub last: Option<Sample>,
+    /// Why the last poll's query failed (`<reason>: <message>`), while `last` is an error.
+    pub error: Option<String>,
     pub breached: bool,
     pub breach_since: Option<Timestamp>,
 }
@@ -155,6 +163,8 @@ struct Memory {
     reference: Option<ObjectReference>,
     selector_version: Option<String>,
     last_decision: Option<DecisionStatus>,
+    /// Why each check's query failed at the last poll of the open window, in check order.
+    poll_errors: Vec<Option<String>>,
 }
 
 /// The task that owns one guard's decision state.
@@ -192,6 +202,18 @@ impl GuardTask {
             let now = Timestamp::now();
             let decisions = match input {
                 Input::Signal(signal) => self.core.handle(signal, now),
+                Input::Polled { signal, errors } => {
+                    // A poll for a window that is gone changes nothing, its errors included.
+                    if let Signal::Polled { version, .. } = &signal
+                        && self
+                            .core
+                            .open_window()
+                            .is_some_and(|w| w.version == *version)
+                    {
+                        memory.poll_errors = errors;
+                    }
+                    self.core.handle(signal, now)
+                }
                 Input::Service(svc) => self.observe(&svc, &mut memory, now),
                 Input::Alert { alert, seen } => self.alert(alert, seen, now),
             };
@@ -296,11 +318,16 @@ impl GuardTask {
                     .check_breached
                     .with_label_values(&[guard, &c.name])
                     .set(i64::from(breached_now));
+                let error = match track.last {
+                    Some(Sample::Error) => memory.poll_errors.get(i).cloned().flatten(),
+                    _ => None,
+                };
                 CheckStatus {
                     name: c.name.clone(),
                     threshold: c.threshold.to_string(),
                     for_seconds: c.for_.as_secs_f64(),
                     last: track.last,
+                    error,
                     breached: track.breached,
                     breach_since: track.breach_since,
                 }

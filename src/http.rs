@@ -2,6 +2,11 @@
 //! (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Handlers read snapshots and enqueue inputs; they never wait on the Kubernetes API.
+//!
+//! `/readyz` means "can take work": every guard's Service watch is established. It deliberately
+//! does not fail while Prometheus does: the webhook still acts on Alertmanager's alerts then,
+//! and taking the pod out of its Service's endpoints would drop exactly those. Its body says
+//! how Prometheus is answering, so the probe output stays honest.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +21,7 @@ use axum::routing::{get, post};
 use crate::guard::{GuardHandle, GuardStatus};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
+use crate::poller::PrometheusHealth;
 use crate::webhook::Webhook;
 
 /// What the handlers share.
@@ -26,6 +32,8 @@ pub struct AppState {
     pub webhook: Arc<Webhook>,
     /// Whether this replica leads; only the leader is ready and takes alerts.
     pub leader: Fence,
+    /// How Prometheus is answering the poller, for `/readyz`.
+    pub prometheus: Arc<PrometheusHealth>,
 }
 
 /// The main listener's routes.
@@ -65,7 +73,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Ready once this replica leads (always, without election) and every guard's watch is
-/// established. A follower is not ready, so the Service sends webhooks to the leader.
+/// established, whatever Prometheus does (see the module docs). A follower is not ready, so the
+/// Service sends webhooks to the leader; the second line of the body says how Prometheus is
+/// answering.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.leader.allows() {
         return (
@@ -79,12 +89,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .filter(|g| !g.ready.load(Ordering::Relaxed))
         .map(|g| g.config.name.as_str())
         .collect();
+    let prometheus = state.prometheus.describe();
     if waiting.is_empty() {
-        (StatusCode::OK, "ready\n".to_owned())
+        (StatusCode::OK, format!("ready\n{prometheus}\n"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("waiting for the service watch of: {}\n", waiting.join(", ")),
+            format!(
+                "waiting for the service watch of: {}\n{prometheus}\n",
+                waiting.join(", ")
+            ),
         )
     }
 }
@@ -122,6 +136,7 @@ mod tests {
             metrics: Metrics::new().unwrap(),
             webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
             leader: Fence::open(),
+            prometheus: Arc::default(),
         }
     }
 
@@ -152,6 +167,27 @@ mod tests {
         assert!(body.contains("checkout"), "{body}");
         let (status, _) = get(admin_router(state(true)), "/readyz").await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_stays_ready_while_prometheus_fails_and_says_so() {
+        let s = state(true);
+        let (_, body) = get(admin_router(s.clone()), "/readyz").await;
+        assert!(body.contains("prometheus not queried yet"), "{body}");
+        let at: jiff::Timestamp = "2026-01-02T03:04:05Z".parse().unwrap();
+        s.prometheus
+            .record(at, Some("timeout: operation timed out".into()));
+        s.prometheus.record(at, Some("connect: refused".into()));
+        let (status, body) = get(admin_router(s.clone()), "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "the webhook still works");
+        assert!(
+            body.contains("prometheus queries failing since 2026-01-02T03:04:05Z (2 poll rounds")
+                && body.contains("connect: refused"),
+            "{body}"
+        );
+        s.prometheus.record(at, None);
+        let (_, body) = get(admin_router(s), "/readyz").await;
+        assert!(body.contains("prometheus answering"), "{body}");
     }
 
     #[tokio::test]

@@ -4,10 +4,13 @@
 //! them to Prometheus in batches (see [`crate::promql::batch_query`]), so the number of requests
 //! grows with guards × checks / batch size rather than guards × checks. A batch Prometheus
 //! rejects (a scalar query, a typo) is retried query by query, so one guard's bad query never
-//! blinds another. It decides nothing: it hands samples to the guards' tasks and ticks their
-//! clocks.
+//! blinds another; a batch that fails for any other reason (a timeout, a 5xx, a broken
+//! connection, a body no Prometheus sends) fails all its queries at once, since asking once per
+//! query would only multiply the load on a Prometheus already in trouble. It decides nothing: it
+//! hands samples (and, for status, why a query failed) to the guards' tasks, ticks their clocks,
+//! and keeps a one-line account of how Prometheus is answering for `/readyz`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -20,7 +23,7 @@ use crate::config::CheckConfig;
 use crate::decision::{Sample, Signal};
 use crate::guard::{Input, Polling};
 use crate::metrics::Metrics;
-use crate::promql::{Prometheus, QueryError, QueryResult, Template};
+use crate::promql::{BatchFailure, Prometheus, QueryError, QueryResult, Template};
 
 /// Queries per request. Prometheus evaluates a batch's queries one after another, so this
 /// bounds one request's latency as well as its size.
@@ -43,6 +46,62 @@ pub struct Poller {
     pub interval: Duration,
     /// Notified when a window opens, to poll at once rather than up to an interval later.
     pub wake: Arc<Notify>,
+    /// Shared with `/readyz`.
+    pub health: Arc<PrometheusHealth>,
+}
+
+/// How Prometheus answered the latest poll rounds, for `/readyz`. Only rounds with queries
+/// count: with no open window nothing is asked, and nothing is known.
+#[derive(Debug, Default)]
+pub struct PrometheusHealth(Mutex<Health>);
+
+#[derive(Debug, Default)]
+struct Health {
+    /// The end of the last round in which every query was answered.
+    last_ok: Option<Timestamp>,
+    /// The first of the current run of rounds with a failed query.
+    failing_since: Option<Timestamp>,
+    failed_rounds: u64,
+    last_error: String,
+}
+
+impl PrometheusHealth {
+    /// Records one round: `error` is one of its failed queries' reasons, if any failed.
+    pub fn record(&self, at: Timestamp, error: Option<String>) {
+        let mut h = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match error {
+            None => {
+                h.last_ok = Some(at);
+                h.failing_since = None;
+                h.failed_rounds = 0;
+            }
+            Some(error) => {
+                h.failing_since.get_or_insert(at);
+                h.failed_rounds += 1;
+                h.last_error = error;
+            }
+        }
+    }
+
+    /// One line: answering, failing since when and why, or not asked yet.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let h = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (h.failing_since, h.last_ok) {
+            (Some(since), _) => format!(
+                "prometheus queries failing since {since} ({} poll rounds in a row; never a breach): {}",
+                h.failed_rounds, h.last_error
+            ),
+            (None, Some(ok)) => format!("prometheus answering: last poll round answered at {ok}"),
+            (None, None) => "prometheus not queried yet: no window open".into(),
+        }
+    }
 }
 
 impl Poller {
@@ -82,27 +141,43 @@ impl Poller {
                 }
             }
         }
-        let mut results = self.evaluate(&queries).await.into_iter();
+        let results = self.evaluate(&queries).await;
+        if !results.is_empty() {
+            let error = results
+                .iter()
+                .find_map(|r| r.as_ref().err())
+                .map(|(kind, message)| format!("{}: {message}", kind.as_label()));
+            self.health.record(Timestamp::now(), error);
+        }
+        let mut results = results.into_iter();
         for (target, window) in self.targets.iter().zip(windows) {
-            let signal = match window {
-                Some(w) => Signal::Polled {
-                    samples: target
+            let input = match window {
+                Some(w) => {
+                    let (samples, errors) = target
                         .checks
                         .iter()
                         .map(|(check, _)| {
                             let result = results.next().unwrap_or_else(|| {
                                 Err((QueryError::Body, "missing batch result".into()))
                             });
-                            self.sample(&target.guard, check, result)
+                            let error = result
+                                .as_ref()
+                                .err()
+                                .map(|(kind, message)| format!("{}: {message}", kind.as_label()));
+                            (self.sample(&target.guard, check, result), error)
                         })
-                        .collect(),
-                    version: w.version,
-                    at,
-                },
-                None => Signal::Tick,
+                        .unzip();
+                    let signal = Signal::Polled {
+                        samples,
+                        version: w.version,
+                        at,
+                    };
+                    Input::Polled { signal, errors }
+                }
+                None => Input::Signal(Signal::Tick),
             };
             // Never wait on one guard: a poll it misses only delays its next sample.
-            if target.inbox.try_send(Input::Signal(signal)).is_err() {
+            if target.inbox.try_send(input).is_err() {
                 warn!(guard = %target.guard, "guard is busy; skipped one poll");
             }
         }
@@ -134,10 +209,11 @@ impl Poller {
             Ok(values) => values.into_iter().map(Ok).collect(),
             // Prometheus refused the batch: some query in it cannot be batched or is wrong.
             // Alone, each gets its own answer and its own error.
-            Err((QueryError::Status | QueryError::Body, _)) => {
+            Err(BatchFailure::Refused(_)) => {
                 futures::future::join_all(chunk.iter().map(|q| self.single(q))).await
             }
-            Err((kind, message)) => {
+            // Prometheus is failing, not this batch: one failed request, counted once.
+            Err(BatchFailure::Failed((kind, message))) => {
                 self.count_error(kind, &message);
                 vec![Err((kind, message)); chunk.len()]
             }

@@ -139,27 +139,30 @@ impl Prometheus {
     /// how long it took.
     pub async fn instant(&self, query: &str) -> (QueryResult<Vec<f64>>, Duration) {
         let started = Instant::now();
-        let result = self
-            .send(query)
-            .await
-            .and_then(|body| parse_values(&body).map_err(|m| (QueryError::Body, m)));
+        let result = match self.send(query).await {
+            Ok(body) => parse_values(&body).map_err(|m| (QueryError::Body, m)),
+            Err(failure) => Err(failure.into()),
+        };
         (result, started.elapsed())
     }
 
     /// Runs several instant queries in one request (see [`batch_query`]) and returns each
-    /// query's series values, in order, with how long it took. If any query cannot be batched
-    /// (a scalar, a syntax error) the whole request fails with [`QueryError::Status`]; callers
-    /// then fall back to single queries.
-    pub async fn batch(&self, queries: &[&str]) -> (QueryResult<Vec<Vec<f64>>>, Duration) {
+    /// query's series values, in order, with how long it took. If Prometheus refuses the batch
+    /// (some query in it is a scalar, a range vector or a syntax error) the result is
+    /// [`BatchFailure::Refused`], and callers fall back to single queries; any other failure is
+    /// Prometheus (or the way to it) failing, which asking once per query would only multiply.
+    pub async fn batch(&self, queries: &[&str]) -> (Result<Vec<Vec<f64>>, BatchFailure>, Duration) {
         let started = Instant::now();
-        let result = self
-            .send(&batch_query(queries))
-            .await
-            .and_then(|body| parse_batch(&body, queries.len()).map_err(|m| (QueryError::Body, m)));
+        let result = match self.send(&batch_query(queries)).await {
+            Ok(body) => parse_batch(&body, queries.len())
+                .map_err(|m| BatchFailure::Failed((QueryError::Body, m))),
+            Err(Failure::Refused(message)) => Err(BatchFailure::Refused(message)),
+            Err(Failure::Failed(kind, message)) => Err(BatchFailure::Failed((kind, message))),
+        };
         (result, started.elapsed())
     }
 
-    async fn send(&self, query: &str) -> QueryResult<Bytes> {
+    async fn send(&self, query: &str) -> Result<Bytes, Failure> {
         let response = self
             .http
             .post(self.endpoint.clone())
@@ -172,30 +175,84 @@ impl Prometheus {
                 } else {
                     QueryError::Connect
                 };
-                (kind, crate::error::chain(&e))
+                Failure::Failed(kind, crate::error::chain(&e))
             })?;
         let status = response.status();
+        // A body cut short is the connection breaking, not a body we failed to understand.
         let body = response.bytes().await.map_err(|e| {
             let kind = if e.is_timeout() {
                 QueryError::Timeout
             } else {
-                QueryError::Body
+                QueryError::Connect
             };
-            (kind, crate::error::chain(&e))
+            Failure::Failed(kind, crate::error::chain(&e))
         })?;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<ApiResponse>(&body)
-                .ok()
-                .and_then(|r| r.error)
-                .unwrap_or_default();
-            return Err((QueryError::Status, format!("HTTP {status}: {detail}")));
+        if status.is_success() {
+            return Ok(body);
         }
-        Ok(body)
+        let detail = match serde_json::from_slice::<ApiResponse>(&body) {
+            Ok(ApiResponse {
+                error: Some(error),
+                error_type,
+                ..
+            }) => format!("{}: {error}", error_type.as_deref().unwrap_or("error")),
+            _ => snippet(&body),
+        };
+        let message = format!("HTTP {status}: {detail}");
+        // Prometheus answers 400 (bad_data) for a query it cannot parse or type, and 422
+        // (execution) for one it cannot evaluate: answers about the query. Every other status
+        // (5xx, or a proxy's 4xx) is about Prometheus or the way to it.
+        Err(match status.as_u16() {
+            400 | 422 => Failure::Refused(message),
+            _ => Failure::Failed(QueryError::Status, message),
+        })
     }
+}
+
+/// How one request failed, before callers decide what it means.
+enum Failure {
+    /// Prometheus answered, and refused this query.
+    Refused(String),
+    Failed(QueryError, String),
+}
+
+impl From<Failure> for (QueryError, String) {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Refused(message) => (QueryError::Status, message),
+            Failure::Failed(kind, message) => (kind, message),
+        }
+    }
+}
+
+/// Why a batch gave no values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchFailure {
+    /// Prometheus refused the batch's query: some query in it cannot be batched or is wrong.
+    /// Alone, each query gets its own answer.
+    Refused(String),
+    /// Prometheus, or the way to it, failed; every query in the batch failed with it.
+    Failed((QueryError, String)),
 }
 
 /// A query's outcome: the values, or why there are none.
 pub type QueryResult<T> = std::result::Result<T, (QueryError, String)>;
+
+/// The start of a body that is not what we expected, on one line, for error messages: enough to
+/// tell an HTML error page from truncated JSON.
+fn snippet(body: &[u8]) -> String {
+    const KEEP: usize = 120;
+    if body.is_empty() {
+        return "empty body".into();
+    }
+    let text = String::from_utf8_lossy(body);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut cut: String = line.chars().take(KEEP).collect();
+    if line.chars().count() > KEEP {
+        cut.push('…');
+    }
+    format!("body {cut:?}")
+}
 
 /// The label that tags each query's series in a batch.
 const BATCH_LABEL: &str = "cutover_watchdog_query";
@@ -222,7 +279,10 @@ struct TaggedSample {
 #[derive(Deserialize)]
 struct BatchResponse {
     status: String,
-    data: BatchData,
+    #[serde(default)]
+    data: Option<BatchData>,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -232,13 +292,17 @@ struct BatchData {
 
 /// Splits a batch's vector back into `n` queries' values.
 pub fn parse_batch(body: &[u8], n: usize) -> std::result::Result<Vec<Vec<f64>>, String> {
-    let response: BatchResponse =
-        serde_json::from_slice(body).map_err(|e| format!("unparseable batch response: {e}"))?;
+    let response: BatchResponse = serde_json::from_slice(body)
+        .map_err(|e| format!("unparseable batch response: {e}; {}", snippet(body)))?;
     if response.status != "success" {
-        return Err(format!("batch query failed: {}", response.status));
+        return Err(format!(
+            "batch query failed: {}",
+            response.error.unwrap_or(response.status)
+        ));
     }
+    let data = response.data.ok_or("batch response has no data")?;
     let mut out = vec![Vec::new(); n];
-    for sample in response.data.result {
+    for sample in data.result {
         let index = sample
             .metric
             .get(BATCH_LABEL)
@@ -257,6 +321,8 @@ struct ApiResponse {
     data: Option<ApiData>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -275,8 +341,8 @@ struct VectorSample {
 
 /// Parses a query response body into the values of its series.
 pub fn parse_values(body: &[u8]) -> std::result::Result<Vec<f64>, String> {
-    let response: ApiResponse =
-        serde_json::from_slice(body).map_err(|e| format!("unparseable response: {e}"))?;
+    let response: ApiResponse = serde_json::from_slice(body)
+        .map_err(|e| format!("unparseable response: {e}; {}", snippet(body)))?;
     if response.status != "success" {
         return Err(format!(
             "query failed: {}",
@@ -367,7 +433,14 @@ mod tests {
 
     #[test]
     fn errors_and_garbage_are_errors_not_values() {
-        assert!(parse_values(b"<html>").is_err());
+        let html = parse_values(b"<html>\n  <body>Sign in</body>").unwrap_err();
+        assert!(
+            html.contains(r#"body "<html> <body>Sign in</body>""#),
+            "the message shows what came back: {html}"
+        );
+        assert!(parse_batch(b"", 1).unwrap_err().contains("empty body"));
+        let long = format!("<p>{}</p>", "x".repeat(500));
+        assert!(snippet(long.as_bytes()).chars().count() < 140);
         assert!(parse_values(br#"{"status":"error","error":"bad"}"#).is_err());
         let m = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
         assert!(parse_values(m).is_err());

@@ -91,7 +91,7 @@ async fn a_real_alertmanager_critical_alert_reverts_the_selector_once_even_from_
         targets: vec![app.addr()],
         rules: Some(rules()),
         alertmanagers: vec![am1.addr, am2.addr],
-        binary: None,
+        ..PrometheusSetup::default()
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));

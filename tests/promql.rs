@@ -1,12 +1,12 @@
 //! The Prometheus adapter against the real Prometheus: a batch answers each query exactly as it
-//! would alone, and a query that cannot be batched makes the batch fail, not lie.
+//! would alone, and a query that cannot be batched makes Prometheus refuse the batch, not lie.
 
 // Helpers here panic on a failed setup step, as the #[test] bodies they serve may.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use cutover_watchdog::promql::{Prometheus, QueryError};
+use cutover_watchdog::promql::{BatchFailure, Prometheus};
 use cutover_watchdog::sandbox::processes::{self, PrometheusSetup};
 
 async fn prometheus() -> (processes::ChildServer, Prometheus) {
@@ -43,12 +43,12 @@ async fn a_batch_answers_each_query_as_it_would_alone() {
 }
 
 #[tokio::test]
-async fn a_query_that_cannot_be_batched_fails_the_batch_with_a_status_error() {
+async fn a_query_that_cannot_be_batched_makes_prometheus_refuse_the_batch() {
     let (_server, p) = prometheus().await;
     for bad in ["scalar(vector(1))", "sum(rate(x[1m]"] {
         let (batch, _) = p.batch(&["vector(1)", bad]).await;
         assert!(
-            matches!(batch, Err((QueryError::Status, _))),
+            matches!(batch, Err(BatchFailure::Refused(_))),
             "{bad}: {batch:?}"
         );
     }

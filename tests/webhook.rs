@@ -68,6 +68,7 @@ fn harness(extra_webhook: &str, queue: usize) -> Harness {
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
         leader: Fence::open(),
+        prometheus: Arc::default(),
     };
     Harness {
         state,
@@ -344,6 +345,7 @@ async fn basic_auth_is_an_alternative_to_a_bearer_token() {
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(webhook),
         leader: Fence::open(),
+        prometheus: Arc::default(),
     };
     let body = fixture("firing-info-only.json");
     let request = |auth: &str| {

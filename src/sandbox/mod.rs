@@ -5,10 +5,13 @@
 //!   the real kubectl by the test suite.
 //! - [`traffic`]: a synthetic blue/green app whose version-labelled metrics Prometheus scrapes.
 //! - [`processes`]: the real Prometheus (and Alertmanager) as child processes on free ports.
+//! - [`faulty`]: a proxy between the watchdog and Prometheus that injects network and HTTP
+//!   faults on demand.
 //!
 //! None of this runs in `serve`; it is compiled in so the demo and the tests share one copy.
 
 pub mod apiserver;
+pub mod faulty;
 pub mod processes;
 pub mod traffic;
 

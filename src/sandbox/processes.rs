@@ -156,13 +156,21 @@ pub struct PrometheusSetup {
     pub alertmanagers: Vec<SocketAddr>,
     /// A binary to use instead of the one on PATH.
     pub binary: Option<PathBuf>,
+    /// The loopback port to listen on, instead of a free one: to restart on the port of one
+    /// that was killed, as a restarted Prometheus behind a fixed address would.
+    pub port: Option<u16>,
 }
 
-/// Starts the real Prometheus with a 1 s scrape and evaluation interval.
+/// Starts the real Prometheus with a 1 s scrape and evaluation interval, with an empty data dir
+/// of its own.
 pub async fn prometheus(setup: &PrometheusSetup) -> Result<ChildServer> {
     let binary = find_binary("prometheus", "prometheus", setup.binary.as_deref())?;
     let dir = temp_dir("prometheus-")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()?));
+    let port = match setup.port {
+        Some(port) => port,
+        None => super::free_port()?,
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let quoted = |addrs: &[SocketAddr]| {
         addrs
             .iter()

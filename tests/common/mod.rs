@@ -156,6 +156,18 @@ impl Cluster {
             .count()
     }
 
+    /// `PATCHes` by the watchdog that touch the selector, whatever the answer: attempts, not
+    /// just changes.
+    pub fn selector_patch_attempts(&self) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.is_patch_of("services", SVC))
+            .filter(|r| r.user_agent.starts_with("cutover-watchdog/"))
+            .filter(|r| r.json().is_some_and(|j| !j["spec"]["selector"].is_null()))
+            .count()
+    }
+
     /// Injects `fault` into the next PATCH of `svc-production`.
     pub fn fault_next_service_patch(&self, fault: apiserver::Fault) {
         self.fault_service_patches(fault, 1);
@@ -463,6 +475,7 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+use cutover_watchdog::sandbox::faulty::FaultyProxy;
 use cutover_watchdog::sandbox::processes::{self, ChildServer, PrometheusSetup};
 use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
 
@@ -472,11 +485,24 @@ pub struct Stack {
     pub app: TrafficApp,
     pub prometheus: ChildServer,
     pub watchdog: Watchdog,
+    /// The fault proxy between the watchdog and Prometheus, for stacks started with
+    /// [`Stack::behind_proxy`].
+    pub proxy: Option<FaultyProxy>,
 }
 
 impl Stack {
     /// Healthy v1 and v2 at 100 rps; `setup` gets the Prometheus URL filled in.
     pub async fn start(cluster: Cluster, setup: Setup<'_>) -> Self {
+        Self::build(cluster, setup, false).await
+    }
+
+    /// As [`Stack::start`], with the watchdog reaching Prometheus through a fault proxy that
+    /// starts out passing everything through.
+    pub async fn behind_proxy(cluster: Cluster, setup: Setup<'_>) -> Self {
+        Self::build(cluster, setup, true).await
+    }
+
+    async fn build(cluster: Cluster, setup: Setup<'_>, proxied: bool) -> Self {
         let healthy = Behaviour {
             rps: 100.0,
             ..Behaviour::HEALTHY
@@ -490,8 +516,15 @@ impl Stack {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        let url = prometheus.url();
-        warm_up(&url).await;
+        warm_up(&prometheus.url()).await;
+        let proxy = if proxied {
+            Some(FaultyProxy::start(prometheus.addr).await.unwrap())
+        } else {
+            None
+        };
+        let url = proxy
+            .as_ref()
+            .map_or_else(|| prometheus.url(), FaultyProxy::url);
         let watchdog = Watchdog::start(
             &cluster,
             &Setup {
@@ -505,7 +538,43 @@ impl Stack {
             app,
             prometheus,
             watchdog,
+            proxy,
         }
+    }
+
+    /// The fault proxy; panics on a stack started without one.
+    pub fn proxy(&self) -> &FaultyProxy {
+        self.proxy
+            .as_ref()
+            .expect("a stack started with Stack::behind_proxy")
+    }
+
+    /// Kills Prometheus (SIGKILL), waits until the watchdog has failed to reach it (a real
+    /// restart takes long enough for that; on this machine it may not), and starts a fresh one
+    /// on the same port with an empty data dir: a restart that lost every sample. Returns once
+    /// the new one is ready.
+    pub async fn restart_prometheus_losing_its_data(&mut self) {
+        let port = self.prometheus.addr.port();
+        let refused = r#"cutover_watchdog_prometheus_query_errors_total{reason="connect"}"#;
+        let seen = self.metric(refused).await;
+        self.prometheus.kill().await;
+        self.wait_metric(refused, seen + 1.0, Duration::from_secs(10))
+            .await;
+        self.prometheus = processes::prometheus(&PrometheusSetup {
+            targets: vec![self.app.addr()],
+            port: Some(port),
+            ..PrometheusSetup::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `GET /readyz` on the admin listener: status and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(format!("{}/readyz", self.watchdog.admin))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     /// The default stack with `for: 1s`: the check trips one second into a breach.

@@ -8,10 +8,10 @@
 //! cutover, once per window) is decided by [`crate::decision`], not here. The accepted
 //! credentials are swapped in place when their file is rotated; [`crate::reload`] decides when.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -32,7 +32,7 @@ use tracing::debug;
 use crate::config::WebhookConfig;
 use crate::decision::Alert;
 use crate::error::{Error, Result};
-use crate::guard::{AlertSeen, Input};
+use crate::guard::{AlertSeen, GuardHandle, Input};
 use crate::http::AppState;
 use crate::reload::{Reload, SecretKind, Watched};
 
@@ -42,6 +42,54 @@ pub struct Webhook {
     credentials: Option<Arc<Credentials>>,
     max_body: usize,
     limiter: DefaultDirectRateLimiter,
+    /// Built on the first request from the guards, which are fixed for the process.
+    routes: OnceLock<Routes>,
+}
+
+/// Which guards an alert may match, found by label lookups instead of a scan of every guard:
+/// each guard is filed under the first label of its `alerts.match`, which any alert it matches
+/// must carry. With a thousand guards the scan was most of a request's cost.
+#[derive(Default)]
+struct Routes {
+    /// label key -> label value -> guard indices, ascending.
+    by: HashMap<String, HashMap<String, Vec<usize>>>,
+}
+
+impl Routes {
+    fn new(guards: &[GuardHandle]) -> Self {
+        let mut routes = Self::default();
+        for (i, g) in guards.iter().enumerate() {
+            let first = g
+                .config
+                .alerts
+                .as_ref()
+                .and_then(|a| a.match_labels.iter().next());
+            if let Some((key, value)) = first {
+                routes
+                    .by
+                    .entry(key.clone())
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        routes
+    }
+
+    /// Guards whose first match label `labels` carry, in config order; the caller checks the
+    /// rest of each guard's `alerts.match`.
+    fn candidates(&self, labels: &BTreeMap<String, String>) -> Vec<usize> {
+        let mut found: Vec<usize> = self
+            .by
+            .iter()
+            .filter_map(|(key, values)| values.get(labels.get(key)?))
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found
+    }
 }
 
 fn digest(value: &[u8]) -> [u8; 32] {
@@ -172,6 +220,7 @@ impl Webhook {
             credentials,
             max_body: config.max_body_bytes,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            routes: OnceLock::new(),
         })
     }
 
@@ -341,6 +390,13 @@ async fn read_body(
 }
 
 /// Routes each alert to the guards it matches. Answers 503 only when a guard's queue is full.
+fn webhook_routes(state: &AppState) -> &Routes {
+    state
+        .webhook
+        .routes
+        .get_or_init(|| Routes::new(&state.guards))
+}
+
 fn dispatch(state: &AppState, payload: &Payload) -> Response {
     let now = Timestamp::now();
     let mut routed = 0usize;
@@ -357,7 +413,8 @@ fn dispatch(state: &AppState, payload: &Payload) -> Response {
             .inc();
         let alertname = alert.labels.get("alertname").cloned().unwrap_or_default();
         let severity = alert.labels.get("severity").map(String::as_str);
-        for guard in state.guards.iter() {
+        let candidates = webhook_routes(state).candidates(&alert.labels);
+        for guard in candidates.into_iter().filter_map(|i| state.guards.get(i)) {
             let Some(rule) = guard
                 .config
                 .alerts

@@ -1,7 +1,7 @@
 //! What the container image promises, tested here without a container engine: the binary serves
 //! as a non-root uid, with its config mounted read-only and a read-only working directory.
 //!
-//! `.ci/run` points `CUTOVER_WATCHDOG_BIN` at the release build, the binary the image ships;
+//! `.ci/test` points `CUTOVER_WATCHDOG_BIN` at the release build, the binary the image ships;
 //! otherwise the test uses the debug build.
 
 // Helpers here panic on a failed setup step, as the #[test] bodies they serve may.

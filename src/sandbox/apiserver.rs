@@ -160,14 +160,15 @@ struct Store {
     watches_paused: bool,
     /// Watches from a resourceVersion older than this get `410 Gone` (history compacted).
     compacted: u64,
+    /// Wakes watchers: one channel per resource (`services`) and one per watched object
+    /// (`services/default/svc-production`), so a write wakes only the watches it may concern.
+    wakers: BTreeMap<String, watch::Sender<u64>>,
     /// (verb, resource) pairs that access reviews deny, e.g. `("patch", "services")`.
     denied: Vec<(String, String)>,
 }
 
 struct Shared {
     store: Mutex<Store>,
-    /// The latest resourceVersion, for watchers to wake on.
-    latest: watch::Sender<u64>,
     /// Bumped to end every live watch.
     generation: watch::Sender<u64>,
     addr: SocketAddr,
@@ -213,11 +214,9 @@ impl ApiServer {
             context: "failed to read the api double's address".into(),
             source,
         })?;
-        let (latest, _) = watch::channel(0);
         let (generation, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
-            latest,
             generation,
             addr,
         });
@@ -288,7 +287,6 @@ impl ApiServer {
         let existing = store.objects.get(&key).cloned();
         let stored = store.write(kind, &ns, object, existing.as_ref());
         drop(store);
-        self.shared.latest.send_replace(rv_of(&stored));
         Ok(stored)
     }
 
@@ -413,8 +411,10 @@ impl Store {
         let name = str_at(&object, &["metadata", "name"])
             .unwrap_or_default()
             .to_owned();
-        self.objects
-            .insert((kind.resource(), ns.to_owned(), name), object.clone());
+        self.objects.insert(
+            (kind.resource(), ns.to_owned(), name.clone()),
+            object.clone(),
+        );
         self.log.push(WatchRecord {
             rv,
             resource: kind.resource(),
@@ -426,7 +426,23 @@ impl Store {
             },
             object: object.clone(),
         });
+        self.wake(&kind.resource(), ns, &name, rv);
         object
+    }
+
+    fn subscribe(&mut self, key: String) -> watch::Receiver<u64> {
+        self.wakers
+            .entry(key)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn wake(&self, resource: &str, ns: &str, name: &str, rv: u64) {
+        for key in [resource.to_owned(), format!("{resource}/{ns}/{name}")] {
+            if let Some(waker) = self.wakers.get(&key) {
+                waker.send_replace(rv);
+            }
+        }
     }
 
     fn take_fault(&mut self, method: &Method, plural: &str, name: Option<&str>) -> Option<Fault> {
@@ -458,12 +474,6 @@ fn kind_of(object: &Value) -> Option<&'static ResourceType> {
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
-}
-
-fn rv_of(v: &Value) -> u64 {
-    str_at(v, &["metadata", "resourceVersion"])
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A `Status` failure body.
@@ -846,7 +856,6 @@ fn create(shared: &Shared, kind: &ResourceType, ns: &str, body: &[u8]) -> Respon
     }
     let stored = store.write(kind, ns, object, None);
     drop(store);
-    shared.latest.send_replace(rv_of(&stored));
     json_response(StatusCode::CREATED, &stored)
 }
 
@@ -943,7 +952,6 @@ fn patch(
     let ns = target.namespace.clone().unwrap_or_default();
     let stored = store.write(target.kind, &ns, merged, Some(&current));
     drop(store);
-    shared.latest.send_replace(rv_of(&stored));
     json_response(StatusCode::OK, &stored)
 }
 
@@ -1013,7 +1021,6 @@ fn replace(shared: &Shared, target: &Target, name: &str, body: &[u8]) -> Respons
     let ns = target.namespace.clone().unwrap_or_default();
     let stored = store.write(target.kind, &ns, object, Some(&current));
     drop(store);
-    shared.latest.send_replace(rv_of(&stored));
     json_response(StatusCode::OK, &stored)
 }
 
@@ -1033,8 +1040,13 @@ fn delete(shared: &Shared, target: &Target, name: &str) -> Response {
         event: "DELETED",
         object: gone,
     });
+    store.wake(
+        &target.kind.resource(),
+        target.namespace.as_deref().unwrap_or_default(),
+        name,
+        rv,
+    );
     drop(store);
-    shared.latest.send_replace(rv);
     json_response(StatusCode::OK, &object)
 }
 
@@ -1050,9 +1062,8 @@ fn touch(shared: &Shared, target: &Target) {
     touched["metadata"]["annotations"]["sandbox.cutover-watchdog.io/touched"] =
         json!(store.rv.to_string());
     let ns = target.namespace.clone().unwrap_or_default();
-    let stored = store.write(target.kind, &ns, touched, Some(&current));
+    store.write(target.kind, &ns, touched, Some(&current));
     drop(store);
-    shared.latest.send_replace(rv_of(&stored));
 }
 
 fn watch_line(event: &str, object: &Value) -> Bytes {
@@ -1060,6 +1071,22 @@ fn watch_line(event: &str, object: &Value) -> Bytes {
         serde_json::to_vec(&json!({"type": event, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
+}
+
+/// The channel a watch wakes on: a watch of one object by name wakes only on that object's
+/// writes, any other on every write of its resource.
+fn waker_key(target: &Target, query: &BTreeMap<String, String>) -> String {
+    let resource = target.kind.resource();
+    match query
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name="))
+    {
+        Some(name) if !name.contains(',') => {
+            let ns = target.namespace.as_deref().unwrap_or_default();
+            format!("{resource}/{ns}/{name}")
+        }
+        _ => resource,
+    }
 }
 
 /// How long a watch lasts: the client's `timeoutSeconds`, else 30 minutes.
@@ -1090,7 +1117,7 @@ fn watch_response(
     target: &Target,
     query: &BTreeMap<String, String>,
 ) -> Response {
-    let store = shared.lock();
+    let mut store = shared.lock();
     // Validate selectors up front, so a bad one is a 400 rather than a silent empty stream.
     if let Err(m) = selected(&store, target, &BTreeMap::new())
         .and_then(|_| matches(&json!({}), query).map(drop))
@@ -1122,14 +1149,13 @@ fn watch_response(
     } else {
         from.unwrap_or(0)
     };
+    let latest = store.subscribe(waker_key(target, query));
     drop(store);
     let deadline = tokio::time::Instant::now() + watch_timeout(query);
     let shared = shared.clone();
     let resource = target.kind.resource();
     let namespace = target.namespace.clone();
     let query = query.clone();
-    let mut latest = shared.latest.subscribe();
-    latest.borrow_and_update();
     let mut generation = shared.generation.subscribe();
     generation.borrow_and_update();
     let state = (cursor, latest, generation);

@@ -8,20 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Setup, Stack, Watchdog, critical_alert, metric, wait_for};
+use common::{Cluster, Setup, Stack, critical_alert, metric, rss_kib, wait_for};
 
 const CUTOVERS: usize = 100;
-
-/// The child's resident set size in KiB, from /proc.
-fn rss_kib(w: &Watchdog) -> u64 {
-    let pid = w.child.id().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_memory() {
@@ -80,7 +69,7 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
                 .await;
         }
         if i == 19 {
-            warm = rss_kib(w);
+            warm = rss_kib(w.child.id().unwrap());
         }
     }
     let text = w.metrics().await;
@@ -98,7 +87,7 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
         50,
         "one patch per failing cutover"
     );
-    let end = rss_kib(w);
+    let end = rss_kib(w.child.id().unwrap());
     assert!(
         end <= warm + warm / 10 + 1024,
         "RSS grew from {warm} KiB after 20 cutovers to {end} KiB after {CUTOVERS}"

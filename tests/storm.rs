@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, metric};
+use common::{Cluster, metric, rss_kib};
 use cutover_watchdog::sandbox::apiserver::{self, ApiServer};
 use cutover_watchdog::sandbox::{free_port, processes};
 use serde_json::Value;
@@ -58,15 +58,6 @@ fn cut_over(api: &ApiServer, i: usize) {
     let mut svc = api.get("services", "default", &format!("svc-{i}")).unwrap();
     svc["spec"]["selector"]["version"] = Value::from("v2");
     api.apply(svc).unwrap();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// (sum, count) of the executor's decision-to-patch histogram.

@@ -226,3 +226,42 @@ async fn a_slow_api_for_one_service_does_not_hold_up_another_guards_rollback() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_patch_that_hangs_past_kube_timeout_is_reported_failed_then_lands_on_redelivery() {
+    let cluster = Cluster::start().await;
+    let w = watchdog(&cluster).await;
+    cluster.cut_over_recorded("v2").await;
+    // The API server accepts the PATCH and never answers within kube_timeout (5 s).
+    cluster.fault_next_service_patch(Fault::Delay(Duration::from_mins(1)));
+    assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
+    wait_for("RollbackFailed", Duration::from_secs(15), || {
+        cluster
+            .event_reasons()
+            .iter()
+            .any(|r| r == "RollbackFailed")
+    })
+    .await;
+    let failures = r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#;
+    assert_eq!(metric(&w.metrics().await, failures), Some(1.0));
+    assert!(
+        w.logs()
+            .contains("timed out after 5s trying to roll back service default/svc-production"),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(
+        cluster.selector_version(),
+        "v2",
+        "the hung patch never landed"
+    );
+    // Alertmanager re-delivers the firing alert; the API answers again.
+    assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
+    wait_for(
+        "the rollback on re-delivery",
+        Duration::from_secs(10),
+        || cluster.selector_version() == "v1",
+    )
+    .await;
+    assert_eq!(cluster.selector_patches(), 1);
+}

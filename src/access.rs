@@ -94,64 +94,69 @@ fn needed_in(config: &Config, lease_namespace: Option<&str>) -> BTreeSet<Permiss
     needed
 }
 
-/// Asks the API server about each permission; fails naming every one that is denied.
+/// Asks the API server about each permission, all within `timeout`; fails naming every one
+/// that is denied. One that gets no answer in time is logged and does not stop start-up.
 pub async fn check(client: &Client, needed: BTreeSet<Permission>, timeout: Duration) -> Result<()> {
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut unanswered = needed.clone();
     let asks = needed.into_iter().map(|permission| {
         let reviews = reviews.clone();
         async move {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        verb: Some(permission.verb.to_owned()),
-                        group: Some(permission.group.to_owned()),
-                        resource: Some(permission.resource.to_owned()),
-                        namespace: Some(permission.namespace.clone()),
-                        name: permission.name.clone(),
-                        ..ResourceAttributes::default()
-                    }),
-                    ..SelfSubjectAccessReviewSpec::default()
-                },
-                ..SelfSubjectAccessReview::default()
-            };
-            let answer =
-                tokio::time::timeout(timeout, reviews.create(&PostParams::default(), &review))
-                    .await;
+            let answer = reviews
+                .create(&PostParams::default(), &review_of(&permission))
+                .await;
             (permission, answer)
         }
     });
-    let mut missing = Vec::new();
-    let mut unknown = 0;
     // A few at a time: a thousand guards must not open a thousand connections at start-up.
-    let answers: Vec<_> = futures::stream::iter(asks)
-        .buffer_unordered(REVIEWS_IN_FLIGHT)
-        .collect()
-        .await;
-    for (permission, answer) in answers {
+    let mut answers = futures::stream::iter(asks).buffer_unordered(REVIEWS_IN_FLIGHT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut missing = Vec::new();
+    while let Ok(Some((permission, answer))) =
+        tokio::time::timeout_at(deadline, answers.next()).await
+    {
         match answer {
-            Ok(Ok(review)) if review.status.as_ref().is_some_and(|s| s.allowed) => {
+            Ok(review) if review.status.as_ref().is_some_and(|s| s.allowed) => {
                 debug!(%permission, "permission granted");
+                unanswered.remove(&permission);
             }
-            Ok(Ok(_)) => missing.push(permission.to_string()),
-            Ok(Err(e)) => {
-                unknown += 1;
-                debug!(%permission, error = %chain(&e), "access review failed");
+            Ok(_) => {
+                missing.push(permission.to_string());
+                unanswered.remove(&permission);
             }
-            Err(_) => unknown += 1,
+            Err(e) => debug!(%permission, error = %chain(&e), "access review failed"),
         }
     }
     if !missing.is_empty() {
         return Err(Error::Forbidden { missing });
     }
-    if unknown > 0 {
-        warn!(
-            unknown,
-            "could not review some permissions (SelfSubjectAccessReview failed); starting anyway"
-        );
-    } else {
+    if unanswered.is_empty() {
         info!("every needed Kubernetes permission is granted");
+    } else {
+        let unreviewed: Vec<String> = unanswered.iter().map(ToString::to_string).collect();
+        warn!(
+            unreviewed = %unreviewed.join(", "),
+            "could not review these permissions (SelfSubjectAccessReview failed or timed out); starting anyway"
+        );
     }
     Ok(())
+}
+
+fn review_of(permission: &Permission) -> SelfSubjectAccessReview {
+    SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(permission.verb.to_owned()),
+                group: Some(permission.group.to_owned()),
+                resource: Some(permission.resource.to_owned()),
+                namespace: Some(permission.namespace.clone()),
+                name: permission.name.clone(),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    }
 }
 
 #[cfg(test)]

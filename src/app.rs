@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -110,9 +110,7 @@ pub async fn serve(
     let admin_listener = bind("admin", config.admin_listen).await?;
 
     let identity = identity();
-    // The Lease is released only after the executor is done writing.
-    let release = CancellationToken::new();
-    let (fence, lost) = elect(&config, &client, &identity, &metrics, &release, &shutdown);
+    let (elector, fence) = elector(&config, &client, &identity, &metrics);
 
     let reporter = Reporter {
         controller: "cutover-watchdog".into(),
@@ -124,26 +122,19 @@ pub async fn serve(
         kube_timeout: config.kube_timeout,
         fence: fence.clone(),
     });
-    let mut handles = Vec::new();
-    let mut starts = Vec::new();
-    let mut poll_targets = Vec::new();
-    // Guard tasks stop on this token; the executor lanes on `shutdown` directly, after them.
+    // Guard tasks stop on this token, lanes on `shutdown`: cancelled together, but only the
+    // lanes' shutdown is awaited with a deadline.
     let guards_stop = shutdown.child_token();
     let wake = Arc::new(Notify::new());
-    for g in &config.guards {
-        let parts = Parts {
-            client: &client,
-            metrics: &metrics,
-            executor: &executor,
-            wake: &wake,
-            stop: &guards_stop,
-            shutdown: &shutdown,
-        };
-        let (handle, start, poll) = prepare_guard(Arc::new(g.clone()), &parts)?;
-        handles.push(handle);
-        starts.push(start);
-        poll_targets.push(poll);
-    }
+    let parts = Parts {
+        client: &client,
+        metrics: &metrics,
+        executor: &executor,
+        wake: &wake,
+        stop: &guards_stop,
+        shutdown: &shutdown,
+    };
+    let (handles, starts, poll_targets) = prepare_guards(&config, &parts)?;
     let health = Arc::new(PrometheusHealth::default());
     let poller = Poller {
         targets: poll_targets,
@@ -173,7 +164,15 @@ pub async fn serve(
         http::router(state.clone()),
         &shutdown,
     );
-    let servers = tokio::spawn(listen(main, admin_listener, state, shutdown.clone()));
+    // Nothing below fails before shutdown, and dropping `serve` aborts every task it started.
+    let mut servers = JoinSet::new();
+    servers.spawn(listen(main, admin_listener, state, shutdown.clone()));
+    // The Lease is released only after the executor is done writing.
+    let release = CancellationToken::new();
+    let mut elected = JoinSet::new();
+    if let Some(elector) = elector {
+        elected.spawn(elector.run(release.clone()));
+    }
 
     let mut lanes = JoinSet::new();
     let mut leading = fence.clone();
@@ -188,70 +187,60 @@ pub async fn serve(
         tasks.spawn(poller.run(guards_stop.clone()));
     }
 
-    let served = match servers.await {
-        Ok(served) => served,
-        Err(e) => Err(Error::Unusable(format!("listener task failed: {e}"))),
+    // Run until the listeners stop (shutdown, or one failed) or the elector does (Lease lost).
+    let (served, lost) = tokio::select! {
+        Some(served) = servers.join_next() => (Some(served), None),
+        Some(lost) = elected.join_next() => (None, Some(lost)),
     };
-    // Either shutdown was requested, a listener died, or the Lease was lost: stop in order.
     shutdown.cancel();
+    let served = match served {
+        Some(served) => served,
+        None => servers.join_next().await.unwrap_or(Ok(Ok(()))),
+    };
     let grace = config.kube_timeout + Duration::from_secs(2);
-    stop_in_order(lanes, tasks, grace, &release, lost).await?;
+    let lost = stop_in_order(lanes, tasks, grace, &release, elected, lost).await;
     info!("cutover-watchdog stopped");
-    served
+    lost.and(flatten("listeners", served))
+}
+
+/// A task's result, its panic or cancellation an error too.
+fn flatten(what: &'static str, joined: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    joined.map_err(|source| Error::Task { what, source })?
 }
 
 /// The executor lanes finish a patch in flight (their calls are bounded by `kube_timeout`, so
-/// `grace` is a backstop); then the other tasks stop, and only then is the Lease released.
-/// Returns the elector's error if the Lease was lost.
+/// `grace` is a backstop); then the other tasks stop, and only then is the Lease released. If a
+/// lane is still writing at the deadline, the Lease is not released but left to expire, so no
+/// new leader can act while that write may land. Returns the elector's error if the Lease was
+/// lost (`lost`, when it already ended).
 async fn stop_in_order(
     mut lanes: JoinSet<()>,
     mut tasks: JoinSet<()>,
     grace: Duration,
     release: &CancellationToken,
-    lost: Option<JoinHandle<Result<()>>>,
+    mut elected: JoinSet<Result<()>>,
+    lost: Option<Result<Result<()>, tokio::task::JoinError>>,
 ) -> Result<()> {
-    if tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} })
+    let drained = tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} })
         .await
-        .is_err()
-    {
-        warn!("executor did not finish within the shutdown deadline");
+        .is_ok();
+    if !drained {
+        warn!("executor did not finish within the shutdown deadline; leaving the lease to expire");
+        lanes.shutdown().await;
     }
     tasks.shutdown().await;
-    release.cancel();
     if let Some(lost) = lost {
-        match lost.await {
-            Ok(result) => result?,
-            Err(e) => warn!(error = %e, "elector task failed"),
-        }
+        return flatten("elector", lost);
     }
-    Ok(())
-}
-
-/// Starts the elector if leader election is configured. Losing the Lease cancels `shutdown`;
-/// the elector's error is then what `serve` returns.
-fn elect(
-    config: &Config,
-    client: &kube::Client,
-    identity: &str,
-    metrics: &Metrics,
-    release: &CancellationToken,
-    shutdown: &CancellationToken,
-) -> (Fence, Option<JoinHandle<Result<()>>>) {
-    let Some(le) = &config.leader_election else {
-        metrics.leader.set(1);
-        return (Fence::open(), None);
-    };
-    let (elector, fence) = Elector::new(client, le, identity, metrics.clone());
-    let release = release.clone();
-    let shutdown = shutdown.clone();
-    let lost = tokio::spawn(async move {
-        let result = elector.run(release).await;
-        if result.is_err() {
-            shutdown.cancel();
-        }
-        result
-    });
-    (fence, Some(lost))
+    if !drained {
+        elected.shutdown().await;
+        return Ok(());
+    }
+    release.cancel();
+    match elected.join_next().await {
+        Some(joined) => flatten("elector", joined),
+        None => Ok(()),
+    }
 }
 
 /// Serves both listeners until `shutdown`.
@@ -280,7 +269,29 @@ async fn listen(
     .map(drop)
 }
 
-/// Who this replica is, in the Lease and in Events: the Pod name in a cluster.
+/// The elector and its fence if leader election is configured; else an open fence.
+fn elector(
+    config: &Config,
+    client: &kube::Client,
+    identity: &str,
+    metrics: &Metrics,
+) -> (Option<Elector>, Fence) {
+    let Some(le) = &config.leader_election else {
+        metrics.leader.set(1);
+        return (None, Fence::open());
+    };
+    let (elector, fence) = Elector::new(client, le, &lease_identity(identity), metrics.clone());
+    (Some(elector), fence)
+}
+
+/// This process in the Lease: the Pod name and a per-process suffix, as client-go does, so two
+/// processes that share a name (no `POD_NAME`, same `HOSTNAME`) never both count as holder.
+fn lease_identity(pod: &str) -> String {
+    let start = jiff::Timestamp::now().as_nanosecond();
+    format!("{pod}_{:x}", start ^ i128::from(std::process::id()))
+}
+
+/// Who this replica is, in Events and the User-Agent: the Pod name in a cluster.
 fn identity() -> String {
     std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -366,6 +377,21 @@ impl GuardStart {
         tasks.spawn(self.task);
         lanes.spawn(self.lane);
     }
+}
+
+/// Every guard, prepared: what the HTTP side needs, the tasks to start, what the poller needs.
+fn prepare_guards(
+    config: &Config,
+    parts: &Parts<'_>,
+) -> Result<(Vec<GuardHandle>, Vec<GuardStart>, Vec<PollTarget>)> {
+    let mut prepared = (Vec::new(), Vec::new(), Vec::new());
+    for g in &config.guards {
+        let (handle, start, poll) = prepare_guard(Arc::new(g.clone()), parts)?;
+        prepared.0.push(handle);
+        prepared.1.push(start);
+        prepared.2.push(poll);
+    }
+    Ok(prepared)
 }
 
 /// Builds one guard's watcher, decision task and executor lane; returns what the HTTP side and

@@ -77,6 +77,13 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("the {what} task failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
     #[error("failed to bind {what} listener on {addr}")]
     Bind {
         what: &'static str,

@@ -58,9 +58,16 @@ pub struct Executor {
 }
 
 enum RollbackResult {
-    RolledBack { confirmed: bool },
-    Blocked { ready: u32 },
-    NotApplicable { selector: Option<String> },
+    /// `confirmed`: a re-read after the patch shows the target; `None` if it could not be read.
+    RolledBack {
+        confirmed: Option<bool>,
+    },
+    Blocked {
+        ready: u32,
+    },
+    NotApplicable {
+        selector: Option<String>,
+    },
 }
 
 impl Executor {
@@ -197,8 +204,13 @@ impl Executor {
                 self.metrics
                     .rollback_duration_seconds
                     .observe(took.as_secs_f64());
-                if !confirmed {
-                    warn!(guard, "selector changed again right after the rollback");
+                match confirmed {
+                    Some(true) => {}
+                    Some(false) => warn!(guard, "selector changed again right after the rollback"),
+                    None => warn!(
+                        guard,
+                        "could not re-read the service to confirm the rollback"
+                    ),
                 }
                 warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), took_ms = took.as_millis(), "reverted selector");
                 let note = format!(
@@ -275,6 +287,11 @@ impl Executor {
                 }));
             };
             match attempt {
+                Ok(Some(RollbackResult::RolledBack { .. })) => {
+                    return Ok(RollbackResult::RolledBack {
+                        confirmed: self.confirm(target, state).await,
+                    });
+                }
                 Ok(Some(result)) => return Ok(result),
                 Ok(None) if conflicts < CONFLICT_RETRIES => {
                     conflicts += 1;
@@ -312,8 +329,9 @@ impl Executor {
             return Ok(Some(RollbackResult::Blocked { ready }));
         }
         let rv = current.metadata.resource_version.unwrap_or_default();
-        // The fence is checked last, right before the write, and bounds it: a patch that
-        // cannot land while this replica leads must not land at all.
+        // The fence is checked last, right before the write, and bounds the wait for its answer.
+        // A request already sent may still land after that; `fence_margin` is the time allowed
+        // for it, before any other replica could act.
         let Some(left) = self.fence.remaining() else {
             return Err(Error::NotLeader {
                 namespace: svc.namespace.clone(),
@@ -328,16 +346,20 @@ impl Executor {
             });
         };
         match patched {
-            Ok(_) => {
-                let confirmed = svc.get().await?;
-                let now = svc.version_of(&confirmed);
-                Ok(Some(RollbackResult::RolledBack {
-                    confirmed: now.as_deref() == Some(state.previous.as_str()),
-                }))
-            }
+            // Confirmed by the caller, outside the budget: the patch landed whatever comes next.
+            Ok(_) => Ok(Some(RollbackResult::RolledBack { confirmed: None })),
             Err(PatchError::Conflict) => Ok(None),
             Err(PatchError::Other(e)) => Err(e),
         }
+    }
+
+    /// Whether the selector names the rollback target after the patch; `None` if the Service
+    /// cannot be read within `kube_timeout`.
+    async fn confirm(&self, target: &Target, state: &Persisted) -> Option<bool> {
+        let svc = &target.service;
+        let read = tokio::time::timeout(self.kube_timeout, svc.get()).await;
+        let now = read.ok()?.ok()?;
+        Some(svc.version_of(&now).as_deref() == Some(state.previous.as_str()))
     }
 
     /// Records the window's state on the Service, unless the guard is a dry run.

@@ -3,7 +3,9 @@
 //!
 //! Handlers read snapshots and enqueue inputs; they never wait on the Kubernetes API.
 //!
-//! `/readyz` means "can take work": every guard's Service watch is established. It deliberately
+//! `/readyz` means "can take work": this replica leads (with leader election; a follower is not
+//! ready, so its Service routes webhooks to the leader) and every guard's Service watch is
+//! established. It deliberately
 //! does not fail while Prometheus does: the webhook still acts on Alertmanager's alerts then,
 //! and taking the pod out of its Service's endpoints would drop exactly those. Its body says
 //! how Prometheus is answering, so the probe output stays honest.
@@ -80,7 +82,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.leader.allows() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not the leader: another replica holds the lease\n".to_owned(),
+            "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
         );
     }
     let waiting: Vec<&str> = state

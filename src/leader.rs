@@ -185,6 +185,9 @@ impl Elector {
                     }
                     debug!(lease = %self.name, %holder, "following");
                 }
+                Ok(Ok(Held::Raced)) => {
+                    debug!(lease = %self.name, "the lease changed under our write; reading again");
+                }
                 Ok(Err(e)) => {
                     warn!(lease = %self.name, error = %chain(&e), "lease call failed; retrying");
                 }
@@ -242,12 +245,15 @@ impl Elector {
         let unchanged_for = seen.as_ref().map_or(Duration::ZERO, |s| now - s.at);
         // A Lease without a spec has no holder: free to take.
         let spec = lease.as_ref().map(|l| l.spec.clone().unwrap_or_default());
-        let step = next_step(
-            &self.identity,
-            spec.as_ref(),
-            unchanged_for,
-            self.config.lease_duration,
-        );
+        // The holder's own duration, if longer: during a rollout that shortens it, a new
+        // replica must not take over before the old leader's term can have ended.
+        let recorded = spec
+            .as_ref()
+            .and_then(|s| s.lease_duration_seconds)
+            .and_then(|secs| u64::try_from(secs).ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let lease_duration = self.config.lease_duration.max(recorded);
+        let step = next_step(&self.identity, spec.as_ref(), unchanged_for, lease_duration);
         let written = match (step, lease) {
             (Step::Follow { holder }, _) => return Ok(Held::No { holder }),
             (Step::Create, _) | (_, None) => {
@@ -275,9 +281,7 @@ impl Elector {
         };
         match written {
             Ok(_) => Ok(Held::Yes),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::No {
-                holder: "another replica (it wrote first)".into(),
-            }),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::Raced),
             Err(e) => Err(self.error("write", e)),
         }
     }
@@ -297,10 +301,7 @@ impl Elector {
                 previous.acquire_time
             },
             renew_time: Some(now),
-            lease_transitions: Some(
-                previous.lease_transitions.unwrap_or(0)
-                    + i32::from(acquire && previous.holder_identity.is_some()),
-            ),
+            lease_transitions: Some(previous.lease_transitions.unwrap_or(0) + i32::from(acquire)),
             ..previous
         }
     }
@@ -351,7 +352,13 @@ impl Elector {
 /// Whether this replica holds the Lease after an attempt.
 enum Held {
     Yes,
-    No { holder: String },
+    No {
+        holder: String,
+    },
+    /// The Lease changed between our read and our write (409). Not yet a loss: it may be our
+    /// own earlier renewal landing late. The next attempt re-reads and tells; a leader's term
+    /// covers the time until then.
+    Raced,
 }
 
 #[cfg(test)]

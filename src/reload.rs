@@ -172,6 +172,19 @@ pub trait Reload: Send + Sync {
     fn apply(&self, contents: &[Vec<u8>]) -> Result<()>;
 }
 
+/// Applies `contents`; if they do not fit, reads once more and applies that if it changed
+/// meanwhile. Two files read one after the other can straddle a rotation (the old certificate
+/// with the new key) even when the kubelet swaps them together.
+fn apply_settled(target: &dyn Reload, contents: &[Vec<u8>]) -> Result<()> {
+    let Err(first) = target.apply(contents) else {
+        return Ok(());
+    };
+    match target.watched().poll() {
+        Polled::Changed(settled) => target.apply(&settled),
+        Polled::Unchanged | Polled::Unreadable(_) => Err(first),
+    }
+}
+
 /// The task that checks every [`Reload`] each `reload_interval`.
 pub struct Reloader {
     /// What to check; empty means the task ends at once.
@@ -191,7 +204,7 @@ impl Reloader {
             let files = target.watched().describe();
             let failed = match target.watched().poll() {
                 Polled::Unchanged => continue,
-                Polled::Changed(contents) => match target.apply(&contents) {
+                Polled::Changed(contents) => match apply_settled(target.as_ref(), &contents) {
                     Ok(()) => {
                         info!(file = kind.as_label(), files, "secret reloaded");
                         continue;

@@ -389,7 +389,7 @@ async fn read_body(
     }
 }
 
-/// Routes each alert to the guards it matches. Answers 503 only when a guard's queue is full.
+/// The webhook's alert routes, built from the guards on first use.
 fn webhook_routes(state: &AppState) -> &Routes {
     state
         .webhook
@@ -397,6 +397,7 @@ fn webhook_routes(state: &AppState) -> &Routes {
         .get_or_init(|| Routes::new(&state.guards))
 }
 
+/// Routes each alert to the guards it matches. Answers 503 only when a guard's queue is full.
 fn dispatch(state: &AppState, payload: &Payload) -> Response {
     let now = Timestamp::now();
     let mut routed = 0usize;

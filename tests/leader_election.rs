@@ -48,9 +48,11 @@ fn replica(cluster: &Cluster, identity: &str) -> Watchdog {
     Watchdog::spawn(cluster, &config, ports, identity)
 }
 
+/// The Pod name of the Lease's holder (its identity is `<pod>_<per-process suffix>`).
 fn holder(cluster: &Cluster) -> Option<String> {
     let lease = cluster.api.get("leases", "default", "cutover-watchdog")?;
-    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+    let identity = lease["spec"]["holderIdentity"].as_str()?;
+    identity.rsplit_once('_').map(|(pod, _)| pod.to_owned())
 }
 
 /// Requests by replica `identity` that wrote something other than the Lease (access reviews
@@ -134,10 +136,18 @@ async fn killing_the_leader_mid_window_hands_over_and_the_new_leader_resumes_the
     // The Lease was never released: b takes over once it has seen it unchanged for 3 s.
     p.b.wait_ready().await;
     assert_eq!(holder(&p.cluster).as_deref(), Some("b"));
-    let g = &p.b.guards().await[0];
+    // Ready means the Service is listed; the guard takes it from its inbox a moment later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let g = loop {
+        let g = p.b.guards().await[0].clone();
+        if g["last_decision"]["kind"] == "resumed" {
+            break g;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not resumed: {g:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(g["window"]["open"], true, "{g:#}");
     assert_eq!(g["window"]["version"], "v2");
-    assert_eq!(g["last_decision"]["kind"], "resumed", "{g:#}");
     let start: jiff::Timestamp = g["window"]["start"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         start,
@@ -226,8 +236,23 @@ async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_ex
         times: usize::MAX,
         fault: Fault::Status(500),
     });
+    // The fence closes when the term ends: /readyz turns 503 that very moment (it reads the
+    // same deadline as every write), so its first 503 is when `a` stopped acting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stopped = loop {
+        let (code, _) = a.readyz().await;
+        let now = jiff::Timestamp::now();
+        if code != 200 {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready:\n{}",
+            a.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let status = exited(&mut a, Duration::from_secs(10)).await;
-    let stopped = jiff::Timestamp::now();
     assert!(!status.success());
     assert!(a.logs().contains("not renewed in time"), "{}", a.logs());
     let last_renewal = cluster
@@ -241,7 +266,7 @@ async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_ex
         .max()
         .expect("a renewed at least once");
     // Another replica could take the Lease 3 s after the last renewal; `a` stopped acting
-    // 1 s (fence_margin) before that. Its readiness went with it.
+    // 1 s (fence_margin) before that.
     let earliest_takeover = last_renewal + Duration::from_secs(3);
     let fence = last_renewal + Duration::from_secs(2);
     assert!(

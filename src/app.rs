@@ -174,23 +174,24 @@ pub async fn serve(
         elected.spawn(elector.run(release.clone()));
     }
 
+    // The guards start once this replica leads. Everything runs until the listeners stop
+    // (shutdown, or one failed) or the elector does (the Lease lost), whichever is first.
     let mut lanes = JoinSet::new();
     let mut leading = fence.clone();
-    let leads = tokio::select! {
-        leads = leading.leading() => leads,
-        () = shutdown.cancelled() => false,
-    };
-    if leads {
-        for start in starts {
-            start.spawn(&mut tasks, &mut lanes);
+    let mut waiting = Some((starts, poller));
+    let (served, lost) = loop {
+        tokio::select! {
+            leads = leading.leading(), if waiting.is_some() => {
+                if let (true, Some((starts, poller))) = (leads, waiting.take()) {
+                    for start in starts {
+                        start.spawn(&mut tasks, &mut lanes);
+                    }
+                    tasks.spawn(poller.run(guards_stop.clone()));
+                }
+            }
+            Some(served) = servers.join_next() => break (Some(served), None),
+            Some(lost) = elected.join_next() => break (None, Some(lost)),
         }
-        tasks.spawn(poller.run(guards_stop.clone()));
-    }
-
-    // Run until the listeners stop (shutdown, or one failed) or the elector does (Lease lost).
-    let (served, lost) = tokio::select! {
-        Some(served) = servers.join_next() => (Some(served), None),
-        Some(lost) = elected.join_next() => (None, Some(lost)),
     };
     shutdown.cancel();
     let served = match served {

@@ -149,15 +149,20 @@ fn breach_since(g: &Value) -> Timestamp {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_prometheus_that_hangs_mid_breach_times_out_and_the_breach_starts_over_once_it_answers() {
-    let mut s = failing_green_behind_proxy("2s", Mode::Pass).await;
-    let before = s
+/// Waits for the first check's breach to start; when it started.
+async fn breach_started(s: &Stack) -> Timestamp {
+    let g = s
         .wait_status("the breach to start", Duration::from_secs(15), |g| {
             g["checks"][0]["breached"] == true
         })
         .await;
-    let first_since = breach_since(&before);
+    breach_since(&g)
+}
+
+#[tokio::test]
+async fn a_prometheus_that_hangs_mid_breach_times_out_and_the_breach_starts_over_once_it_answers() {
+    let mut s = failing_green_behind_proxy("2s", Mode::Pass).await;
+    let first_since = breach_started(&s).await;
 
     // Three 1 s timeouts outlast `for` (2 s): were stale data or a skipped poll to count as
     // breached, the check would trip during the fault.
@@ -329,12 +334,7 @@ async fn a_prometheus_restart_with_data_loss_is_no_data_not_a_breach_and_the_rea
     .await;
     s.cut_over_to_v2().await;
     s.app.set("v2", FAILING);
-    let before = s
-        .wait_status("the breach to start", Duration::from_secs(15), |g| {
-            g["checks"][0]["breached"] == true
-        })
-        .await;
-    let first_since = breach_since(&before);
+    let first_since = breach_started(&s).await;
 
     let fault_started = Timestamp::now();
     let no_data = s.metric(NO_DATA).await;

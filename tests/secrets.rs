@@ -156,6 +156,33 @@ async fn a_rotated_basic_auth_password_is_accepted_without_a_restart() {
 }
 
 /// A watchdog serving HTTPS from a Secret volume holding `tls.crt` and `tls.key`.
+/// A watchdog serving the `old` certificate, and the `new` one to rotate to.
+struct Rotation {
+    /// Kept for the test's length: dropping it stops the API double.
+    cluster: Cluster,
+    old: TestCert,
+    new: TestCert,
+    w: Watchdog,
+    volume: SecretVolume,
+    port: u16,
+}
+
+async fn rotation() -> Rotation {
+    let cluster = Cluster::start().await;
+    let old = TestCert::new(TLS_KEY, "cutover-watchdog test");
+    let new = TestCert::new(ROTATED_TLS_KEY, "cutover-watchdog test rotated");
+    let (w, volume) = tls_watchdog(&cluster, &old).await;
+    let port = main_port(&w);
+    Rotation {
+        cluster,
+        old,
+        new,
+        w,
+        volume,
+        port,
+    }
+}
+
 async fn tls_watchdog(cluster: &Cluster, cert: &TestCert) -> (Watchdog, SecretVolume) {
     let volume = SecretVolume::new(
         &cluster.dir.path().join("tls"),
@@ -225,11 +252,14 @@ async fn the_main_listener_serves_https_with_the_configured_certificate_and_refu
 
 #[tokio::test]
 async fn a_rotated_certificate_is_served_to_new_connections() {
-    let cluster = Cluster::start().await;
-    let old = TestCert::new(TLS_KEY, "cutover-watchdog test");
-    let new = TestCert::new(ROTATED_TLS_KEY, "cutover-watchdog test rotated");
-    let (w, mut volume) = tls_watchdog(&cluster, &old).await;
-    let port = main_port(&w);
+    let Rotation {
+        cluster: _cluster,
+        old,
+        new,
+        w,
+        mut volume,
+        port,
+    } = rotation().await;
     let roots: [&[u8]; 2] = [&old.der, &new.der];
 
     volume.update(&[
@@ -253,11 +283,14 @@ async fn a_rotated_certificate_is_served_to_new_connections() {
 
 #[tokio::test]
 async fn a_bad_new_certificate_keeps_the_old_one_and_warns() {
-    let cluster = Cluster::start().await;
-    let old = TestCert::new(TLS_KEY, "cutover-watchdog test");
-    let new = TestCert::new(ROTATED_TLS_KEY, "cutover-watchdog test rotated");
-    let (w, mut volume) = tls_watchdog(&cluster, &old).await;
-    let port = main_port(&w);
+    let Rotation {
+        cluster: _cluster,
+        old,
+        new,
+        w,
+        mut volume,
+        port,
+    } = rotation().await;
     let roots: [&[u8]; 2] = [&old.der, &new.der];
 
     // A new certificate with a key that does not fit it.

@@ -1,10 +1,11 @@
 //! The start-up self-check: does this identity hold every permission the guards will use?
 //!
-//! One `SelfSubjectAccessReview` per (verb, resource, name) the watchdog needs, sent together.
-//! A denial fails start-up with a message naming each missing permission and where to grant
+//! One `SelfSubjectAccessReview` per (verb, resource, name) the watchdog needs, sixteen at a
+//! time, all within one `kube_timeout`. A denial fails start-up with a message naming each missing permission and where to grant
 //! it, rather than a 403 at the first rollback, hours later. It does not check anything else
 //! (that the Services exist, that Prometheus answers), and a review that cannot be made at all
-//! (an old or restricted API server) only warns: the check must never be why a rollback fails.
+//! (an old or restricted API server, or no answer in time) only warns, naming what went
+//! unreviewed: the check must never be why the watchdog does not start.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

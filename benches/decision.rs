@@ -41,34 +41,31 @@ fn guard_in_window() -> Guard {
 
 fn bench(c: &mut Criterion) {
     let now = Timestamp::from_second(1_800_000_030).unwrap_or(Timestamp::UNIX_EPOCH);
-    c.bench_function("poll: two clean checks in an open window", |b| {
-        let mut g = guard_in_window();
-        let samples = vec![Sample::Value(0.001), Sample::Value(0.05)];
-        b.iter(|| {
-            black_box(g.handle(
-                Signal::Polled {
-                    version: "v2".into(),
-                    samples: samples.clone(),
-                    at: now,
-                },
-                now,
-            ))
+    let poll = |c: &mut Criterion, name: &str, samples: Vec<Sample>| {
+        c.bench_function(name, |b| {
+            let mut g = guard_in_window();
+            b.iter(|| {
+                black_box(g.handle(
+                    Signal::Polled {
+                        version: "v2".into(),
+                        samples: samples.clone(),
+                        at: now,
+                    },
+                    now,
+                ))
+            });
         });
-    });
-    c.bench_function("poll: a breached check that has not tripped", |b| {
-        let mut g = guard_in_window();
-        let samples = vec![Sample::Value(0.05), Sample::Value(0.05)];
-        b.iter(|| {
-            black_box(g.handle(
-                Signal::Polled {
-                    version: "v2".into(),
-                    samples: samples.clone(),
-                    at: now,
-                },
-                now,
-            ))
-        });
-    });
+    };
+    poll(
+        c,
+        "poll: two clean checks in an open window",
+        vec![Sample::Value(0.001), Sample::Value(0.05)],
+    );
+    poll(
+        c,
+        "poll: a breached check that has not tripped",
+        vec![Sample::Value(0.05), Sample::Value(0.05)],
+    );
     c.bench_function("alert: re-delivery after the rollback was decided", |b| {
         let mut g = guard_in_window();
         let alert = Alert {

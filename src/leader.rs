@@ -63,12 +63,6 @@ impl Fence {
         }
     }
 
-    /// Whether leader election is on at all.
-    #[must_use]
-    pub fn elects(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// Resolves once this replica leads (at once without election); `false` if the elector
     /// stopped first.
     pub async fn leading(&mut self) -> bool {

@@ -52,51 +52,27 @@ async fn kubectl_strategic_patch_changes_only_the_version_key() {
     assert_eq!(patch.content_type, "application/strategic-merge-patch+json");
 }
 
+/// `kubectl patch svc svc-production --type merge -p PATCH`.
+async fn merge_patch(c: &Cluster, patch: &str) -> std::process::Output {
+    c.kubectl(&["patch", "svc", SVC, "--type", "merge", "-p", patch])
+        .await
+}
+
 #[tokio::test]
 async fn kubectl_merge_patch_deletes_keys_with_null_and_reports_no_change() {
     let c = Cluster::start().await;
-    let out = c
-        .kubectl(&[
-            "patch",
-            "svc",
-            SVC,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"metadata":{"labels":{"team":"pay"}}}"#,
-        ])
-        .await;
+    let out = merge_patch(&c, r#"{"metadata":{"labels":{"team":"pay"}}}"#).await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(c.service()["metadata"]["labels"]["team"], "pay");
-    let out = c
-        .kubectl(&[
-            "patch",
-            "svc",
-            SVC,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"metadata":{"labels":{"team":null}}}"#,
-        ])
-        .await;
+    let out = merge_patch(&c, r#"{"metadata":{"labels":{"team":null}}}"#).await;
     assert!(out.status.success());
     assert!(c.service()["metadata"]["labels"].get("team").is_none());
     let rv = c.service()["metadata"]["resourceVersion"].clone();
-    let out = c
-        .kubectl(&[
-            "patch",
-            "svc",
-            SVC,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"selector":{"version":"v1"}}}"#,
-        ])
-        .await;
+    let out = merge_patch(&c, r#"{"spec":{"selector":{"version":"v1"}}}"#).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("no change"),
         "{}",

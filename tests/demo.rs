@@ -24,7 +24,8 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn scenario_reverts(scenario: &str, trigger: &str) {
+/// Runs one scenario to its end; its stdout, once it exited 0.
+async fn successful_story(scenario: &str) -> String {
     let out = demo(&["--scenario", scenario, "--exit-after", "0s"], None).await;
     let text = stdout(&out);
     assert!(
@@ -32,6 +33,11 @@ async fn scenario_reverts(scenario: &str, trigger: &str) {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+async fn scenario_reverts(scenario: &str, trigger: &str) {
+    let text = successful_story(scenario).await;
     assert!(
         text.contains("outcome:           rolled back v2 → v1 (as expected)"),
         "{text}"
@@ -81,13 +87,7 @@ async fn the_critical_alert_story_reverts_through_alertmanager() {
 
 #[tokio::test]
 async fn the_clean_story_declares_the_cutover_stable() {
-    let out = demo(&["--scenario", "clean", "--exit-after", "0s"], None).await;
-    let text = stdout(&out);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = successful_story("clean").await;
     assert!(
         text.contains("Deployment v2 now serving production traffic"),
         "{text}"

@@ -355,11 +355,6 @@ impl ApiServer {
         self.shared.generation.send_modify(|g| *g += 1);
     }
 
-    /// Removes every injected fault that has not fired yet.
-    pub fn clear_faults(&self) {
-        self.shared.lock().faults.clear();
-    }
-
     /// Makes `SelfSubjectAccessReview`s deny `verb` on `resource` (plural, e.g. `services`),
     /// as a Role without that rule would. Requests themselves are not authorized: inject a
     /// 403 fault for that.

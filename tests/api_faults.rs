@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Setup, Watchdog, critical_alert, critical_alert_for, metric, wait_for};
+use common::{Cluster, Setup, Watchdog, critical_alert, critical_alert_for, metric};
 use cutover_watchdog::sandbox::apiserver::{self, Fault, FaultRule};
 use cutover_watchdog::sandbox::free_port;
 
@@ -36,15 +36,7 @@ async fn cutovers(w: &Watchdog) -> f64 {
 
 async fn wait_relisted(w: &Watchdog, times: f64) {
     let series = r#"cutover_watchdog_service_relists_total{guard="checkout"}"#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(&w.metrics().await, series) < Some(times) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no re-list:\n{}",
-            w.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.wait_metric(series, times, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -92,21 +84,24 @@ async fn a_watch_expired_across_a_cutover_re_lists_and_opens_the_window() {
     assert_eq!(w.guards().await[0]["selector_version"], "v1");
     cluster.api.expire_watches();
     wait_relisted(&w, 1.0).await;
-    wait_for(
-        "the window opened from the re-list",
-        Duration::from_secs(10),
-        || cluster.annotation("state").as_deref() == Some("watching"),
-    )
-    .await;
-    let g = &w.guards().await[0];
+    cluster.wait_state("watching").await;
+    let g = w
+        .wait_status(
+            "the window opened from the re-list",
+            Duration::from_secs(10),
+            |g| g["window"]["open"] == true,
+        )
+        .await;
     assert_eq!(g["window"]["version"], "v2");
     assert_eq!(g["window"]["rollback_target"], "v1");
     assert_eq!(cutovers(&w).await, 1.0);
-    assert!(
-        w.logs().contains("410") || w.logs().contains("too old resource version"),
-        "{}",
-        w.logs()
-    );
+    let relist_reason = async || {
+        let logs = w.logs();
+        logs.contains("410") || logs.contains("too old resource version")
+    };
+    let what = "a log line saying why it re-listed (410)";
+    w.wait_until(what, Duration::from_secs(10), relist_reason, |f| *f)
+        .await;
 }
 
 #[tokio::test]
@@ -117,7 +112,12 @@ async fn a_watch_expired_with_nothing_changed_re_lists_without_a_phantom_cutover
     wait_relisted(&w, 1.0).await;
     // Then once more with a window open: the re-list shows the same v2, not a new cutover.
     cluster.cut_over_recorded("v2").await;
-    let start = w.guards().await[0]["window"]["start"].clone();
+    let open = w
+        .wait_status("the window open", Duration::from_secs(10), |g| {
+            g["window"]["open"] == true
+        })
+        .await;
+    let start = open["window"]["start"].clone();
     cluster.api.expire_watches();
     wait_relisted(&w, 2.0).await;
     assert_eq!(
@@ -144,12 +144,7 @@ async fn a_dropped_watch_resumes_from_its_resource_version_and_misses_no_cutover
     cluster.api.pause_watches();
     cluster.cut_over("v2").await;
     cluster.api.drop_watches();
-    wait_for(
-        "the window opened after the watch resumed",
-        Duration::from_secs(10),
-        || cluster.annotation("state").as_deref() == Some("watching"),
-    )
-    .await;
+    cluster.wait_state("watching").await;
     assert_eq!(cutovers(&w).await, 1.0);
 }
 
@@ -193,10 +188,13 @@ async fn a_slow_api_for_one_service_does_not_hold_up_another_guards_rollback() {
         .kubectl(&["patch", "svc", "svc-other", "-p", patch])
         .await;
     assert!(out.status.success());
-    wait_for("the other window recorded", Duration::from_secs(10), || {
-        cluster.api.get("services", "default", "svc-other").unwrap()["metadata"]["annotations"]
-            ["cutover-watchdog.io/state"]
-            == "watching"
+    let other_state = async || {
+        let svc = cluster.api.get("services", "default", "svc-other").unwrap();
+        svc["metadata"]["annotations"]["cutover-watchdog.io/state"].clone()
+    };
+    let what = "the other window recorded";
+    common::wait_until(what, Duration::from_secs(10), other_state, |s| {
+        s == "watching"
     })
     .await;
     // Every read of svc-production by name now takes 4 s.
@@ -209,22 +207,32 @@ async fn a_slow_api_for_one_service_does_not_hold_up_another_guards_rollback() {
     });
     assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
     assert_eq!(w.post_alert(&critical_alert_for("other", "v2")).await, 200);
-    let other = || {
-        cluster.api.get("services", "default", "svc-other").unwrap()["spec"]["selector"]["version"]
-            == "v1"
+    // Both roll back in the end...
+    cluster.wait_selector("v1", Duration::from_secs(20)).await;
+    let other = async || {
+        let svc = cluster.api.get("services", "default", "svc-other").unwrap();
+        svc["spec"]["selector"]["version"].clone()
     };
-    wait_for("the other guard's rollback", Duration::from_secs(3), other).await;
-    assert_eq!(
-        cluster.selector_version(),
-        "v2",
-        "the slow Service is still being read when the other is already reverted"
+    let what = "the other guard's rollback";
+    common::wait_until(what, Duration::from_secs(10), other, |v| v == "v1").await;
+    cluster.wait_selector_patches(1).await;
+    // ...and the other guard's patch arrived while the slow Service was still being read: the
+    // slow one's patch can only arrive after its 4 s read, whatever the machine's speed.
+    let patch_arrived = |name: &str| {
+        let requests = cluster.api.requests();
+        let selector_patch = requests.iter().find(|r| {
+            r.is_patch_of("services", name)
+                && r.status == 200
+                && r.user_agent.starts_with("cutover-watchdog/")
+                && r.json().is_some_and(|j| !j["spec"]["selector"].is_null())
+        });
+        selector_patch.map(|r| r.at).unwrap()
+    };
+    let (other_at, slow_at) = (patch_arrived("svc-other"), patch_arrived(common::SVC));
+    assert!(
+        other_at < slow_at,
+        "the other guard waited for the slow one: its patch arrived at {other_at}, the slow one's at {slow_at}"
     );
-    wait_for(
-        "the slow guard's rollback too",
-        Duration::from_secs(20),
-        || cluster.selector_version() == "v1",
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -235,13 +243,11 @@ async fn a_patch_that_hangs_past_kube_timeout_is_reported_failed_then_lands_on_r
     // The API server accepts the PATCH and never answers within kube_timeout (5 s).
     cluster.fault_next_service_patch(Fault::Delay(Duration::from_mins(1)));
     assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
-    wait_for("RollbackFailed", Duration::from_secs(15), || {
-        cluster
-            .event_reasons()
-            .iter()
-            .any(|r| r == "RollbackFailed")
-    })
-    .await;
+    let what = "a RollbackFailed Event";
+    let reasons = async || cluster.event_reasons();
+    let failed = |r: &Vec<String>| r.iter().any(|r| r == "RollbackFailed");
+    w.wait_until(what, Duration::from_secs(15), reasons, failed)
+        .await;
     let failures = r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#;
     assert_eq!(metric(&w.metrics().await, failures), Some(1.0));
     assert!(
@@ -257,11 +263,6 @@ async fn a_patch_that_hangs_past_kube_timeout_is_reported_failed_then_lands_on_r
     );
     // Alertmanager re-delivers the firing alert; the API answers again.
     assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
-    wait_for(
-        "the rollback on re-delivery",
-        Duration::from_secs(10),
-        || cluster.selector_version() == "v1",
-    )
-    .await;
-    assert_eq!(cluster.selector_patches(), 1);
+    cluster.wait_selector("v1", Duration::from_secs(10)).await;
+    assert_eq!(cluster.wait_selector_patches(1).await, 1);
 }

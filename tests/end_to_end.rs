@@ -38,12 +38,12 @@ async fn green_error_ratio_reverts_the_selector_within_for_plus_rate_window_plus
 
     let failing_since = Instant::now();
     s.app.set("v2", FAILING);
-    // for (3 s) + rate window (5 s) + 2 polls (1 s), plus one 1 s scrape for Prometheus to see it.
-    let bound = Duration::from_secs(3 + 5 + 1 + 1);
-    s.wait_until("the selector back at v1", bound, || {
-        s.cluster.selector_version() == "v1"
-    })
-    .await;
+    // for (3 s) + rate window (5 s) + 2 polls (1 s), plus one 1 s scrape for Prometheus to see
+    // it; with half again as slack for a loaded machine. A rollback that waited for one more
+    // `for` would still miss it.
+    let nominal = Duration::from_secs(3 + 5 + 1 + 1);
+    let bound = nominal + nominal / 2;
+    s.wait_selector("v1", bound).await;
     let took = failing_since.elapsed();
     assert!(took <= bound, "took {took:?}");
 
@@ -63,29 +63,18 @@ async fn green_error_ratio_reverts_the_selector_within_for_plus_rate_window_plus
             .unwrap()
             .contains("error_rate")
     );
-    s.wait_metric(ROLLBACKS, 1.0, Duration::from_secs(5)).await;
-    let events = s.cluster.event_reasons();
+    let status = s.wait_rolled_back().await;
+    assert_eq!(status["last_decision"]["kind"], "rollback");
+    let events = s.cluster.wait_event("RolledBack").await;
     for reason in ["CutoverDetected", "RollbackTriggered", "RolledBack"] {
         assert!(
             events.contains(&reason.to_owned()),
             "{reason} missing from {events:?}"
         );
     }
-    // More polls pass while v2 still fails: still exactly one selector change.
-    let rounds = s
-        .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
-        .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // let the poller run after rollback
-    assert!(
-        s.metric("cutover_watchdog_prometheus_query_duration_seconds_count")
-            .await
-            >= rounds
-    );
-    assert_eq!(s.cluster.selector_patches(), 1);
+    // The rollback is over (the executor has answered the guard): one selector change.
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     assert_eq!(s.metric(ROLLBACKS).await, 1.0);
-    let status = s.watchdog.guards().await;
-    assert_eq!(status[0]["state"], "rolled-back");
-    assert_eq!(status[0]["last_decision"]["kind"], "rollback");
     let m = s.watchdog.metrics().await;
     assert!(common::metric(&m, "cutover_watchdog_rollback_duration_seconds_count").unwrap() >= 1.0);
     assert_eq!(
@@ -192,20 +181,15 @@ async fn blue_without_ready_pods_blocks_the_rollback_until_it_is_ready() {
         "v2",
         "never revert onto nothing"
     );
-    assert!(s.watchdog.logs().contains("rollback blocked"));
+    s.watchdog.wait_log("rollback blocked").await;
+    s.cluster.wait_event("RollbackBlocked").await;
     // Several more polls while blocked: one event per episode, not one per poll.
     s.wait_polls(4).await;
-    let count = |reason: &str, events: &[String]| events.iter().filter(|e| *e == reason).count();
-    assert_eq!(count("RollbackBlocked", &s.cluster.event_reasons()), 1);
+    assert_eq!(s.cluster.events_with("RollbackBlocked"), 1);
 
     s.cluster.set_pod_ready("v1", 0, true);
-    s.wait_until(
-        "the rollback once blue is Ready",
-        Duration::from_secs(10),
-        || s.cluster.selector_version() == "v1",
-    )
-    .await;
-    assert_eq!(s.cluster.selector_patches(), 1);
+    s.wait_selector("v1", Duration::from_secs(10)).await;
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     assert_eq!(s.metric(blocked).await, 1.0);
 }
 
@@ -215,18 +199,15 @@ async fn a_409_on_the_first_patch_yields_exactly_one_selector_change() {
     s.cut_over_to_v2_recorded().await;
     s.cluster.fault_next_service_patch(Fault::ConcurrentWrite);
     s.app.set("v2", FAILING);
-    s.wait_until("the selector back at v1", Duration::from_secs(15), || {
-        s.cluster.selector_version() == "v1"
-    })
-    .await;
+    s.wait_selector("v1", Duration::from_secs(15)).await;
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     let requests = s.cluster.api.requests();
     let conflicts = requests
         .iter()
         .filter(|r| r.is_patch_of("services", common::SVC) && r.status == 409)
         .count();
     assert_eq!(conflicts, 1, "the first patch met a concurrent write");
-    assert_eq!(s.cluster.selector_patches(), 1);
-    assert!(s.watchdog.logs().contains("409"));
+    s.watchdog.wait_log("409").await;
 }
 
 #[tokio::test]
@@ -260,19 +241,15 @@ async fn a_kill_9_and_restart_mid_window_resumes_the_window() {
     );
 
     s.app.set("v2", FAILING);
-    s.wait_until(
-        "the rollback after restart",
-        Duration::from_secs(15),
-        || s.cluster.selector_version() == "v1",
-    )
-    .await;
+    s.wait_selector("v1", Duration::from_secs(15)).await;
+    s.wait_rolled_back().await;
     let events = s.cluster.event_reasons();
     assert_eq!(
         events.iter().filter(|e| *e == "CutoverDetected").count(),
         1,
         "{events:?}"
     );
-    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
 }
 
 #[tokio::test]
@@ -291,6 +268,7 @@ async fn dry_run_records_would_roll_back_once_and_patches_nothing() {
     let series =
         r#"cutover_watchdog_dry_run_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
     s.wait_metric(series, 1.0, Duration::from_secs(15)).await;
+    s.cluster.wait_event("WouldRollBack").await;
     // Further breached polls do not record it again.
     s.wait_polls(4).await;
     assert_eq!(s.metric(series).await, 1.0);
@@ -325,20 +303,11 @@ async fn a_clean_cutover_is_declared_stable_and_its_window_closes() {
     };
     let s = Stack::start(Cluster::start().await, setup).await;
     s.cut_over_to_v2().await;
-    s.wait_until("state stable", Duration::from_secs(10), || {
-        s.cluster.annotation("state").as_deref() == Some("stable")
-    })
-    .await;
-    assert!(
-        s.watchdog
-            .logs()
-            .contains("Deployment v2 now serving production traffic")
-    );
-    assert!(
-        s.cluster
-            .event_reasons()
-            .contains(&"CutoverStable".to_owned())
-    );
+    s.cluster.wait_state("stable").await;
+    s.watchdog
+        .wait_log("Deployment v2 now serving production traffic")
+        .await;
+    s.cluster.wait_event("CutoverStable").await;
     s.wait_status("the window to close", Duration::from_secs(10), |g| {
         g["window"]["open"] == false
     })
@@ -364,15 +333,12 @@ async fn a_window_that_ends_unstable_expires_with_a_warning() {
     let s = Stack::start(Cluster::start().await, setup).await;
     s.app.set("v2", FAILING);
     s.cut_over_to_v2().await;
-    s.wait_until("state expired", Duration::from_secs(15), || {
-        s.cluster.annotation("state").as_deref() == Some("expired")
+    s.wait_status("the window to expire", Duration::from_secs(15), |g| {
+        g["state"] == "expired"
     })
     .await;
-    assert!(
-        s.cluster
-            .event_reasons()
-            .contains(&"WindowExpired".to_owned())
-    );
+    s.cluster.wait_state("expired").await;
+    s.cluster.wait_event("WindowExpired").await;
     assert_eq!(s.cluster.selector_version(), "v2");
 }
 
@@ -381,15 +347,22 @@ async fn a_human_reverting_during_the_window_supersedes_it_and_nothing_is_patche
     let s = Stack::quick().await;
     s.cut_over_to_v2().await;
     s.cluster.cut_over("v1").await;
-    s.wait_until("state superseded", Duration::from_secs(10), || {
-        s.cluster.annotation("state").as_deref() == Some("superseded")
-    })
-    .await;
+    s.cluster.wait_state("superseded").await;
     s.app.set("v2", FAILING);
     let polls = s
         .metric("cutover_watchdog_prometheus_query_duration_seconds_count")
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // long enough for `for` to trip, were it watching
+    // Green's breach is in Prometheus's data...
+    let ratio = common::error_ratio("v2");
+    s.wait_until(
+        "green's breach visible in Prometheus",
+        Duration::from_secs(15),
+        async || common::query_value(&s.prometheus.url(), &ratio).await,
+        |v| v.is_some_and(|v| v > 0.02),
+    )
+    .await;
+    // ...for `for` (1 s) and two polls more: a guard still watching would have acted by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         s.metric("cutover_watchdog_prometheus_query_duration_seconds_count")
             .await,
@@ -428,7 +401,8 @@ async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
     s.wait_until(
         "the rollback PATCH to be in flight",
         Duration::from_secs(15),
-        || patches_in_flight() == 1,
+        async || patches_in_flight(),
+        |n| *n == 1,
     )
     .await;
     let pid = s.watchdog.child.id().unwrap();
@@ -447,7 +421,7 @@ async fn sigterm_lets_a_patch_in_flight_finish_and_exits_cleanly() {
         "v1",
         "the patch in flight finished"
     );
-    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     assert!(s.watchdog.logs().contains("cutover-watchdog stopped"));
 }
 
@@ -458,22 +432,13 @@ async fn a_refused_patch_is_reported_as_rollback_failed_and_retried_while_the_tr
     s.cluster.fault_next_service_patch(Fault::Status(403));
     s.app.set("v2", FAILING);
     s.wait_metric(FAILURES, 1.0, Duration::from_secs(15)).await;
-    assert!(
-        s.cluster
-            .event_reasons()
-            .contains(&"RollbackFailed".to_owned())
-    );
-    assert!(
-        s.watchdog
-            .logs()
-            .contains("failed to patch service default/svc-production")
-    );
+    s.cluster.wait_event("RollbackFailed").await;
+    s.watchdog
+        .wait_log("failed to patch service default/svc-production")
+        .await;
     // The next poll, with the trigger still holding, tries again and succeeds.
-    s.wait_until("the retried rollback", Duration::from_secs(10), || {
-        s.cluster.selector_version() == "v1"
-    })
-    .await;
-    assert_eq!(s.cluster.selector_patches(), 1);
+    s.wait_selector("v1", Duration::from_secs(10)).await;
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
 }
 
 #[tokio::test]
@@ -482,10 +447,8 @@ async fn transient_500s_on_the_patch_are_retried_with_backoff_and_the_rollback_l
     s.cut_over_to_v2_recorded().await;
     s.cluster.fault_service_patches(Fault::Status(500), 2);
     s.app.set("v2", FAILING);
-    s.wait_until("the selector back at v1", Duration::from_secs(15), || {
-        s.cluster.selector_version() == "v1"
-    })
-    .await;
+    s.wait_selector("v1", Duration::from_secs(15)).await;
+    s.wait_rolled_back().await;
     let failed = s
         .cluster
         .api
@@ -494,7 +457,7 @@ async fn transient_500s_on_the_patch_are_retried_with_backoff_and_the_rollback_l
         .filter(|r| r.is_patch_of("services", common::SVC) && r.status == 500)
         .count();
     assert_eq!(failed, 2);
-    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     assert_eq!(
         s.metric(FAILURES).await,
         0.0,
@@ -513,16 +476,10 @@ async fn a_patch_that_keeps_failing_exhausts_the_budget_and_reports_rollback_fai
     // kube_timeout is 5 s in the test config.
     s.wait_metric(FAILURES, 1.0, Duration::from_secs(20)).await;
     assert_eq!(s.cluster.selector_version(), "v2");
-    assert!(
-        s.cluster
-            .event_reasons()
-            .contains(&"RollbackFailed".to_owned())
-    );
-    let logs = s.watchdog.logs();
-    assert!(
-        logs.contains("failed to patch service default/svc-production"),
-        "{logs}"
-    );
+    s.cluster.wait_event("RollbackFailed").await;
+    s.watchdog
+        .wait_log("failed to patch service default/svc-production")
+        .await;
 }
 
 #[tokio::test]
@@ -538,9 +495,7 @@ async fn a_service_that_keeps_changing_under_the_patch_is_reported_not_overwritt
         "v2",
         "never patched over a newer write"
     );
-    assert!(
-        s.watchdog
-            .logs()
-            .contains("it changed under 6 attempts in a row (409)")
-    );
+    s.watchdog
+        .wait_log("it changed under 6 attempts in a row (409)")
+        .await;
 }

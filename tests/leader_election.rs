@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Setup, Watchdog, critical_alert, wait_for};
+use common::{Cluster, Setup, Watchdog, critical_alert};
 use cutover_watchdog::sandbox::apiserver::{Fault, FaultRule};
 use cutover_watchdog::sandbox::free_port;
 
@@ -37,10 +37,15 @@ async fn pair() -> Pair {
 }
 
 fn replica(cluster: &Cluster, identity: &str) -> Watchdog {
+    replica_electing(cluster, identity, ELECTION)
+}
+
+/// A replica with its own `leader_election` config.
+fn replica_electing(cluster: &Cluster, identity: &str, election: &str) -> Watchdog {
     let ports = (free_port().unwrap(), free_port().unwrap());
     let config = cluster.dir.path().join(format!("watchdog-{identity}.yaml"));
     let setup = Setup {
-        top: ELECTION,
+        top: election,
         extra: ALERTS,
         ..Setup::default()
     };
@@ -112,12 +117,9 @@ async fn one_critical_alert_delivered_to_both_replicas_patches_once() {
         let (to_a, to_b) = tokio::join!(p.a.post_alert(&alert), p.b.post_alert(&alert));
         assert_eq!((to_a, to_b), (200, 503), "the follower declines");
     }
-    wait_for("the rollback", Duration::from_secs(10), || {
-        p.cluster.annotation("state").as_deref() == Some("rolled-back")
-    })
-    .await;
+    p.cluster.wait_state("rolled-back").await;
     assert_eq!(p.cluster.selector_version(), "v1");
-    assert_eq!(p.cluster.selector_patches(), 1, "{}", p.a.logs());
+    assert_eq!(p.cluster.wait_selector_patches(1).await, 1);
     assert!(
         writes_by(&p.cluster, "b").is_empty(),
         "{:?}",
@@ -137,15 +139,11 @@ async fn killing_the_leader_mid_window_hands_over_and_the_new_leader_resumes_the
     p.b.wait_ready().await;
     assert_eq!(holder(&p.cluster).as_deref(), Some("b"));
     // Ready means the Service is listed; the guard takes it from its inbox a moment later.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let g = loop {
-        let g = p.b.guards().await[0].clone();
-        if g["last_decision"]["kind"] == "resumed" {
-            break g;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not resumed: {g:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let g =
+        p.b.wait_status("the window resumed", Duration::from_secs(5), |g| {
+            g["last_decision"]["kind"] == "resumed"
+        })
+        .await;
     assert_eq!(g["window"]["open"], true, "{g:#}");
     assert_eq!(g["window"]["version"], "v2");
     let start: jiff::Timestamp = g["window"]["start"].as_str().unwrap().parse().unwrap();
@@ -156,11 +154,8 @@ async fn killing_the_leader_mid_window_hands_over_and_the_new_leader_resumes_the
     );
 
     assert_eq!(p.b.post_alert(&critical_alert("v2")).await, 200);
-    wait_for("the new leader's rollback", Duration::from_secs(10), || {
-        p.cluster.selector_version() == "v1"
-    })
-    .await;
-    assert_eq!(p.cluster.selector_patches(), 1);
+    p.cluster.wait_selector("v1", Duration::from_secs(10)).await;
+    assert_eq!(p.cluster.wait_selector_patches(1).await, 1);
 }
 
 #[tokio::test]
@@ -193,10 +188,11 @@ async fn a_paused_leader_does_not_write_after_it_wakes_once_its_lease_has_passed
             .map_or(0, |r| r.status().as_u16())
     });
     let port = p.a.ports.0;
-    wait_for(
+    common::wait_until(
         "the alert to reach the paused replica's socket",
         Duration::from_secs(5),
-        || established_to(port),
+        async || established_to(port),
+        |established| *established,
     )
     .await;
     signal("-CONT");
@@ -225,8 +221,17 @@ async fn a_paused_leader_does_not_write_after_it_wakes_once_its_lease_has_passed
 
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_expire() {
+    // A longer Lease than the other tests use, so that the margins measured below are wide
+    // against the scheduling delays of a loaded machine: a 6 s Lease, a 2 s fence margin.
+    const LEASE: Duration = Duration::from_secs(6);
+    const MARGIN: Duration = Duration::from_secs(2);
+    let election = format!(
+        "leader_election:\n  lease_duration: {}s\n  renew_interval: 300ms\n  fence_margin: {}s\n",
+        LEASE.as_secs(),
+        MARGIN.as_secs()
+    );
     let cluster = Cluster::start().await;
-    let mut a = replica(&cluster, "a");
+    let mut a = replica_electing(&cluster, "a", &election);
     a.wait_ready().await;
     // Every renewal from now on fails.
     cluster.api.inject(FaultRule {
@@ -238,20 +243,15 @@ async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_ex
     });
     // The fence closes when the term ends: /readyz turns 503 that very moment (it reads the
     // same deadline as every write), so its first 503 is when `a` stopped acting.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let stopped = loop {
-        let (code, _) = a.readyz().await;
-        let now = jiff::Timestamp::now();
-        if code != 200 {
-            break now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still ready:\n{}",
-            a.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let readyz = async || (a.readyz().await.0, jiff::Timestamp::now());
+    let (_, stopped) = a
+        .wait_until(
+            "/readyz to turn 503",
+            Duration::from_secs(15),
+            readyz,
+            |(code, _)| *code != 200,
+        )
+        .await;
     let status = exited(&mut a, Duration::from_secs(10)).await;
     assert!(!status.success());
     assert!(a.logs().contains("not renewed in time"), "{}", a.logs());
@@ -265,16 +265,18 @@ async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_ex
         .map(|r| r.at)
         .max()
         .expect("a renewed at least once");
-    // Another replica could take the Lease 3 s after the last renewal; `a` stopped acting
-    // 1 s (fence_margin) before that.
-    let earliest_takeover = last_renewal + Duration::from_secs(3);
-    let fence = last_renewal + Duration::from_secs(2);
+    // Another replica could take the Lease LEASE after the last renewal; `a` stopped acting
+    // MARGIN before that. Seen from here, a little later than it did (the 50 ms between looks,
+    // and /readyz's answer time), or a little earlier (the renewal was sent before the double
+    // logged it): a fifth of the margin either side.
+    let earliest_takeover = last_renewal + LEASE;
+    let fence = earliest_takeover - MARGIN;
     assert!(
         stopped < earliest_takeover,
         "stopped at {stopped}, a takeover was possible from {earliest_takeover}"
     );
     assert!(
-        stopped >= fence - Duration::from_millis(400),
+        stopped >= fence - MARGIN / 5,
         "stopped at {stopped}, long before the fence at {fence}: the margin is not what was configured"
     );
 }

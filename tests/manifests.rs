@@ -468,10 +468,7 @@ async fn the_watchdog_panels_return_data_in_an_end_to_end_run() {
             ..healthy
         },
     );
-    common::wait_for("the rollback", Duration::from_secs(20), || {
-        cluster.selector_version() == "v1"
-    })
-    .await;
+    cluster.wait_selector("v1", Duration::from_secs(20)).await;
     let webhook = reqwest::Client::new()
         .post(format!("{}/webhook/alertmanager", watchdog.main))
         .header("content-type", "application/json")
@@ -486,22 +483,17 @@ async fn the_watchdog_panels_return_data_in_an_end_to_end_run() {
         .filter(|(_, e)| e.contains("cutover_watchdog_"))
     {
         let expr = promql(&expr, "10s");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = query(&prometheus.url(), &expr).await;
-            let data = r["data"]["result"].as_array().is_some_and(|a| {
+        let answer = async || query(&prometheus.url(), &expr).await;
+        let data = |r: &Value| {
+            r["data"]["result"].as_array().is_some_and(|a| {
                 a.iter()
                     .any(|s| s["value"][1].as_str().is_some_and(|v| v != "NaN"))
-            });
-            if data {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "panel {title:?} returned no data: {expr}\n{r}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            })
+        };
+        let what = format!("panel {title:?} to return data: {expr}");
+        watchdog
+            .wait_until(&what, Duration::from_secs(30), answer, data)
+            .await;
     }
 }
 

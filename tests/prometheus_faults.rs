@@ -101,44 +101,51 @@ async fn assert_unharmed(s: &mut Stack, reason: &str, says: &str) {
         assert_eq!(common::metric(&m, &breached), Some(0.0), "{check}");
     }
     assert!(common::metric(&m, &errors(reason)).unwrap() >= 1.0);
-    let g = &s.watchdog.guards().await[0];
+    // The poller counts the error before the guard records it in its status.
+    let names_the_fault = |c: &Value| {
+        let error = c["error"].as_str().unwrap_or_default();
+        c["last"]["kind"] == "error"
+            && error.starts_with(&format!("{reason}: "))
+            && error.contains(says)
+    };
+    let what = format!("every check's last poll a {reason} error saying {says:?}");
+    let g = &s
+        .wait_status(&what, Duration::from_secs(5), |g| {
+            g["checks"]
+                .as_array()
+                .is_some_and(|c| c.iter().all(names_the_fault))
+        })
+        .await;
     for c in g["checks"].as_array().unwrap() {
-        assert_eq!(c["last"]["kind"], "error", "{g:#}");
         assert_eq!(c["breached"], false, "{g:#}");
         assert!(c["breach_since"].is_null(), "an error resets `for`: {g:#}");
-        let error = c["error"].as_str().unwrap_or_default();
-        assert!(
-            error.starts_with(&format!("{reason}: ")) && error.contains(says),
-            "want a {reason} error saying {says:?}: {g:#}"
-        );
     }
-    let (code, body) = s.readyz().await;
+    let readyz = async || s.readyz().await;
+    let (code, body) = s
+        .wait_until(
+            "/readyz to say how Prometheus fails",
+            Duration::from_secs(5),
+            readyz,
+            |(_, b)| b.contains("prometheus queries failing since") && b.contains(says),
+        )
+        .await;
     assert_eq!(code, 200, "the webhook path still works: {body}");
-    assert!(
-        body.contains("prometheus queries failing since") && body.contains(says),
-        "{body}"
-    );
 }
 
 /// Clears the fault and waits for the real breach (green failing) to roll back.
 async fn assert_recovers_and_rolls_back(s: &Stack) -> Value {
     s.proxy().set(Mode::Pass);
-    s.wait_until(
-        "the real breach to roll back once Prometheus answers",
-        Duration::from_secs(20),
-        || s.cluster.selector_version() == "v1",
-    )
-    .await;
-    s.wait_metric(&rollbacks("error_rate"), 1.0, Duration::from_secs(5))
-        .await;
+    s.wait_selector("v1", Duration::from_secs(20)).await;
+    let g = s.wait_rolled_back().await;
+    assert_eq!(s.metric(&rollbacks("error_rate")).await, 1.0);
     assert_eq!(s.metric(&rollbacks("green_traffic")).await, 0.0);
-    assert_eq!(s.cluster.selector_patches(), 1);
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     let (code, body) = s.readyz().await;
     assert!(
         code == 200 && body.contains("prometheus answering"),
         "{body}"
     );
-    s.watchdog.guards().await[0].clone()
+    g
 }
 
 fn breach_since(g: &Value) -> Timestamp {
@@ -288,14 +295,15 @@ async fn a_flapping_connection_never_lets_for_run_across_its_errors_and_a_steady
     s.wait_until(
         "eight more requests, the selector at v2 throughout",
         Duration::from_secs(20),
-        || {
+        async || {
             assert_eq!(
                 s.cluster.selector_version(),
                 "v2",
                 "rolled back on a breach its errors interrupted"
             );
-            s.proxy().requests() >= target
+            s.proxy().requests()
         },
+        |sent| *sent >= target,
     )
     .await;
     assert!(s.watchdog.alive(), "{}", s.watchdog.logs());
@@ -347,16 +355,10 @@ async fn a_prometheus_restart_with_data_loss_is_no_data_not_a_breach_and_the_rea
     assert_eq!(s.cluster.selector_version(), "v2");
     assert_eq!(s.cluster.selector_patch_attempts(), 0);
 
-    s.wait_until(
-        "the real breach to roll back once data is back",
-        Duration::from_secs(20),
-        || s.cluster.selector_version() == "v1",
-    )
-    .await;
-    s.wait_metric(&rollbacks("error_rate"), 1.0, Duration::from_secs(5))
-        .await;
-    assert_eq!(s.cluster.selector_patches(), 1);
-    let g = &s.watchdog.guards().await[0];
+    s.wait_selector("v1", Duration::from_secs(20)).await;
+    let g = &s.wait_rolled_back().await;
+    assert_eq!(s.metric(&rollbacks("error_rate")).await, 1.0);
+    assert_eq!(s.cluster.wait_selector_patches(1).await, 1);
     let since = breach_since(g);
     assert!(
         since > fault_started && since > first_since,

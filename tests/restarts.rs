@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Setup, Watchdog, critical_alert, wait_for};
+use common::{Cluster, Setup, Watchdog, critical_alert};
 use cutover_watchdog::sandbox::apiserver::Fault;
 
 const ITERATIONS: u64 = 50;
@@ -60,17 +60,16 @@ async fn sigkill_at_random_points_of_a_window_never_rolls_back_twice_and_ends_on
         let w = Watchdog::start_with(&cluster, &config, main, admin).await;
         // Alertmanager re-delivers a firing alert until it resolves.
         assert_eq!(w.post_alert(&alert).await, 200, "seed {seed}");
-        wait_for(
+        let ended = async || (cluster.annotation("state"), cluster.selector_version());
+        w.wait_until(
             &format!("seed {seed}: the window to end rolled back"),
             Duration::from_secs(10),
-            || {
-                cluster.annotation("state").as_deref() == Some("rolled-back")
-                    && cluster.selector_version() == "v1"
-            },
+            ended,
+            |(state, version)| state.as_deref() == Some("rolled-back") && version == "v1",
         )
         .await;
         assert_eq!(
-            cluster.selector_patches(),
+            cluster.wait_selector_patches(1).await,
             1,
             "seed {seed} (patch delay {delay:?}, kill after {kill_after:?}): one rollback per window\n{}",
             w.logs()

@@ -17,7 +17,7 @@ use common::secrets::{
     BASIC_HEADER, BASIC_USER, PASSWORD, ROTATED_BASIC_HEADER, ROTATED_PASSWORD, ROTATED_TLS_KEY,
     ROTATED_TOKEN, STRAY_TLS_KEY, TLS_KEY, TOKEN,
 };
-use common::{Cluster, SecretVolume, Setup, TestCert, Watchdog, eventually, https};
+use common::{Cluster, SecretVolume, Setup, TestCert, Watchdog, https};
 use cutover_watchdog::tls::CertStore;
 
 /// How often the watchdogs here look for rotated files; waits allow many rounds.
@@ -66,13 +66,21 @@ async fn reload_errors(watchdog: &Watchdog, file: &str) -> f64 {
     common::metric(&watchdog.metrics().await, &series).unwrap_or(0.0)
 }
 
-async fn wait_reload_errors(watchdog: &Watchdog, file: &str, n: f64) {
-    eventually(
-        &format!("{n} {file} reload error(s)"),
+/// Waits until `authorization` is accepted (a rotated secret taken up).
+async fn accepted(w: &Watchdog, what: &str, authorization: &str) {
+    let what = format!("{what} accepted");
+    w.wait_until(
+        &what,
         ROTATION_WAIT,
-        || async { reload_errors(watchdog, file).await >= n },
+        async || post(w, authorization).await,
+        |code| *code == 200,
     )
     .await;
+}
+
+async fn wait_reload_errors(watchdog: &Watchdog, file: &str, n: f64) {
+    let series = format!("cutover_watchdog_secret_reload_errors_total{{file=\"{file}\"}}");
+    watchdog.wait_metric(&series, n, ROTATION_WAIT).await;
 }
 
 #[tokio::test]
@@ -88,10 +96,7 @@ async fn a_token_rotated_by_a_secret_volume_symlink_swap_is_accepted_without_a_r
     assert_eq!(post(&w, &format!("Bearer {ROTATED_TOKEN}")).await, 401);
 
     volume.update(&[("token", ROTATED_TOKEN.as_bytes())]);
-    eventually("the rotated token accepted", ROTATION_WAIT, || async {
-        post(&w, &format!("Bearer {ROTATED_TOKEN}")).await == 200
-    })
-    .await;
+    accepted(&w, "the rotated token", &format!("Bearer {ROTATED_TOKEN}")).await;
     assert_eq!(post(&w, &format!("Bearer {TOKEN}")).await, 401, "old token");
     assert_eq!(reload_errors(&w, "token").await, 0.0);
     assert!(w.logs().contains("secret reloaded"), "{}", w.logs());
@@ -122,9 +127,11 @@ async fn a_token_file_that_becomes_empty_or_unreadable_keeps_the_previous_token_
     );
 
     volume.update(&[("token", ROTATED_TOKEN.as_bytes())]);
-    eventually("the next good token accepted", ROTATION_WAIT, || async {
-        post(&w, &format!("Bearer {ROTATED_TOKEN}")).await == 200
-    })
+    accepted(
+        &w,
+        "the next good token",
+        &format!("Bearer {ROTATED_TOKEN}"),
+    )
     .await;
     assert_eq!(
         reload_errors(&w, "token").await,
@@ -148,10 +155,7 @@ async fn a_rotated_basic_auth_password_is_accepted_without_a_restart() {
     assert_eq!(post(&w, BASIC_HEADER).await, 200);
 
     volume.update(&[("password", ROTATED_PASSWORD.as_bytes())]);
-    eventually("the rotated password accepted", ROTATION_WAIT, || async {
-        post(&w, ROTATED_BASIC_HEADER).await == 200
-    })
-    .await;
+    accepted(&w, "the rotated password", ROTATED_BASIC_HEADER).await;
     assert_eq!(post(&w, BASIC_HEADER).await, 401, "old password");
 }
 
@@ -266,12 +270,17 @@ async fn a_rotated_certificate_is_served_to_new_connections() {
         ("tls.crt", new.cert_pem.as_bytes()),
         ("tls.key", new.key_pem.as_bytes()),
     ]);
-    eventually("the new certificate served", ROTATION_WAIT, || async {
-        https(port, &roots, "GET /v1/guards", &[], b"")
-            .await
-            .is_ok_and(|a| a.status == 200 && a.leaf == new.der)
-    })
-    .await;
+    let served = async || {
+        let answer = https(port, &roots, "GET /v1/guards", &[], b"").await;
+        answer
+            .map(|a| (a.status, a.leaf == new.der))
+            .map_err(|e| e.to_string())
+    };
+    let what = "the new certificate served";
+    let answer = w.wait_until(what, ROTATION_WAIT, served, |a| {
+        matches!(a, Ok((200, true)))
+    });
+    assert_eq!(answer.await, Ok((200, true)));
     assert!(
         https(port, &[&old.der], "GET /v1/guards", &[], b"")
             .await

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Setup, Stack, critical_alert, metric, rss_kib, wait_for};
+use common::{Cluster, Setup, Stack, critical_alert, metric, rss_kib};
 
 const CUTOVERS: usize = 100;
 
@@ -19,7 +19,9 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
         Cluster::start().await,
         Setup {
             poll_interval: "100ms",
-            window: "600ms",
+            // Room for the 300 ms of clean polls a stable cutover needs even when a loaded
+            // machine slows the polls down: the window is over three times as long.
+            window: "1s",
             stabilization: "300ms",
             extra: "  alerts:\n    match: {app: my-microservice}\n",
             ..Setup::default()
@@ -32,33 +34,39 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
         let blue = cluster.selector_version();
         let green = if blue == "v1" { "v2" } else { "v1" };
         cluster.set_selector_version(green);
-        wait_for(
-            &format!("cutover {i}: window recorded"),
-            Duration::from_secs(10),
-            || {
-                cluster.annotation("state").as_deref() == Some("watching")
-                    && cluster.annotation("version").as_deref() == Some(green)
-            },
-        )
-        .await;
-        if i % 2 == 0 {
-            assert_eq!(w.post_alert(&critical_alert(green)).await, 200);
-            wait_for(
-                &format!("cutover {i}: rolled back"),
+        let window = async || (cluster.annotation("state"), cluster.annotation("version"));
+        stack
+            .wait_until(
+                &format!("cutover {i}: window recorded"),
                 Duration::from_secs(10),
-                || {
-                    cluster.annotation("state").as_deref() == Some("rolled-back")
-                        && cluster.selector_version() == blue
+                window,
+                |(state, version)| {
+                    state.as_deref() == Some("watching") && version.as_deref() == Some(green)
                 },
             )
             .await;
+        if i % 2 == 0 {
+            assert_eq!(w.post_alert(&critical_alert(green)).await, 200);
+            let ended = async || (cluster.annotation("state"), cluster.selector_version());
+            stack
+                .wait_until(
+                    &format!("cutover {i}: rolled back"),
+                    Duration::from_secs(10),
+                    ended,
+                    |(state, selector)| {
+                        state.as_deref() == Some("rolled-back") && *selector == blue
+                    },
+                )
+                .await;
         } else {
-            wait_for(
-                &format!("cutover {i}: stable"),
-                Duration::from_secs(10),
-                || cluster.annotation("state").as_deref() == Some("stable"),
-            )
-            .await;
+            stack
+                .wait_until(
+                    &format!("cutover {i}: stable"),
+                    Duration::from_secs(10),
+                    async || cluster.annotation("state"),
+                    |state| state.as_deref() == Some("stable"),
+                )
+                .await;
             // A selector change inside the window would be someone overriding it, not a new
             // cutover: the next one comes after the window.
             let closed = format!("cutover {i}: window closed");
@@ -72,6 +80,11 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
             warm = rss_kib(w.child.id().unwrap());
         }
     }
+    // The last rollback's metrics and request log entry land after its annotations.
+    let rollbacks = r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="alert"}"#;
+    w.wait_metric(rollbacks, 50.0, Duration::from_secs(10))
+        .await;
+    cluster.wait_selector_patches(50).await;
     let text = w.metrics().await;
     let count = |series: &str| metric(&text, series).unwrap();
     assert_eq!(
@@ -88,6 +101,7 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
         "one patch per failing cutover"
     );
     let end = rss_kib(w.child.id().unwrap());
+    eprintln!("RSS {warm} KiB after 20 cutovers, {end} KiB after {CUTOVERS}");
     assert!(
         end <= warm + warm / 10 + 1024,
         "RSS grew from {warm} KiB after 20 cutovers to {end} KiB after {CUTOVERS}"

@@ -11,7 +11,7 @@
 // Test support: a setup step that fails should fail the test, loudly, where it happened.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::future::Future;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,13 +103,59 @@ impl Cluster {
         );
     }
 
-    /// Cuts over and waits until the watchdog has recorded the window on the Service.
+    /// Cuts over and waits until the watchdog has recorded the window on the Service and
+    /// published its `CutoverDetected` Event (the last write of an opened window), so a fault
+    /// injected next meets the rollback, not the cutover's own writes.
     pub async fn cut_over_recorded(&self, version: &str) {
         self.cut_over(version).await;
-        wait_for("the window recorded", Duration::from_secs(10), || {
-            self.annotation("state").as_deref() == Some("watching")
+        self.wait_state("watching").await;
+        self.wait_event("CutoverDetected").await;
+    }
+
+    /// Waits until the selector names `version`.
+    pub async fn wait_selector(&self, version: &str, timeout: Duration) {
+        let what = format!("the selector at {version}");
+        wait_until(
+            &what,
+            timeout,
+            async || self.selector_version(),
+            |v| v == version,
+        )
+        .await;
+    }
+
+    /// Waits (10 s at most) until the window's `state` annotation is `state`.
+    pub async fn wait_state(&self, state: &str) {
+        let what = format!("the state annotation {state:?}");
+        let seen = async || self.annotation("state");
+        wait_until(&what, Duration::from_secs(10), seen, |s| {
+            s.as_deref() == Some(state)
         })
         .await;
+    }
+
+    /// Waits (10 s at most) until an Event with `reason` has been written; all reasons so far.
+    pub async fn wait_event(&self, reason: &str) -> Vec<String> {
+        let what = format!("a {reason} Event");
+        let seen = async || self.event_reasons();
+        wait_until(&what, Duration::from_secs(10), seen, |r| {
+            r.iter().any(|r| r == reason)
+        })
+        .await
+    }
+
+    /// How many Events with `reason` have been written.
+    pub fn events_with(&self, reason: &str) -> usize {
+        self.event_reasons().iter().filter(|r| *r == reason).count()
+    }
+
+    /// Waits (10 s at most) until the double's request log holds at least `n` selector
+    /// changes by the watchdog; how many it holds. The log entry lands a moment after the
+    /// change it records, so a test that sees the new selector waits here before counting.
+    pub async fn wait_selector_patches(&self, n: usize) -> usize {
+        let what = format!("{n} selector PATCH(es) in the request log");
+        let seen = async || self.selector_patches();
+        wait_until(&what, Duration::from_secs(10), seen, |c| *c >= n).await
     }
 
     pub fn service(&self) -> Value {
@@ -197,38 +243,42 @@ impl Cluster {
     }
 }
 
-/// Polls `condition` every 50 ms until it holds, for at most `timeout`; panics naming `what`.
-pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// How often [`wait_until`] looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The suite's one bounded wait, for every state that arrives asynchronously: Events,
+/// annotations, metrics, `/v1/guards`, log lines, the double's request log. Observes every
+/// 50 ms until `done` accepts what it saw, for at most `timeout`, and returns that
+/// observation. On timeout it panics naming `what`, with the last observation.
+pub async fn wait_until<T: Debug>(
+    what: &str,
+    timeout: Duration,
+    observe: impl AsyncFnMut() -> T,
+    done: impl FnMut(&T) -> bool,
+) -> T {
+    wait_with(what, timeout, observe, done, String::new).await
 }
 
-/// Polls the async `condition` every 50 ms until it holds, for at most `timeout`; panics naming
-/// `what`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+/// [`wait_until`], adding `context()` (a watchdog's log, say) to the panic message.
+pub async fn wait_with<T: Debug>(
+    what: &str,
+    timeout: Duration,
+    mut observe: impl AsyncFnMut() -> T,
+    mut done: impl FnMut(&T) -> bool,
+    context: impl FnOnce() -> String,
+) -> T {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if condition().await {
-            return;
+        let seen = observe().await;
+        if done(&seen) {
+            return seen;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}; last seen: {seen:#?}\n{}",
+            context()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -302,7 +352,7 @@ impl Setup<'_> {
     /// Error ratio over a 5 s rate window: the runbook's check, time-scaled.
     pub fn yaml(&self, main: u16, admin: u16) -> String {
         format!(
-            r#"listen: 127.0.0.1:{main}
+            r"listen: 127.0.0.1:{main}
 admin_listen: 127.0.0.1:{admin}
 poll_interval: {poll}
 kube_timeout: 5s
@@ -320,11 +370,12 @@ prometheus:
   min_ready_previous: 1
   checks:
   - name: error_rate
-    query: 'sum(rate(http_requests_total{{app="{APP}",version="{{{{version}}}}",code=~"5.."}}[5s])) / sum(rate(http_requests_total{{app="{APP}",version="{{{{version}}}}"}}[5s]))'
+    query: '{query}'
     above: {above}
     for: {for_}
     on_no_data: {nodata}
-{extra}"#,
+{extra}",
+            query = error_ratio("{{version}}"),
             poll = self.poll_interval,
             prom = self.prometheus,
             window = self.window,
@@ -385,18 +436,22 @@ impl Watchdog {
     /// Waits until `/healthz` answers: the process is up, leader or not.
     pub async fn wait_healthy(&self) {
         let url = format!("{}/healthz", self.admin);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !http_get(&url).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "watchdog not healthy in 20s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = async || http_get(&url).await.map(|r| r.status().as_u16()).ok();
+        self.wait_until("/healthz", Duration::from_secs(20), status, |s| {
+            *s == Some(200)
+        })
+        .await;
     }
 
-    /// `/readyz`'s status code and body.
+    /// Waits until `/readyz` is 200.
+    pub async fn wait_ready(&self) {
+        let ready = async || self.readyz().await;
+        self.wait_until("/readyz", Duration::from_secs(20), ready, |(c, _)| {
+            *c == 200
+        })
+        .await;
+    }
+
     /// `/readyz`'s status code and body; `(0, "")` when nothing answers.
     pub async fn readyz(&self) -> (u16, String) {
         match http().get(format!("{}/readyz", self.admin)).send().await {
@@ -416,26 +471,20 @@ impl Watchdog {
             .map_or(0, |r| r.status().as_u16())
     }
 
-    pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.admin);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = http_get(&url).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "watchdog not ready in 20s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last 200 lines of [`Watchdog::logs`], for failure messages (children log at trace).
+    pub fn log_tail(&self) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        let from = lines.len().saturating_sub(200);
+        format!(
+            "watchdog log ({}), last lines:\n{}",
+            self.log.display(),
+            lines[from..].join("\n")
+        )
     }
 
     pub async fn guards(&self) -> Value {
@@ -454,6 +503,61 @@ impl Watchdog {
             .text()
             .await
             .unwrap()
+    }
+
+    /// One series' value from `/metrics`; `None` while it is absent or nothing answers.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = http_get(format!("{}/metrics", self.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric(&text, series)
+    }
+
+    /// [`wait_until`], with this watchdog's log in the panic message.
+    pub async fn wait_until<T: Debug>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        observe: impl AsyncFnMut() -> T,
+        done: impl FnMut(&T) -> bool,
+    ) -> T {
+        wait_with(what, timeout, observe, done, || self.log_tail()).await
+    }
+
+    /// Waits for a metric series to reach `at_least`; its value then.
+    pub async fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) -> f64 {
+        let what = format!("{series} >= {at_least}");
+        let value = async || self.metric(series).await;
+        let seen = self.wait_until(&what, timeout, value, |v| v.is_some_and(|v| v >= at_least));
+        seen.await.unwrap_or_default()
+    }
+
+    /// Waits for the first guard's status (from `/v1/guards`) to satisfy `condition`.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let status = async || {
+            let answer = http_get(format!("{}/v1/guards", self.main)).await.ok()?;
+            answer.json::<Value>().await.ok().map(|g| g[0].clone())
+        };
+        let seen = self.wait_until(what, timeout, status, |g| {
+            g.as_ref().is_some_and(&mut condition)
+        });
+        seen.await.unwrap_or_default()
+    }
+
+    /// Waits (10 s at most) for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let what = format!("a log line containing {needle:?}");
+        let found = async || self.logs().contains(needle);
+        self.wait_until(&what, Duration::from_secs(10), found, |f| *f)
+            .await;
     }
 
     /// Whether the process is still running.
@@ -584,24 +688,14 @@ impl Stack {
         .await
     }
 
+    /// One series' value, 0 while it is absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        metric(&self.watchdog.metrics().await, series).unwrap_or(0.0)
+        self.watchdog.metric(series).await.unwrap_or(0.0)
     }
 
-    /// Waits for a metric series to reach `at_least`.
-    pub async fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.metric(series).await >= at_least {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {series} >= {at_least}\n{}",
-                self.watchdog.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// [`Watchdog::wait_metric`].
+    pub async fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) -> f64 {
+        self.watchdog.wait_metric(series, at_least, timeout).await
     }
 
     /// Waits for `n` more poll rounds.
@@ -612,54 +706,50 @@ impl Stack {
             .await;
     }
 
-    /// Waits for the guard's status (from `/v1/guards`) to satisfy `condition`.
+    /// [`Watchdog::wait_status`].
     pub async fn wait_status(
         &self,
         what: &str,
         timeout: Duration,
-        condition: impl Fn(&Value) -> bool,
+        condition: impl FnMut(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let guards = self.watchdog.guards().await;
-            if condition(&guards[0]) {
-                return guards[0].clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}; last status {guards:#}\n{}",
-                self.watchdog.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.watchdog.wait_status(what, timeout, condition).await
     }
 
-    /// Waits for `condition`; on timeout the panic carries the watchdog's log.
-    pub async fn wait_until(
+    /// [`Watchdog::wait_until`].
+    pub async fn wait_until<T: Debug>(
         &self,
         what: &str,
         timeout: Duration,
-        mut condition: impl FnMut() -> bool,
-    ) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !condition() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                self.watchdog.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        observe: impl AsyncFnMut() -> T,
+        done: impl FnMut(&T) -> bool,
+    ) -> T {
+        self.watchdog.wait_until(what, timeout, observe, done).await
+    }
+
+    /// Waits until the selector names `version`; the panic carries the watchdog's log.
+    pub async fn wait_selector(&self, version: &str, timeout: Duration) {
+        let what = format!("the selector at {version}");
+        let seen = async || self.cluster.selector_version();
+        self.wait_until(&what, timeout, seen, |v| v == version)
+            .await;
+    }
+
+    /// Waits until `/v1/guards` says the window ended `rolled-back`: the executor has then
+    /// answered the guard, so the rollback's metrics and Events are all written.
+    pub async fn wait_rolled_back(&self) -> Value {
+        self.wait_status("the rollback recorded", Duration::from_secs(10), |g| {
+            g["state"] == "rolled-back"
+        })
+        .await
     }
 
     /// Cuts over to v2 and waits until the window is also recorded on the Service (so a fault
     /// injected next meets the rollback, not the cutover's own annotation write).
     pub async fn cut_over_to_v2_recorded(&self) {
         self.cut_over_to_v2().await;
-        self.wait_until("the window recorded", Duration::from_secs(5), || {
-            self.cluster.annotation("state").as_deref() == Some("watching")
-        })
-        .await;
+        self.cluster.wait_state("watching").await;
+        self.cluster.wait_event("CutoverDetected").await;
     }
 
     /// Cuts over to v2 with kubectl and waits until the watchdog has opened the window.
@@ -672,29 +762,32 @@ impl Stack {
     }
 }
 
+/// The runbook's error-ratio check over a 5 s rate window, for `version` (or a placeholder).
+pub fn error_ratio(version: &str) -> String {
+    format!(
+        r#"sum(rate(http_requests_total{{app="{APP}",version="{version}",code=~"5.."}}[5s])) / sum(rate(http_requests_total{{app="{APP}",version="{version}"}}[5s]))"#
+    )
+}
+
+/// The value of an instant query's first series; `None` for no data or no answer.
+pub async fn query_value(prometheus: &str, expr: &str) -> Option<f64> {
+    let answer = http()
+        .post(format!("{prometheus}/api/v1/query"))
+        .form(&[("query", expr)])
+        .send()
+        .await
+        .ok()?;
+    let body: Value = answer.json().await.ok()?;
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
 /// Waits (at most 20 s) until Prometheus has enough scrapes for a 5 s rate of both versions, so
 /// a test's first polls see real values rather than a cold start's empty results.
 pub async fn warm_up(prometheus: &str) {
     let query = format!("count(rate(http_requests_total{{app=\"{APP}\",code=\"200\"}}[5s]) > 0)");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = reqwest::Client::new()
-            .post(format!("{prometheus}/api/v1/query"))
-            .form(&[("query", query.as_str())])
-            .send()
-            .await;
-        if let Ok(r) = r {
-            let body: Value = r.json().await.unwrap_or_default();
-            if body["data"]["result"][0]["value"][1] == "2" {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "prometheus did not scrape the synthetic app within 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = "Prometheus to have scraped both versions of the synthetic app";
+    let versions = async || query_value(prometheus, &query).await;
+    wait_until(what, Duration::from_secs(20), versions, |v| *v == Some(2.0)).await;
 }
 
 /// An Alertmanager (payload version 4) webhook body with one critical alert about `version` of

@@ -197,6 +197,9 @@ pub enum Outcome {
     Blocked,
     /// The API refused or failed; the selector is unchanged.
     Failed,
+    /// The patch was sent and no answer came (a timeout, a connection broken after sending):
+    /// it may have landed or not. The next sight of the Service decides.
+    Unknown,
     /// The selector no longer names the window's version; someone else changed it.
     NotApplicable,
 }
@@ -253,6 +256,21 @@ pub enum Decision {
         state: Persisted,
         trigger: Trigger,
     },
+    /// A rollback whose outcome was unknown is seen to have landed (the selector names the
+    /// target, with this window's rolled-back record): record it as rolled back, timed from
+    /// `decided_at` to `seen_at`.
+    Landed {
+        state: Persisted,
+        trigger: Trigger,
+        decided_at: Timestamp,
+        seen_at: Timestamp,
+    },
+    /// A rollback whose outcome was unknown is seen not to have landed (the selector still names
+    /// green): record the failure. The next trigger tries again.
+    Lost {
+        state: Persisted,
+        trigger: Trigger,
+    },
 }
 
 /// A check's running state within a window.
@@ -268,8 +286,19 @@ pub struct CheckTrack {
 enum Rollback {
     Idle,
     InFlight,
+    /// Sent, never answered: neither done nor failed until the Service is seen again.
+    Unknown,
     Blocked,
     Done,
+}
+
+/// The rollback decided in a window, kept until its outcome is known.
+#[derive(Debug, Clone)]
+struct Attempt {
+    trigger: Trigger,
+    decided_at: Timestamp,
+    /// When the watch showed it landed, if it did before the executor answered.
+    landed_seen_at: Option<Timestamp>,
 }
 
 /// A post-cutover window.
@@ -282,12 +311,38 @@ pub struct Window {
     pub phase: Phase,
     pub open: bool,
     rollback: Rollback,
+    #[serde(skip)]
+    attempt: Option<Attempt>,
     would_have_rolled_back: bool,
     pub checks: Vec<CheckTrack>,
     reason: String,
 }
 
 impl Window {
+    /// Whether `p` is the record this window's own rollback writes with the selector.
+    fn rolled_back_by_us(&self, p: Option<&Persisted>) -> bool {
+        p.is_some_and(|p| {
+            p.phase == Phase::RolledBack
+                && p.version == self.version
+                && p.cutover_at == self.opened_at
+        })
+    }
+
+    /// The rollback whose outcome was unknown has landed, seen at `seen_at`.
+    fn landed(&mut self, seen_at: Timestamp) -> Option<Decision> {
+        let attempt = self.attempt.take()?;
+        self.rollback = Rollback::Done;
+        self.open = false;
+        self.phase = Phase::RolledBack;
+        self.reason = attempt.trigger.describe();
+        Some(Decision::Landed {
+            state: self.persisted(),
+            trigger: attempt.trigger,
+            decided_at: attempt.decided_at,
+            seen_at,
+        })
+    }
+
     fn persisted(&self) -> Persisted {
         Persisted {
             version: self.version.clone(),
@@ -390,6 +445,7 @@ impl Guard {
             phase,
             open: true,
             rollback: Rollback::Idle,
+            attempt: None,
             would_have_rolled_back: false,
             checks: vec![CheckTrack::default(); self.policy.checks.len()],
             reason,
@@ -407,13 +463,33 @@ impl Guard {
         let Some(current) = self.current.replace(version.clone()) else {
             return self.first_sight(version, persisted, now);
         };
+        if let Some(w) = self.window.as_mut().filter(|w| w.open)
+            && w.rollback == Rollback::Unknown
+            && version == w.version
+        {
+            // A rollback whose answer was lost, and the selector still names green: it failed.
+            w.rollback = Rollback::Idle;
+            let trigger = w.attempt.take()?.trigger;
+            let mut state = w.persisted();
+            state.reason = trigger.describe();
+            return Some(Decision::Lost { state, trigger });
+        }
         if current == version {
             return None; // annotations or other fields changed, not the version
         }
         if let Some(w) = self.window.as_mut().filter(|w| w.open) {
             if version == w.previous {
-                if matches!(w.rollback, Rollback::InFlight | Rollback::Done) {
-                    return None; // our own rollback landing
+                let ours = w.rolled_back_by_us(persisted);
+                match (w.rollback, w.attempt.as_mut()) {
+                    (Rollback::InFlight, Some(attempt)) if ours => {
+                        // Our own rollback landing before its answer: kept in case the answer
+                        // never comes.
+                        attempt.landed_seen_at.get_or_insert(now);
+                        return None;
+                    }
+                    (Rollback::InFlight | Rollback::Done, _) => return None,
+                    (Rollback::Unknown, _) if ours => return w.landed(now),
+                    _ => {}
                 }
                 w.open = false;
                 w.phase = Phase::Superseded;
@@ -535,7 +611,7 @@ impl Guard {
                 threshold: check.threshold.to_string(),
                 for_: check.for_,
             };
-            return self.roll_back(trigger);
+            return self.roll_back(trigger, now);
         }
         if w.rollback == Rollback::Blocked {
             w.rollback = Rollback::Idle; // the blocked episode is over
@@ -546,7 +622,7 @@ impl Guard {
             .all(|t| !t.breached && t.last != Some(Sample::Error));
         if w.phase == Phase::Watching
             && clean
-            && w.rollback != Rollback::InFlight
+            && !matches!(w.rollback, Rollback::InFlight | Rollback::Unknown)
             && elapsed(w.opened_at, now) >= policy.stabilization
         {
             w.phase = Phase::Stable;
@@ -559,7 +635,7 @@ impl Guard {
         None
     }
 
-    fn alert(&mut self, alert: &Alert, _now: Timestamp) -> Option<Decision> {
+    fn alert(&mut self, alert: &Alert, now: Timestamp) -> Option<Decision> {
         let w = self.window.as_ref().filter(|w| w.open)?;
         match &alert.version {
             // An alert about another version (blue!) must never revert to blue.
@@ -568,13 +644,16 @@ impl Guard {
             None if alert.starts_at.is_some_and(|s| s < w.opened_at) => return None,
             Some(_) | None => {}
         }
-        self.roll_back(Trigger::Alert {
-            alertname: alert.alertname.clone(),
-        })
+        self.roll_back(
+            Trigger::Alert {
+                alertname: alert.alertname.clone(),
+            },
+            now,
+        )
     }
 
     /// The once-per-window rollback rule, shared by checks and alerts.
-    fn roll_back(&mut self, trigger: Trigger) -> Option<Decision> {
+    fn roll_back(&mut self, trigger: Trigger, now: Timestamp) -> Option<Decision> {
         let dry_run = self.policy.dry_run;
         let w = self.window.as_mut().filter(|w| w.open)?;
         if dry_run {
@@ -588,10 +667,16 @@ impl Guard {
         }
         let announce = match w.rollback {
             Rollback::Idle => true,
-            Rollback::Blocked => false,
+            // Unknown: the executor's re-read tells whether the lost one landed; no new episode.
+            Rollback::Blocked | Rollback::Unknown => false,
             Rollback::InFlight | Rollback::Done => return None,
         };
         w.rollback = Rollback::InFlight;
+        w.attempt = Some(Attempt {
+            trigger: trigger.clone(),
+            decided_at: now,
+            landed_seen_at: None,
+        });
         let mut state = w.persisted();
         state.phase = Phase::RolledBack;
         state.reason = trigger.describe();
@@ -610,9 +695,30 @@ impl Guard {
         match outcome {
             Outcome::RolledBack => {
                 w.rollback = Rollback::Done;
+                w.attempt = None;
                 w.open = false;
                 w.phase = Phase::RolledBack;
                 self.current = Some(w.previous.clone());
+            }
+            Outcome::Unknown => {
+                let seen = w.attempt.as_ref().and_then(|a| a.landed_seen_at);
+                if let Some(seen_at) = seen {
+                    return w.landed(seen_at);
+                }
+                if self.current.as_deref() != Some(w.version.as_str()) {
+                    // The selector moved, but not with our record: someone else moved it.
+                    let by = self.current.clone().unwrap_or_default();
+                    w.open = false;
+                    w.phase = Phase::Superseded;
+                    w.rollback = Rollback::Idle;
+                    w.attempt = None;
+                    w.reason = format!("selector changed to {by} by someone else");
+                    return Some(Decision::Superseded {
+                        state: w.persisted(),
+                        by,
+                    });
+                }
+                w.rollback = Rollback::Unknown;
             }
             Outcome::Blocked => w.rollback = Rollback::Blocked,
             Outcome::Failed | Outcome::NotApplicable => w.rollback = Rollback::Idle,
@@ -899,6 +1005,148 @@ mod tests {
             rollback_target(&poll(&mut g, "v2", 320, BAD, FAST))
                 .unwrap()
                 .2
+        );
+    }
+
+    /// A guard whose error-rate check has just decided a rollback at 140 s, still in flight.
+    fn rolling_back() -> Guard {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        poll(&mut g, "v2", 20, BAD, FAST);
+        assert!(rollback_target(&poll(&mut g, "v2", 140, BAD, FAST)).is_some());
+        g
+    }
+
+    fn executed(g: &mut Guard, outcome: Outcome, t: i64) -> Vec<Decision> {
+        let s = Signal::Executed {
+            version: "v2".into(),
+            outcome,
+        };
+        g.handle(s, at(t))
+    }
+
+    /// The Service seen on `version`, carrying the record of the window opened at 10 s in
+    /// `phase` (`None`: no record).
+    fn seen(g: &mut Guard, version: &str, phase: Option<Phase>, t: i64) -> Vec<Decision> {
+        let persisted = phase.map(|phase| Persisted {
+            version: "v2".into(),
+            previous: "v1".into(),
+            cutover_at: at(10),
+            phase,
+            reason: String::new(),
+        });
+        let version = Some(version.into());
+        g.handle(Signal::Observed { version, persisted }, at(t))
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_decided_by_the_next_sight_of_the_service() {
+        // (what, what happens after the rollback decided at 140 s, the decision that settles it)
+        type Step = fn(&mut Guard) -> Vec<Decision>;
+        let table: &[(&str, &[Step], &str)] = &[
+            (
+                "the patch landed before its answer was lost: landed, seen at 141",
+                &[
+                    |g| seen(g, "v1", Some(Phase::RolledBack), 141),
+                    |g| executed(g, Outcome::Unknown, 145),
+                ],
+                "landed 140->141",
+            ),
+            (
+                "the landing seen after the timeout: landed, seen then",
+                &[
+                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| seen(g, "v1", Some(Phase::RolledBack), 150),
+                ],
+                "landed 140->150",
+            ),
+            (
+                "the Service seen still on green: lost",
+                &[
+                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| seen(g, "v2", Some(Phase::Watching), 150),
+                ],
+                "lost",
+            ),
+            (
+                "someone else reverted it, without our record: superseded",
+                &[
+                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| seen(g, "v1", None, 150),
+                ],
+                "superseded",
+            ),
+            (
+                "someone else reverted it before the timeout: superseded",
+                &[
+                    |g| seen(g, "v1", None, 141),
+                    |g| executed(g, Outcome::Unknown, 145),
+                ],
+                "superseded",
+            ),
+            (
+                "the trigger holds again before any sight: the executor's re-read decides",
+                &[
+                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| poll(g, "v2", 160, BAD, FAST),
+                ],
+                "retry, not announced",
+            ),
+        ];
+        for (what, steps, want) in table {
+            let mut g = rolling_back();
+            let mut last = Vec::new();
+            for step in *steps {
+                last = step(&mut g);
+            }
+            let got = match &last[..] {
+                [
+                    Decision::Landed {
+                        state,
+                        trigger,
+                        decided_at,
+                        seen_at,
+                    },
+                ] => {
+                    assert_eq!(state.phase, Phase::RolledBack, "{what}");
+                    assert_eq!(trigger.label(), "error_rate", "{what}");
+                    let secs = |t: &Timestamp| t.as_second() - T0;
+                    format!("landed {}->{}", secs(decided_at), secs(seen_at))
+                }
+                [Decision::Lost { .. }] => "lost".into(),
+                [Decision::Superseded { .. }] => "superseded".into(),
+                [
+                    Decision::RollBack {
+                        announce: false, ..
+                    },
+                ] => "retry, not announced".into(),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(got, *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_landed_rollback_closes_the_window_and_a_lost_one_starts_a_new_episode() {
+        let mut g = rolling_back();
+        executed(&mut g, Outcome::Unknown, 145);
+        assert!(
+            poll(&mut g, "v2", 150, OK, FAST).is_empty(),
+            "unknown is not stable"
+        );
+        seen(&mut g, "v1", Some(Phase::RolledBack), 151);
+        assert_eq!(g.window().unwrap().phase, Phase::RolledBack);
+        assert!(g.open_window().is_none());
+        assert!(seen(&mut g, "v1", Some(Phase::RolledBack), 152).is_empty());
+
+        let mut g = rolling_back();
+        executed(&mut g, Outcome::Unknown, 145);
+        seen(&mut g, "v2", None, 150);
+        assert!(g.open_window().is_some(), "still watching green");
+        assert_eq!(
+            rollback_target(&poll(&mut g, "v2", 160, BAD, FAST)),
+            Some(("v1".into(), "error_rate".into(), true)),
+            "retried as after any failure, announced anew"
         );
     }
 

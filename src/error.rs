@@ -141,6 +141,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a write that failed this way may still have been applied: no answer came (a
+    /// connection that failed, maybe after sending), or the API server's own 504, which it
+    /// sends when a request outlives its deadline, done or not. Any other status is a refusal.
+    #[must_use]
+    pub fn leaves_write_in_doubt(&self) -> bool {
+        match self {
+            Self::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => status.code == 504,
+                _ => true,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether retrying may help: a 5xx or 429 from the API server, a broken connection, or a
     /// call that timed out. A 4xx other than 429 is an answer, not a fault.
     #[must_use]

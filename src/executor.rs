@@ -9,6 +9,7 @@
 //! precondition, and no write starts unless the [`Fence`] allows it (this replica leads). On
 //! shutdown a lane finishes the command in hand and takes no new one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -62,6 +63,8 @@ enum RollbackResult {
     RolledBack {
         confirmed: Option<bool>,
     },
+    /// A patch was sent and no answer came before the budget ran out, nor a read since.
+    Unknown,
     Blocked {
         ready: u32,
     },
@@ -156,6 +159,25 @@ impl Executor {
                 self.event(r, EventType::Normal, "WouldRollBack", "Rollback", note)
                     .await;
             }
+            Decision::Landed {
+                state,
+                trigger,
+                decided_at,
+                seen_at,
+            } => {
+                let took =
+                    Duration::try_from(seen_at.duration_since(*decided_at)).unwrap_or_default();
+                info!(guard, "the rollback whose answer was lost has landed");
+                self.rolled_back(target, r, state, trigger, took).await;
+            }
+            Decision::Lost { state, trigger } => {
+                let cause = format!(
+                    "no answer to the patch, and the selector still names {}: it did not land",
+                    state.version
+                );
+                self.rollback_failed(target, r, state, trigger, &cause)
+                    .await;
+            }
             Decision::RollBack {
                 state,
                 trigger,
@@ -196,14 +218,6 @@ impl Executor {
         }
         match self.patch_until_done(target, state).await {
             Ok(RollbackResult::RolledBack { confirmed }) => {
-                let took = command.decided_at.elapsed();
-                self.metrics
-                    .rollbacks_total
-                    .with_label_values(&[guard, trigger.label()])
-                    .inc();
-                self.metrics
-                    .rollback_duration_seconds
-                    .observe(took.as_secs_f64());
                 match confirmed {
                     Some(true) => {}
                     Some(false) => warn!(guard, "selector changed again right after the rollback"),
@@ -212,17 +226,29 @@ impl Executor {
                         "could not re-read the service to confirm the rollback"
                     ),
                 }
-                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), took_ms = took.as_millis(), "reverted selector");
-                let note = format!(
-                    "selector {} reverted from {} to {}: {}",
-                    target.service.version_label,
-                    state.version,
-                    state.previous,
-                    trigger.describe()
-                );
-                self.event(r, EventType::Warning, "RolledBack", "Rollback", note)
-                    .await;
+                let took = command.decided_at.elapsed();
+                self.rolled_back(target, r, state, trigger, took).await;
                 Outcome::RolledBack
+            }
+            Ok(RollbackResult::Unknown) => {
+                // Not a failure: the patch may well have landed. Counting it failed would fire
+                // CutoverWatchdogRollbackFailed for a revert that happened.
+                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), timeout_s = self.kube_timeout.as_secs(), "rollback outcome unknown: the patch was sent and no answer came; the next sight of the service decides");
+                let note = format!(
+                    "patch reverting selector {} to {} sent, no answer within {}s: it may or may not have landed; the next sight of the service decides",
+                    target.service.version_label,
+                    state.previous,
+                    self.kube_timeout.as_secs()
+                );
+                self.event(
+                    r,
+                    EventType::Warning,
+                    "RollbackOutcomeUnknown",
+                    "Rollback",
+                    note,
+                )
+                .await;
+                Outcome::Unknown
             }
             Ok(RollbackResult::Blocked { ready }) => {
                 if announce {
@@ -252,32 +278,80 @@ impl Executor {
                 Outcome::Failed
             }
             Err(e) => {
-                self.metrics
-                    .rollback_failures_total
-                    .with_label_values(&[guard])
-                    .inc();
-                let cause = chain(&e);
-                error!(guard, error = %cause, "rollback failed; selector unchanged");
-                let note = format!("rollback to {} failed: {cause}", state.previous);
-                self.event(r, EventType::Warning, "RollbackFailed", "Rollback", note)
+                self.rollback_failed(target, r, state, trigger, &chain(&e))
                     .await;
                 Outcome::Failed
             }
         }
     }
 
+    /// Records a rollback that landed: counted, timed, logged and published.
+    async fn rolled_back(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        trigger: &Trigger,
+        took: Duration,
+    ) {
+        let guard = target.guard.as_str();
+        self.metrics
+            .rollbacks_total
+            .with_label_values(&[guard, trigger.label()])
+            .inc();
+        self.metrics
+            .rollback_duration_seconds
+            .observe(took.as_secs_f64());
+        warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), took_ms = took.as_millis(), "reverted selector");
+        let note = format!(
+            "selector {} reverted from {} to {}: {}",
+            target.service.version_label,
+            state.version,
+            state.previous,
+            trigger.describe()
+        );
+        self.event(r, EventType::Warning, "RolledBack", "Rollback", note)
+            .await;
+    }
+
+    /// Records a rollback known not to have landed: counted, logged and published.
+    async fn rollback_failed(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        trigger: &Trigger,
+        cause: &str,
+    ) {
+        let guard = target.guard.as_str();
+        self.metrics
+            .rollback_failures_total
+            .with_label_values(&[guard])
+            .inc();
+        error!(guard, trigger = trigger.label(), error = %cause, "rollback failed; selector unchanged");
+        let note = format!("rollback to {} failed: {cause}", state.previous);
+        self.event(r, EventType::Warning, "RollbackFailed", "Rollback", note)
+            .await;
+    }
+
     /// Re-read, check, patch. A stale `resourceVersion` (409) is re-read at once, a few times;
     /// a transient API error (5xx, 429, a broken connection) is retried with backoff while the
-    /// `kube_timeout` budget lasts, and reported with its cause once it does not.
+    /// `kube_timeout` budget lasts, and reported with its cause once it does not. A patch sent
+    /// and never answered leaves the outcome in doubt until a re-read decides; if the budget
+    /// ends first, the result is [`RollbackResult::Unknown`], never a failure.
     async fn patch_until_done(&self, target: &Target, state: &Persisted) -> Result<RollbackResult> {
         let deadline = Instant::now() + self.kube_timeout;
         let mut conflicts = 0;
         let mut backoff = FIRST_BACKOFF;
         let mut last_error = None;
+        let in_doubt = AtomicBool::new(false);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let Ok(attempt) = tokio::time::timeout(remaining, self.attempt(target, state)).await
-            else {
+            let attempt = self.attempt(target, state, &in_doubt);
+            let Ok(attempt) = tokio::time::timeout(remaining, attempt).await else {
+                if in_doubt.load(Ordering::Relaxed) {
+                    return Ok(RollbackResult::Unknown);
+                }
                 // A call hung past the budget: report the last real error if there was one.
                 return Err(last_error.unwrap_or_else(|| Error::KubeTimeout {
                     verb: "roll back service",
@@ -310,16 +384,33 @@ impl Executor {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     last_error = Some(e);
                 }
+                Err(_) if in_doubt.load(Ordering::Relaxed) => return Ok(RollbackResult::Unknown),
                 Err(e) => return Err(e),
             }
         }
     }
 
     /// One read, check and patch; `None` when the patch met a newer `resourceVersion`.
-    async fn attempt(&self, target: &Target, state: &Persisted) -> Result<Option<RollbackResult>> {
+    /// `in_doubt` is set while a patch is sent and unanswered, and cleared by an answer or by a
+    /// read, which decides whether an earlier unanswered patch landed.
+    async fn attempt(
+        &self,
+        target: &Target,
+        state: &Persisted,
+        in_doubt: &AtomicBool,
+    ) -> Result<Option<RollbackResult>> {
         let svc = &target.service;
         let current = svc.get().await?;
+        in_doubt.store(false, Ordering::Relaxed);
         let version = svc.version_of(&current);
+        if version.as_deref() == Some(state.previous.as_str())
+            && service::persisted(&current).is_some_and(|p| is_record_of(&p, state))
+        {
+            // An earlier patch of this very rollback landed though its answer was lost.
+            return Ok(Some(RollbackResult::RolledBack {
+                confirmed: Some(true),
+            }));
+        }
         if version.as_deref() != Some(state.version.as_str()) {
             return Ok(Some(RollbackResult::NotApplicable { selector: version }));
         }
@@ -338,6 +429,7 @@ impl Executor {
                 name: svc.name.clone(),
             });
         };
+        in_doubt.store(true, Ordering::Relaxed);
         let patch = tokio::time::timeout(left, svc.patch_selector(&rv, &state.previous, state));
         let Ok(patched) = patch.await else {
             return Err(Error::NotLeader {
@@ -347,9 +439,18 @@ impl Executor {
         };
         match patched {
             // Confirmed by the caller, outside the budget: the patch landed whatever comes next.
-            Ok(_) => Ok(Some(RollbackResult::RolledBack { confirmed: None })),
-            Err(PatchError::Conflict) => Ok(None),
-            Err(PatchError::Other(e)) => Err(e),
+            Ok(_) => {
+                in_doubt.store(false, Ordering::Relaxed);
+                Ok(Some(RollbackResult::RolledBack { confirmed: None }))
+            }
+            Err(PatchError::Conflict) => {
+                in_doubt.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(PatchError::Other(e)) => {
+                in_doubt.store(e.leaves_write_in_doubt(), Ordering::Relaxed);
+                Err(e)
+            }
         }
     }
 
@@ -414,6 +515,11 @@ impl Executor {
         self.metrics.kube_write_errors_total.inc();
         warn!(reason, error = %failed, "failed to publish event");
     }
+}
+
+/// Whether `p`, read from the Service, is the record `state`'s rollback writes with the selector.
+fn is_record_of(p: &Persisted, state: &Persisted) -> bool {
+    p.phase == state.phase && p.version == state.version && p.cutover_at == state.cutover_at
 }
 
 fn truncate(mut s: String, max: usize) -> String {

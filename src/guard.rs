@@ -360,6 +360,8 @@ fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
         Decision::Superseded { state, .. } => ("superseded", state.reason.clone()),
         Decision::RollBack { trigger, .. } => ("rollback", trigger.describe()),
         Decision::WouldRollBack { trigger, .. } => ("would-roll-back", trigger.describe()),
+        Decision::Landed { trigger, .. } => ("rollback-landed", trigger.describe()),
+        Decision::Lost { trigger, .. } => ("rollback-lost", trigger.describe()),
     };
     DecisionStatus { at, kind, reason }
 }

@@ -235,34 +235,78 @@ async fn a_slow_api_for_one_service_does_not_hold_up_another_guards_rollback() {
     );
 }
 
+const FAILURES: &str = r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#;
+const ROLLBACKS: &str = r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="alert"}"#;
+
+/// Posts a critical alert on green whose rollback PATCH meets `fault`, and waits for the
+/// rollback to be reported with its outcome unknown: a Warning Event, a log line that says so,
+/// and no failure counted (the patch may have landed).
+async fn rollback_outcome_unknown(cluster: &Cluster, w: &Watchdog, fault: Fault) {
+    cluster.cut_over_recorded("v2").await;
+    cluster.fault_next_service_patch(fault);
+    assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
+    let what = "a RollbackOutcomeUnknown Event";
+    let reasons = async || cluster.event_reasons();
+    let unknown = |r: &Vec<String>| r.iter().any(|r| r == "RollbackOutcomeUnknown");
+    w.wait_until(what, Duration::from_secs(15), reasons, unknown)
+        .await;
+    w.wait_log("rollback outcome unknown").await;
+    let logs = w.logs();
+    assert!(!logs.contains("selector unchanged"), "{logs}");
+    assert_eq!(w.metric(FAILURES).await, Some(0.0), "not counted as failed");
+}
+
 #[tokio::test]
-async fn a_patch_that_hangs_past_kube_timeout_is_reported_failed_then_lands_on_redelivery() {
+async fn a_patch_applied_but_answered_after_kube_timeout_is_recorded_rolled_back_once() {
     let cluster = Cluster::start().await;
     let w = watchdog(&cluster).await;
-    cluster.cut_over_recorded("v2").await;
-    // The API server accepts the PATCH and never answers within kube_timeout (5 s).
-    cluster.fault_next_service_patch(Fault::Delay(Duration::from_mins(1)));
-    assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
-    let what = "a RollbackFailed Event";
-    let reasons = async || cluster.event_reasons();
-    let failed = |r: &Vec<String>| r.iter().any(|r| r == "RollbackFailed");
-    w.wait_until(what, Duration::from_secs(15), reasons, failed)
+    // The API server applies the PATCH, then answers only after kube_timeout (5 s).
+    let late = Fault::DelayAnswer(Duration::from_secs(20));
+    rollback_outcome_unknown(&cluster, &w, late).await;
+    // The watch shows the selector on v1 with this window's rolled-back record: it landed.
+    let g = w
+        .wait_status("the rollback recorded", Duration::from_secs(10), |g| {
+            g["state"] == "rolled-back"
+        })
         .await;
-    let failures = r#"cutover_watchdog_rollback_failures_total{guard="checkout"}"#;
-    assert_eq!(metric(&w.metrics().await, failures), Some(1.0));
-    assert!(
-        w.logs()
-            .contains("timed out after 5s trying to roll back service default/svc-production"),
-        "{}",
-        w.logs()
+    assert_eq!(g["last_decision"]["kind"], "rollback-landed", "{g:#}");
+    assert_eq!(cluster.selector_version(), "v1");
+    assert_eq!(cluster.annotation("state").as_deref(), Some("rolled-back"));
+    assert_eq!(
+        cluster.wait_selector_patches(1).await,
+        1,
+        "one selector change"
     );
+    assert_eq!(w.metric(ROLLBACKS).await, Some(1.0));
+    assert_eq!(w.metric(FAILURES).await, Some(0.0));
+    let events = cluster.wait_event("RolledBack").await;
+    for never in ["RollbackFailed", "WindowSuperseded"] {
+        assert!(!events.iter().any(|e| e == never), "{never} in {events:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_patch_that_hangs_past_kube_timeout_is_outcome_unknown_then_lands_once_on_redelivery() {
+    let cluster = Cluster::start().await;
+    let w = watchdog(&cluster).await;
+    // The API server takes the PATCH and never serves it within kube_timeout (5 s); the
+    // watchdog gives up on it, and so the server never applies it.
+    rollback_outcome_unknown(&cluster, &w, Fault::Delay(Duration::from_mins(1))).await;
     assert_eq!(
         cluster.selector_version(),
         "v2",
         "the hung patch never landed"
     );
-    // Alertmanager re-delivers the firing alert; the API answers again.
+    // Alertmanager re-delivers the firing alert: the re-read shows green, so the lost patch did
+    // not land, and the rollback is patched again, once.
     assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
     cluster.wait_selector("v1", Duration::from_secs(10)).await;
+    w.wait_status("the rollback recorded", Duration::from_secs(10), |g| {
+        g["state"] == "rolled-back"
+    })
+    .await;
     assert_eq!(cluster.wait_selector_patches(1).await, 1);
+    assert_eq!(w.metric(ROLLBACKS).await, Some(1.0));
+    assert_eq!(w.metric(FAILURES).await, Some(0.0));
+    assert_eq!(cluster.events_with("RolledBack"), 1);
 }

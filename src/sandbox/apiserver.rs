@@ -123,6 +123,9 @@ pub enum Fault {
     ConcurrentWrite,
     /// Wait this long before serving.
     Delay(Duration),
+    /// Serve the request (a write takes effect, watches see it), then wait this long before
+    /// answering: an API server whose answer is lost or late.
+    DelayAnswer(Duration),
 }
 
 /// When a fault applies, and how many times.
@@ -527,6 +530,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let query: BTreeMap<String, String> = url::form_urlencoded::parse(record.query.as_bytes())
         .into_owned()
         .collect();
+    let mut answer_after = None;
     let response = route(
         &shared,
         &parts.method,
@@ -534,13 +538,20 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         &record.path,
         &query,
         body,
+        &mut answer_after,
     )
     .await;
     record.status = response.status().as_u16();
     shared.lock().requests.push(record);
+    // Logged as served: a late answer, or one the client gave up on, changes nothing done.
+    if let Some(delay) = answer_after {
+        tokio::time::sleep(delay).await;
+    }
     response
 }
 
+/// The answer to one request; `answer_after` is set to how long to hold it back, for
+/// [`Fault::DelayAnswer`].
 async fn route(
     shared: &Arc<Shared>,
     method: &Method,
@@ -548,6 +559,7 @@ async fn route(
     path: &str,
     query: &BTreeMap<String, String>,
     body: Bytes,
+    answer_after: &mut Option<Duration>,
 ) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if method == Method::GET
@@ -591,8 +603,22 @@ async fn route(
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::ConcurrentWrite) => touch(shared, &target),
+        Some(Fault::DelayAnswer(d)) => *answer_after = Some(d),
         None => {}
     }
+    serve(shared, method, headers, path, query, &body, &target)
+}
+
+/// Serves one parsed request with no fault.
+fn serve(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    body: &Bytes,
+    target: &Target,
+) -> Response {
     let ns = target.namespace.clone().unwrap_or_default();
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -611,18 +637,16 @@ async fn route(
         );
     }
     match (method.clone(), target.name.clone()) {
-        (Method::GET, None) if is_true(query.get("watch")) => {
-            watch_response(shared, &target, query)
-        }
-        (Method::GET, None) => list(shared, &target, query),
-        (Method::GET, Some(name)) => match shared.lock().objects.get(&key(&target, &name)) {
+        (Method::GET, None) if is_true(query.get("watch")) => watch_response(shared, target, query),
+        (Method::GET, None) => list(shared, target, query),
+        (Method::GET, Some(name)) => match shared.lock().objects.get(&key(target, &name)) {
             Some(v) => json_response(StatusCode::OK, v),
             None => not_found(target.kind, &name),
         },
-        (Method::POST, None) => create(shared, target.kind, &ns, &body),
-        (Method::PATCH, Some(name)) => patch(shared, &target, &name, content_type, &body),
-        (Method::PUT, Some(name)) => replace(shared, &target, &name, &body),
-        (Method::DELETE, Some(name)) => delete(shared, &target, &name),
+        (Method::POST, None) => create(shared, target.kind, &ns, body),
+        (Method::PATCH, Some(name)) => patch(shared, target, &name, content_type, body),
+        (Method::PUT, Some(name)) => replace(shared, target, &name, body),
+        (Method::DELETE, Some(name)) => delete(shared, target, &name),
         _ => status(
             405,
             "MethodNotAllowed",

@@ -12,6 +12,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # Cargo.toml declares the criterion bench; cargo wants its file present to read the manifest.
 COPY benches ./benches
+# No features: the sandbox (API double, fault proxy, demo) stays out of the image.
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
     && cp target/x86_64-unknown-linux-musl/release/cutover-watchdog /cutover-watchdog
 

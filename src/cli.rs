@@ -32,7 +32,31 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Play the runbook's story on a local sandbox (no cluster needed): cutover, a fault in v2,
     /// detection, the revert. Needs the Debian packages prometheus and prometheus-alertmanager.
+    #[cfg(feature = "sandbox")]
     Demo(crate::demo::DemoOptions),
+    /// The demo, in a binary built without the sandbox (the image): unlisted, and it answers
+    /// with [`DEMO_NOT_BUILT`] whatever its arguments.
+    #[cfg(not(feature = "sandbox"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// What `demo` answers in a binary built without the sandbox.
+pub const DEMO_NOT_BUILT: &str = "the demo is not built into this binary (the image carries no sandbox); \
+     run it from a checkout of cutover-watchdog: cargo run --features sandbox -- demo";
+
+impl Command {
+    /// The demo narrates on stdout: only warnings from the watchdog inside it are worth showing.
+    #[must_use]
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Self::Demo { .. } => "warn",
+            Self::Serve(_) | Self::CheckConfig(_) => "info",
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -129,6 +129,7 @@ pub enum Error {
     Unusable(String),
 
     /// The local sandbox (demo and tests) could not be set up.
+    #[cfg(feature = "sandbox")]
     #[error("{0}")]
     Sandbox(String),
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decision;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod error;
 pub mod executor;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod poller;
 pub mod promql;
 pub mod reload;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod service;
 pub mod telemetry;

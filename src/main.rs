@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cutover_watchdog::cli::{Cli, Command};
-use cutover_watchdog::{app, config::Config, demo, telemetry};
+use cutover_watchdog::{app, config::Config, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,9 +19,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // The demo narrates on stdout; only warnings from the watchdog inside it are worth showing.
-    let quiet = matches!(cli.command, Command::Demo(_));
-    telemetry::init(cli.log_format, if quiet { "warn" } else { "info" })?;
+    telemetry::init(cli.log_format, cli.command.default_log_level())?;
     match cli.command {
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
@@ -34,10 +32,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             app::run(Config::load(&args.config)?, app::shutdown_on_signal()?).await?;
         }
+        #[cfg(feature = "sandbox")]
         Command::Demo(options) => {
-            let as_expected = demo::run(&options, app::shutdown_on_signal()?).await?;
-            anyhow::ensure!(as_expected, "the story did not end as the scenario expects");
+            let story = cutover_watchdog::demo::run(&options, app::shutdown_on_signal()?);
+            anyhow::ensure!(
+                story.await?,
+                "the story did not end as the scenario expects"
+            );
         }
+        #[cfg(not(feature = "sandbox"))]
+        Command::Demo { .. } => anyhow::bail!(cutover_watchdog::cli::DEMO_NOT_BUILT),
     }
     Ok(())
 }

@@ -138,3 +138,78 @@ fn nix_uid() -> u32 {
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// The binary the image ships: the release build `.ci/test` names in `CUTOVER_WATCHDOG_BIN`.
+/// The debug build the tests get from cargo carries the sandbox, so it cannot stand in for it.
+fn shipped_binary() -> std::path::PathBuf {
+    let binary = std::env::var("CUTOVER_WATCHDOG_BIN").unwrap_or_else(|_| {
+        panic!(
+            "CUTOVER_WATCHDOG_BIN must name the image's build (`cargo build --release`, no \
+             features): run the suite through .ci/test, which sets it"
+        )
+    });
+    binary.into()
+}
+
+/// Strings only sandbox code holds: the API double's fault answers and the demo's narration.
+const SANDBOX_MARKERS: [&str; 2] = ["injected fault: ", "sandbox cluster: "];
+
+#[test]
+fn the_image_build_has_no_sandbox_in_its_dependency_tree_or_its_binary() {
+    // The image's build: normal dependencies, default features, as the Dockerfile builds it.
+    let tree = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--locked", "-e", "normal", "--prefix", "none"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    for sandbox_only in ["indicatif ", "tempfile "] {
+        assert!(
+            !tree.contains(sandbox_only),
+            "{sandbox_only}in the image's tree:\n{tree}"
+        );
+    }
+    let shipped = std::fs::read(shipped_binary()).unwrap();
+    let with_sandbox = std::fs::read(env!("CARGO_BIN_EXE_cutover-watchdog")).unwrap();
+    let holds =
+        |binary: &[u8], marker: &str| binary.windows(marker.len()).any(|w| w == marker.as_bytes());
+    for marker in SANDBOX_MARKERS {
+        assert!(
+            holds(&with_sandbox, marker),
+            "the marker {marker:?} is sandbox code"
+        );
+        assert!(
+            !holds(&shipped, marker),
+            "the shipped binary holds {marker:?}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_binary_answers_demo_in_one_line_saying_how_to_run_it() {
+    let out = std::process::Command::new(shipped_binary())
+        .args(["demo", "--scenario", "error-rate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("not built into this binary")
+            && stderr.contains("cargo run --features sandbox -- demo"),
+        "{stderr}"
+    );
+    let help = std::process::Command::new(shipped_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&help.stdout).contains("demo"),
+        "unlisted"
+    );
+}

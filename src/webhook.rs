@@ -3,10 +3,12 @@
 //! The handler rate-limits (one global bucket, before authentication, so a flood costs almost
 //! nothing), authenticates in constant time, bounds the body, validates the payload, routes each
 //! alert to the guards whose `alerts.match` it satisfies, and answers. It never waits on the
-//! Kubernetes API: alerts are enqueued to the guards' tasks, and only a full queue gets a 503, so
-//! that Alertmanager retries. Whether an alert acts (window open, green version, after the
-//! cutover, once per window) is decided by [`crate::decision`], not here. The accepted
-//! credentials are swapped in place when their file is rotated; [`crate::reload`] decides when.
+//! Kubernetes API: a payload's alerts are enqueued to the guards' tasks all at once or not at
+//! all, and a full queue gets a 503 with nothing enqueued, so that Alertmanager retries it whole
+//! (a follower, which runs no guards, answers 503 too). Whether an alert acts (window open, green
+//! version, after the cutover, once per window) is decided by [`crate::decision`], not here. The
+//! accepted credentials are swapped in place when their file is rotated; [`crate::reload`]
+//! decides when.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -26,7 +28,6 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 
 use crate::config::WebhookConfig;
@@ -397,10 +398,13 @@ fn webhook_routes(state: &AppState) -> &Routes {
         .get_or_init(|| Routes::new(&state.guards))
 }
 
-/// Routes each alert to the guards it matches. Answers 503 only when a guard's queue is full.
+/// Routes each alert to the guards it matches, to all of them or to none: room is reserved in
+/// every target guard's queue before anything is queued or recorded, so a 503 (a queue full, or
+/// closed at shutdown) leaves nothing behind for Alertmanager's retry to deliver twice.
 fn dispatch(state: &AppState, payload: &Payload) -> Response {
     let now = Timestamp::now();
-    let mut routed = 0usize;
+    let mut deliveries: Vec<(&GuardHandle, Input)> = Vec::new();
+    let mut records: Vec<(&GuardHandle, AlertSeen)> = Vec::new();
     for alert in &payload.alerts {
         let status = match alert.status.as_str() {
             "firing" => "firing",
@@ -443,8 +447,8 @@ fn dispatch(state: &AppState, payload: &Payload) -> Response {
                 outcome,
             };
             if !acts {
-                // Nothing for the decision core: record it for /v1/guards and move on.
-                guard.alerts.record(seen);
+                // Nothing for the decision core: recorded for /v1/guards once the payload is taken.
+                records.push((guard, seen));
                 continue;
             }
             let input = Input::Alert {
@@ -455,19 +459,29 @@ fn dispatch(state: &AppState, payload: &Payload) -> Response {
                 },
                 seen,
             };
-            match guard.inbox.try_send(input) {
-                Ok(()) => routed += 1,
-                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
-                            "guard {} cannot take alerts right now; retry",
-                            guard.config.name
-                        ),
-                    );
-                }
-            }
+            deliveries.push((guard, input));
         }
+    }
+    let mut permits = Vec::with_capacity(deliveries.len());
+    for (guard, _) in &deliveries {
+        // Dropping the permits taken so far, on return, gives their room back.
+        let Ok(permit) = guard.inbox.try_reserve() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "guard {} cannot take alerts right now; retry",
+                    guard.config.name
+                ),
+            );
+        };
+        permits.push(permit);
+    }
+    let routed = deliveries.len();
+    for (permit, (_, input)) in permits.into_iter().zip(deliveries) {
+        permit.send(input);
+    }
+    for (guard, seen) in records {
+        guard.alerts.record(seen);
     }
     answer(
         StatusCode::OK,

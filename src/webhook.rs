@@ -137,6 +137,17 @@ enum Scheme {
     Basic { username: String },
 }
 
+impl Scheme {
+    /// The `WWW-Authenticate` challenge of a 401: the scheme that would be accepted, so a client
+    /// sent the wrong kind of credentials learns which kind to send.
+    fn challenge(&self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Bearer => "Bearer realm=\"cutover-watchdog\"",
+            Self::Basic { .. } => "Basic realm=\"cutover-watchdog\"",
+        })
+    }
+}
+
 /// The `Authorization` header the webhook accepts, from a file that may be rotated.
 pub struct Credentials {
     kind: SecretKind,
@@ -246,6 +257,11 @@ impl Webhook {
             .map_or(&[][..], HeaderValue::as_bytes);
         credentials.accepts(given)
     }
+
+    /// The `WWW-Authenticate` value of a 401; `None` when the endpoint is open (no 401 then).
+    fn challenge(&self) -> Option<HeaderValue> {
+        self.credentials.as_ref().map(|c| c.scheme.challenge())
+    }
 }
 
 /// Alertmanager's webhook body, version 4. Unknown fields are ignored, as Alertmanager adds some.
@@ -309,8 +325,9 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
     if !webhook.authorized(headers) {
         // Say nothing of why: missing, malformed and wrong credentials look the same.
         let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
-        let scheme = HeaderValue::from_static("Bearer realm=\"cutover-watchdog\"");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, scheme);
+        if let Some(challenge) = webhook.challenge() {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         return r;
     }
     if !state.leader.allows() {

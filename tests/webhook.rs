@@ -231,7 +231,10 @@ async fn missing_or_wrong_credentials_get_401_that_says_nothing_of_why() {
         )
         .await;
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{auth:?}");
-        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"cutover-watchdog\""
+        );
         assert!(drain(&mut h).is_empty());
         assert_eq!(requests_with_code(&h, "401"), 1);
         bodies.push(text);
@@ -381,6 +384,33 @@ async fn basic_auth_is_an_alternative_to_a_bearer_token() {
         send(router(state), request(ROTATED_BASIC_HEADER)).await.0,
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn a_401_under_basic_auth_asks_for_basic_credentials() {
+    let (state, _inbox, _dir) = basic_auth_state();
+    let body = fixture("firing-info-only.json");
+    for auth in [
+        None,
+        Some(format!("Bearer {TOKEN}")),
+        Some(ROTATED_BASIC_HEADER.to_owned()),
+    ] {
+        let mut r = post().header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = &auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        let (code, _, headers) = send(
+            router(state.clone()),
+            r.body(Body::from(body.clone())).unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Basic realm=\"cutover-watchdog\"",
+            "{auth:?}"
+        );
+    }
 }
 
 #[tokio::test]

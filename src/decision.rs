@@ -137,6 +137,8 @@ pub enum Trigger {
     },
     Alert {
         alertname: String,
+        /// The alert's `severity` label, one of the guard's `alerts.severities`.
+        severity: String,
     },
 }
 
@@ -166,7 +168,10 @@ impl Trigger {
                     humantime::format_duration(*for_)
                 )
             }
-            Self::Alert { alertname } => format!("critical alert {alertname}"),
+            Self::Alert {
+                alertname,
+                severity,
+            } => format!("{severity} alert {alertname}"),
         }
     }
 }
@@ -184,6 +189,8 @@ mod humantime_serde_secs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     pub alertname: String,
+    /// Its `severity` label: the one of the guard's `alerts.severities` that let it act.
+    pub severity: String,
     /// The alert's value of the guard's `version_label`, if it carries one.
     pub version: Option<String>,
     pub starts_at: Option<Timestamp>,
@@ -570,6 +577,7 @@ impl Guard {
         }
         self.roll_back(Trigger::Alert {
             alertname: alert.alertname.clone(),
+            severity: alert.severity.clone(),
         })
     }
 
@@ -852,6 +860,7 @@ mod tests {
         assert!(poll(&mut g, "v2", 160, BAD, FAST).is_empty());
         let alert = Alert {
             alertname: "X".into(),
+            severity: "critical".into(),
             version: None,
             starts_at: None,
         };
@@ -1002,6 +1011,7 @@ mod tests {
             let mut g = guard(false);
             let alert = Alert {
                 alertname: "HighErrorRate".into(),
+                severity: "critical".into(),
                 version: version.map(Into::into),
                 starts_at: starts.map(at),
             };
@@ -1015,6 +1025,32 @@ mod tests {
                 rollback_target(&d).is_some(),
                 acts,
                 "{version:?} {starts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_alert_rollback_names_the_severity_that_acted() {
+        for severity in ["warning", "critical"] {
+            let mut g = guard(false);
+            cut_over(&mut g);
+            let alert = Alert {
+                alertname: "HighLatency".into(),
+                severity: severity.into(),
+                version: Some("v2".into()),
+                starts_at: None,
+            };
+            let d = g.handle(Signal::Alert(alert), at(20));
+            let Some(Decision::RollBack { state, trigger, .. }) = d.first() else {
+                panic!("{severity}: no rollback: {d:?}");
+            };
+            let said = format!("{severity} alert HighLatency");
+            assert_eq!(trigger.describe(), said);
+            assert_eq!(state.reason, said, "the reason annotation");
+            assert_eq!(
+                trigger.label(),
+                "alert",
+                "the metric label names no severity"
             );
         }
     }

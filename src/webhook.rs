@@ -471,6 +471,8 @@ fn dispatch(state: &AppState, payload: &Payload) -> Response {
             let input = Input::Alert {
                 alert: Alert {
                     alertname: alertname.clone(),
+                    // Present: only a listed severity acts.
+                    severity: severity.unwrap_or_default().to_owned(),
                     version: alert.labels.get(&guard.config.version_label).cloned(),
                     starts_at: alert.starts_at,
                 },

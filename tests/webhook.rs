@@ -17,6 +17,7 @@ use common::secrets::{
     BASIC_HEADER, BASIC_USER, PASSWORD, ROTATED_BASIC_HEADER, TOKEN, TOKEN_BASE64,
 };
 use cutover_watchdog::config::Config;
+use cutover_watchdog::decision::{self, Decision, Signal};
 use cutover_watchdog::guard::{self, AlertLog, GuardHandle, Input};
 use cutover_watchdog::http::{AppState, router};
 use cutover_watchdog::leader::Fence;
@@ -450,6 +451,45 @@ async fn a_full_queue_for_one_guard_queues_the_alert_to_no_guard() {
     assert_eq!(post().await.0, StatusCode::OK);
     assert_eq!(inboxes[0].len(), 2);
     assert_eq!(inboxes[1].len(), 1);
+}
+
+#[tokio::test]
+async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = "- name: checkout\n  service: svc-production\n  alerts:\n    match: {app: my-microservice}\n    severities: [warning]\n";
+    let config = bearer_config(dir.path(), "", guard);
+    let (state, mut inboxes, _) = self::state(&config, &[4]);
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&fixture("firing-critical-and-info.json")).unwrap();
+    let alert = &mut payload["alerts"][2];
+    alert["labels"]["alertname"] = "HighLatency".into();
+    alert["labels"]["severity"] = "warning".into();
+    let body = serde_json::to_vec(&payload).unwrap();
+    assert_eq!(
+        send(router(state), authorized(body)).await.0,
+        StatusCode::OK
+    );
+    let Ok(Input::Alert { alert, .. }) = inboxes[0].try_recv() else {
+        panic!("the warning alert was not delivered");
+    };
+
+    // The guard's core, in a window for v2, acts on it.
+    let mut core = decision::Guard::new(decision::Policy::from(&config.guards[0]));
+    let now = jiff::Timestamp::now();
+    for version in ["v1", "v2"] {
+        let observed = Signal::Observed {
+            version: Some(version.into()),
+            persisted: None,
+        };
+        core.handle(observed, now);
+    }
+    let decisions = core.handle(Signal::Alert(alert), now);
+    let Some(Decision::RollBack { trigger, state, .. }) = decisions.first() else {
+        panic!("no rollback: {decisions:?}");
+    };
+    assert_eq!(trigger.describe(), "warning alert HighLatency");
+    assert_eq!(state.reason, "warning alert HighLatency");
+    assert_eq!(trigger.label(), "alert", "the metric label stays `alert`");
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -218,7 +218,9 @@ pub enum Signal {
     },
     /// One poll of every check, in config order, for the window of `version`, scheduled at
     /// `at`. Breaches are timed by the schedule, not by when answers arrived, so `for` spans
-    /// whole poll intervals regardless of query latency.
+    /// whole poll intervals regardless of query latency. A poll that finds the window past its
+    /// end closes it instead; the poller polls every open window, so the first poll after the
+    /// end is what ends it.
     Polled {
         version: String,
         samples: Vec<Sample>,
@@ -230,8 +232,6 @@ pub enum Signal {
         version: String,
         outcome: Outcome,
     },
-    /// Time passed; closes a window whose time is up.
-    Tick,
 }
 
 /// An output of the core, carried out by the executor.
@@ -357,17 +357,15 @@ impl Guard {
             Signal::Observed { version, persisted } => {
                 self.observed(version, persisted.as_ref(), now)
             }
-            // A poll past the window's end closes it instead.
             Signal::Polled {
                 version,
                 samples,
                 at,
             } => self
-                .tick(now)
+                .end_if_over(now)
                 .or_else(|| self.polled(&version, &samples, at)),
             Signal::Alert(alert) => self.alert(&alert, now),
             Signal::Executed { version, outcome } => self.executed(&version, outcome),
-            Signal::Tick => self.tick(now),
         }
         .into_iter()
         .collect()
@@ -628,7 +626,8 @@ impl Guard {
         None
     }
 
-    fn tick(&mut self, now: Timestamp) -> Option<Decision> {
+    /// Closes the open window if its time is up at `now`.
+    fn end_if_over(&mut self, now: Timestamp) -> Option<Decision> {
         let w = self
             .window
             .as_mut()
@@ -966,14 +965,18 @@ mod tests {
     }
 
     #[test]
-    fn a_window_that_ends_unstable_expires_and_a_stable_one_just_closes() {
+    fn a_poll_past_the_end_expires_an_unstable_window_and_just_closes_a_stable_one() {
         let mut g = guard(false);
         cut_over(&mut g);
-        poll(&mut g, "v2", 500, BAD, FAST);
-        assert!(g.handle(Signal::Tick, at(500)).is_empty());
-        let d = g.handle(Signal::Tick, at(610));
+        assert!(poll(&mut g, "v2", 480, BAD, FAST).is_empty());
+        // Breached for 130 s, past `for`: but the window ended at 610, so it expires instead.
+        let d = poll(&mut g, "v2", 610, BAD, FAST);
         assert!(matches!(&d[..], [Decision::Expired(p)] if p.phase == Phase::Expired));
         assert!(g.open_window().is_none());
+        assert!(
+            poll(&mut g, "v2", 620, BAD, FAST).is_empty(),
+            "closed for good"
+        );
 
         let mut g = guard(false);
         cut_over(&mut g);

@@ -264,27 +264,30 @@ impl Webhook {
     }
 }
 
-/// Alertmanager's webhook body, version 4. Unknown fields are ignored, as Alertmanager adds some.
+/// Alertmanager's webhook body, version 4: only the fields the watchdog reads. The others
+/// (`status`, `receiver`, `groupLabels`, an alert's `endsAt`, `annotations`, ...) are ignored
+/// unparsed, so no value in them can get a payload refused.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Payload {
     pub version: String,
+    /// For the debug log of alerts that do not act.
     #[serde(default)]
     pub group_key: String,
-    pub status: String,
     pub alerts: Vec<PayloadAlert>,
 }
 
+/// One alert of a [`Payload`].
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PayloadAlert {
+    /// `firing` or `resolved`; only a firing alert acts.
     pub status: String,
     pub labels: BTreeMap<String, String>,
+    /// An alert without the guard's version label that started before the cutover does not act.
     #[serde(default)]
     pub starts_at: Option<Timestamp>,
-    /// `0001-01-01T00:00:00Z` means unset, for a firing alert.
-    #[serde(default)]
-    pub ends_at: Option<Timestamp>,
+    /// Kept for `/v1/guards`.
     #[serde(default)]
     pub fingerprint: Option<String>,
 }

@@ -492,6 +492,23 @@ async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
     assert_eq!(trigger.label(), "alert", "the metric label stays `alert`");
 }
 
+#[tokio::test]
+async fn fields_the_watchdog_does_not_read_cannot_get_a_payload_refused() {
+    // Alertmanager 0.25's top-level `status` and each alert's `endsAt` decide nothing here.
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&fixture("firing-critical-and-info.json")).unwrap();
+    payload.as_object_mut().unwrap().remove("status");
+    for alert in payload["alerts"].as_array_mut().unwrap() {
+        alert["endsAt"] = "not a time".into();
+    }
+    let mut h = harness("", 16);
+    let body = serde_json::to_vec(&payload).unwrap();
+    let (code, text, _) = send(router(h.state.clone()), authorized(body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    let acting: Vec<_> = drain(&mut h).into_iter().filter(|d| d.2).collect();
+    assert_eq!(acting.len(), 1, "{acting:?}");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
         let mut g = guard_in_window();
         let alert = Alert {
             alertname: "GreenErrorRatioHigh".into(),
+            severity: "critical".into(),
             version: Some("v2".into()),
             starts_at: None,
         };

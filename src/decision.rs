@@ -137,6 +137,8 @@ pub enum Trigger {
     },
     Alert {
         alertname: String,
+        /// The alert's `severity` label, one of the guard's `alerts.severities`.
+        severity: String,
     },
 }
 
@@ -166,7 +168,10 @@ impl Trigger {
                     humantime::format_duration(*for_)
                 )
             }
-            Self::Alert { alertname } => format!("critical alert {alertname}"),
+            Self::Alert {
+                alertname,
+                severity,
+            } => format!("{severity} alert {alertname}"),
         }
     }
 }
@@ -184,6 +189,8 @@ mod humantime_serde_secs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     pub alertname: String,
+    /// Its `severity` label: the one of the guard's `alerts.severities` that let it act.
+    pub severity: String,
     /// The alert's value of the guard's `version_label`, if it carries one.
     pub version: Option<String>,
     pub starts_at: Option<Timestamp>,
@@ -214,7 +221,9 @@ pub enum Signal {
     },
     /// One poll of every check, in config order, for the window of `version`, scheduled at
     /// `at`. Breaches are timed by the schedule, not by when answers arrived, so `for` spans
-    /// whole poll intervals regardless of query latency.
+    /// whole poll intervals regardless of query latency. A poll that finds the window past its
+    /// end closes it instead; the poller polls every open window, so the first poll after the
+    /// end is what ends it.
     Polled {
         version: String,
         samples: Vec<Sample>,
@@ -226,8 +235,6 @@ pub enum Signal {
         version: String,
         outcome: Outcome,
     },
-    /// Time passed; closes a window whose time is up.
-    Tick,
 }
 
 /// An output of the core, carried out by the executor.
@@ -405,17 +412,15 @@ impl Guard {
             Signal::Observed { version, persisted } => {
                 self.observed(version, persisted.as_ref(), now)
             }
-            // A poll past the window's end closes it instead.
             Signal::Polled {
                 version,
                 samples,
                 at,
             } => self
-                .tick(now)
+                .end_if_over(now)
                 .or_else(|| self.polled(&version, &samples, at)),
             Signal::Alert(alert) => self.alert(&alert, now),
             Signal::Executed { version, outcome } => self.executed(&version, outcome),
-            Signal::Tick => self.tick(now),
         }
         .into_iter()
         .collect()
@@ -647,6 +652,7 @@ impl Guard {
         self.roll_back(
             Trigger::Alert {
                 alertname: alert.alertname.clone(),
+                severity: alert.severity.clone(),
             },
             now,
         )
@@ -726,7 +732,8 @@ impl Guard {
         None
     }
 
-    fn tick(&mut self, now: Timestamp) -> Option<Decision> {
+    /// Closes the open window if its time is up at `now`.
+    fn end_if_over(&mut self, now: Timestamp) -> Option<Decision> {
         let w = self
             .window
             .as_mut()
@@ -958,6 +965,7 @@ mod tests {
         assert!(poll(&mut g, "v2", 160, BAD, FAST).is_empty());
         let alert = Alert {
             alertname: "X".into(),
+            severity: "critical".into(),
             version: None,
             starts_at: None,
         };
@@ -1205,14 +1213,18 @@ mod tests {
     }
 
     #[test]
-    fn a_window_that_ends_unstable_expires_and_a_stable_one_just_closes() {
+    fn a_poll_past_the_end_expires_an_unstable_window_and_just_closes_a_stable_one() {
         let mut g = guard(false);
         cut_over(&mut g);
-        poll(&mut g, "v2", 500, BAD, FAST);
-        assert!(g.handle(Signal::Tick, at(500)).is_empty());
-        let d = g.handle(Signal::Tick, at(610));
+        assert!(poll(&mut g, "v2", 480, BAD, FAST).is_empty());
+        // Breached for 130 s, past `for`: but the window ended at 610, so it expires instead.
+        let d = poll(&mut g, "v2", 610, BAD, FAST);
         assert!(matches!(&d[..], [Decision::Expired(p)] if p.phase == Phase::Expired));
         assert!(g.open_window().is_none());
+        assert!(
+            poll(&mut g, "v2", 620, BAD, FAST).is_empty(),
+            "closed for good"
+        );
 
         let mut g = guard(false);
         cut_over(&mut g);
@@ -1250,6 +1262,7 @@ mod tests {
             let mut g = guard(false);
             let alert = Alert {
                 alertname: "HighErrorRate".into(),
+                severity: "critical".into(),
                 version: version.map(Into::into),
                 starts_at: starts.map(at),
             };
@@ -1263,6 +1276,32 @@ mod tests {
                 rollback_target(&d).is_some(),
                 acts,
                 "{version:?} {starts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_alert_rollback_names_the_severity_that_acted() {
+        for severity in ["warning", "critical"] {
+            let mut g = guard(false);
+            cut_over(&mut g);
+            let alert = Alert {
+                alertname: "HighLatency".into(),
+                severity: severity.into(),
+                version: Some("v2".into()),
+                starts_at: None,
+            };
+            let d = g.handle(Signal::Alert(alert), at(20));
+            let Some(Decision::RollBack { state, trigger, .. }) = d.first() else {
+                panic!("{severity}: no rollback: {d:?}");
+            };
+            let said = format!("{severity} alert HighLatency");
+            assert_eq!(trigger.describe(), said);
+            assert_eq!(state.reason, said, "the reason annotation");
+            assert_eq!(
+                trigger.label(),
+                "alert",
+                "the metric label names no severity"
             );
         }
     }

@@ -128,7 +128,8 @@ impl Narrator {
     }
 }
 
-/// The running sandbox; dropping it stops every child process.
+/// The running sandbox. [`Sandbox::stop`] stops it and waits for every child process to exit;
+/// dropping it (on an error) only kills them.
 struct Sandbox {
     dir: tempfile::TempDir,
     api: ApiServer,
@@ -137,6 +138,25 @@ struct Sandbox {
     alertmanager: ChildServer,
     main: u16,
     admin: u16,
+}
+
+impl Sandbox {
+    /// Stops every child process and returns once each has exited, then the in-process servers.
+    async fn stop(self) -> Result<()> {
+        let Self {
+            dir,
+            api,
+            app,
+            prometheus,
+            alertmanager,
+            ..
+        } = self;
+        // Prometheus first: it scrapes the app and sends alerts to Alertmanager.
+        let prometheus = prometheus.stop().await;
+        let alertmanager = alertmanager.stop().await;
+        drop((app, api, dir));
+        prometheus.and(alertmanager)
+    }
 }
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -400,11 +420,14 @@ pub async fn run(options: &DemoOptions, shutdown: CancellationToken) -> Result<b
         }
     }
     stop.cancel();
-    if let Ok(Err(e)) = watchdog.await {
+    let served = watchdog.await;
+    // Said only once every child process is gone, not while one is still exiting.
+    let stopped = sandbox.stop().await;
+    if let Ok(Err(e)) = served {
         return Err(e);
     }
+    stopped?;
     println!("stopped the watchdog, Prometheus, Alertmanager and the sandbox.");
-    drop(sandbox);
     Ok(as_expected)
 }
 
@@ -600,4 +623,49 @@ async fn summary(
     println!(
         "  kubectl get pods -o custom-columns=NAME:.metadata.name,VERSION:.metadata.labels.version,READY:.status.conditions[0].status"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use super::*;
+
+    /// A child that would run for a minute, standing in for Prometheus or Alertmanager; its pid.
+    fn sleeper(name: &'static str) -> (ChildServer, u32) {
+        let child = tokio::process::Command::new("sleep")
+            .arg("60")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        (ChildServer::adopt(name, child, dir, addr), pid)
+    }
+
+    #[tokio::test]
+    async fn stopping_the_sandbox_returns_only_once_every_child_is_reaped() {
+        let (prometheus, prometheus_pid) = sleeper("prometheus");
+        let (alertmanager, alertmanager_pid) = sleeper("alertmanager");
+        let sandbox = Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+            api: ApiServer::start().await.unwrap(),
+            app: TrafficApp::start(APP, &[("v1", HEALTHY)]).await.unwrap(),
+            prometheus,
+            alertmanager,
+            main: 0,
+            admin: 0,
+        };
+        sandbox.stop().await.unwrap();
+        for pid in [prometheus_pid, alertmanager_pid] {
+            // A process that exited but was not reaped keeps its /proc entry, as a zombie.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "child {pid} still there after stop:\n{status}"
+            );
+        }
+    }
 }

@@ -68,7 +68,8 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "rollbacks_total",
-                        "Selector rollbacks carried out and confirmed.",
+                        "Selector reverts that landed (the API accepted the patch), by guard and \
+                         trigger (a check's name, or alert).",
                     ),
                     &["guard", "trigger"],
                 )?,
@@ -355,5 +356,21 @@ mod tests {
                 "{name} missing:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_rollbacks_counter_says_it_counts_selector_reverts_that_landed() {
+        let m = Metrics::new().unwrap();
+        m.rollbacks_total.with_label_values(&["g", "alert"]).inc();
+        let text = m.render();
+        let help = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# HELP cutover_watchdog_rollbacks_total "))
+            .unwrap_or_else(|| panic!("no HELP line:\n{text}"));
+        assert_eq!(
+            help,
+            "Selector reverts that landed (the API accepted the patch), by guard and trigger \
+             (a check's name, or alert)."
+        );
     }
 }

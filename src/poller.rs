@@ -7,8 +7,9 @@
 //! blinds another; a batch that fails for any other reason (a timeout, a 5xx, a broken
 //! connection, a body no Prometheus sends) fails all its queries at once, since asking once per
 //! query would only multiply the load on a Prometheus already in trouble. It decides nothing: it
-//! hands samples (and, for status, why a query failed) to the guards' tasks, ticks their clocks,
-//! and keeps a one-line account of how Prometheus is answering for `/readyz`.
+//! hands samples (and, for status, why a query failed) to the tasks of the guards with an open
+//! window, and keeps a one-line account of how Prometheus is answering for `/readyz`. Those polls
+//! are also what ends a window: the decision core closes one that a poll finds past its end.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,7 +126,7 @@ impl Poller {
         }
     }
 
-    /// One round: every open window's checks, then a signal to every guard.
+    /// One round: every open window's checks, then their samples to those windows' guards.
     async fn round(&self, at: Timestamp) {
         let started = std::time::Instant::now();
         let windows: Vec<Option<Polling>> = self
@@ -151,31 +152,30 @@ impl Poller {
         }
         let mut results = results.into_iter();
         for (target, window) in self.targets.iter().zip(windows) {
-            let input = match window {
-                Some(w) => {
-                    let (samples, errors) = target
-                        .checks
-                        .iter()
-                        .map(|(check, _)| {
-                            let result = results.next().unwrap_or_else(|| {
-                                Err((QueryError::Body, "missing batch result".into()))
-                            });
-                            let error = result
-                                .as_ref()
-                                .err()
-                                .map(|(kind, message)| format!("{}: {message}", kind.as_label()));
-                            (self.sample(&target.guard, check, result), error)
-                        })
-                        .unzip();
-                    let signal = Signal::Polled {
-                        samples,
-                        version: w.version,
-                        at,
-                    };
-                    Input::Polled { signal, errors }
-                }
-                None => Input::Signal(Signal::Tick),
+            // A guard with no open window has nothing to poll, and nothing to end.
+            let Some(w) = window else {
+                continue;
             };
+            let (samples, errors) = target
+                .checks
+                .iter()
+                .map(|(check, _)| {
+                    let result = results
+                        .next()
+                        .unwrap_or_else(|| Err((QueryError::Body, "missing batch result".into())));
+                    let error = result
+                        .as_ref()
+                        .err()
+                        .map(|(kind, message)| format!("{}: {message}", kind.as_label()));
+                    (self.sample(&target.guard, check, result), error)
+                })
+                .unzip();
+            let signal = Signal::Polled {
+                samples,
+                version: w.version,
+                at,
+            };
+            let input = Input::Polled { signal, errors };
             // Never wait on one guard: a poll it misses only delays its next sample.
             if target.inbox.try_send(input).is_err() {
                 warn!(guard = %target.guard, "guard is busy; skipped one poll");
@@ -258,5 +258,53 @@ impl Poller {
             Sample::Error => {}
         }
         sample
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use url::Url;
+
+    use crate::guard::Polling;
+
+    fn target(guard: &str, window: Option<Polling>) -> (PollTarget, mpsc::Receiver<Input>) {
+        let (inbox, received) = mpsc::channel(4);
+        let target = PollTarget {
+            guard: guard.into(),
+            checks: Vec::new(),
+            polling: watch::channel(window).1,
+            inbox,
+        };
+        (target, received)
+    }
+
+    #[tokio::test]
+    async fn a_round_signals_only_the_guards_with_an_open_window() {
+        let (closed, mut closed_inbox) = target("closed", None);
+        let window = Polling {
+            version: "v2".into(),
+            previous: "v1".into(),
+        };
+        let (open, mut open_inbox) = target("open", Some(window));
+        // Nothing listens here; with no checks, the round asks Prometheus nothing.
+        let url = Url::parse("http://127.0.0.1:9").unwrap();
+        let poller = Poller {
+            targets: vec![closed, open],
+            prometheus: Prometheus::new(&url, Duration::from_secs(1)).unwrap(),
+            metrics: Metrics::new().unwrap(),
+            interval: Duration::from_secs(1),
+            wake: Arc::default(),
+            health: Arc::default(),
+        };
+        poller.round(Timestamp::now()).await;
+        let got = closed_inbox.try_recv();
+        assert!(got.is_err(), "a guard with no open window was sent {got:?}");
+        // The open window's poll is what closes it once its time is up.
+        let got = open_inbox.try_recv();
+        assert!(
+            matches!(&got, Ok(Input::Polled { signal: Signal::Polled { version, .. }, .. }) if version == "v2"),
+            "{got:?}"
+        );
     }
 }

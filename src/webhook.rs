@@ -3,10 +3,12 @@
 //! The handler rate-limits (one global bucket, before authentication, so a flood costs almost
 //! nothing), authenticates in constant time, bounds the body, validates the payload, routes each
 //! alert to the guards whose `alerts.match` it satisfies, and answers. It never waits on the
-//! Kubernetes API: alerts are enqueued to the guards' tasks, and only a full queue gets a 503, so
-//! that Alertmanager retries. Whether an alert acts (window open, green version, after the
-//! cutover, once per window) is decided by [`crate::decision`], not here. The accepted
-//! credentials are swapped in place when their file is rotated; [`crate::reload`] decides when.
+//! Kubernetes API: a payload's alerts are enqueued to the guards' tasks all at once or not at
+//! all, and a full queue gets a 503 with nothing enqueued, so that Alertmanager retries it whole
+//! (a follower, which runs no guards, answers 503 too). Whether an alert acts (window open, green
+//! version, after the cutover, once per window) is decided by [`crate::decision`], not here. The
+//! accepted credentials are swapped in place when their file is rotated; [`crate::reload`]
+//! decides when.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -26,7 +28,6 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 
 use crate::config::WebhookConfig;
@@ -134,6 +135,17 @@ fn header_digest(
 enum Scheme {
     Bearer,
     Basic { username: String },
+}
+
+impl Scheme {
+    /// The `WWW-Authenticate` challenge of a 401: the scheme that would be accepted, so a client
+    /// sent the wrong kind of credentials learns which kind to send.
+    fn challenge(&self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Bearer => "Bearer realm=\"cutover-watchdog\"",
+            Self::Basic { .. } => "Basic realm=\"cutover-watchdog\"",
+        })
+    }
 }
 
 /// The `Authorization` header the webhook accepts, from a file that may be rotated.
@@ -245,29 +257,37 @@ impl Webhook {
             .map_or(&[][..], HeaderValue::as_bytes);
         credentials.accepts(given)
     }
+
+    /// The `WWW-Authenticate` value of a 401; `None` when the endpoint is open (no 401 then).
+    fn challenge(&self) -> Option<HeaderValue> {
+        self.credentials.as_ref().map(|c| c.scheme.challenge())
+    }
 }
 
-/// Alertmanager's webhook body, version 4. Unknown fields are ignored, as Alertmanager adds some.
+/// Alertmanager's webhook body, version 4: only the fields the watchdog reads. The others
+/// (`status`, `receiver`, `groupLabels`, an alert's `endsAt`, `annotations`, ...) are ignored
+/// unparsed, so no value in them can get a payload refused.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Payload {
     pub version: String,
+    /// For the debug log of alerts that do not act.
     #[serde(default)]
     pub group_key: String,
-    pub status: String,
     pub alerts: Vec<PayloadAlert>,
 }
 
+/// One alert of a [`Payload`].
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PayloadAlert {
+    /// `firing` or `resolved`; only a firing alert acts.
     pub status: String,
     pub labels: BTreeMap<String, String>,
+    /// An alert without the guard's version label that started before the cutover does not act.
     #[serde(default)]
     pub starts_at: Option<Timestamp>,
-    /// `0001-01-01T00:00:00Z` means unset, for a firing alert.
-    #[serde(default)]
-    pub ends_at: Option<Timestamp>,
+    /// Kept for `/v1/guards`.
     #[serde(default)]
     pub fingerprint: Option<String>,
 }
@@ -308,8 +328,9 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
     if !webhook.authorized(headers) {
         // Say nothing of why: missing, malformed and wrong credentials look the same.
         let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized");
-        let scheme = HeaderValue::from_static("Bearer realm=\"cutover-watchdog\"");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, scheme);
+        if let Some(challenge) = webhook.challenge() {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         return r;
     }
     if !state.leader.allows() {
@@ -397,10 +418,13 @@ fn webhook_routes(state: &AppState) -> &Routes {
         .get_or_init(|| Routes::new(&state.guards))
 }
 
-/// Routes each alert to the guards it matches. Answers 503 only when a guard's queue is full.
+/// Routes each alert to the guards it matches, to all of them or to none: room is reserved in
+/// every target guard's queue before anything is queued or recorded, so a 503 (a queue full, or
+/// closed at shutdown) leaves nothing behind for Alertmanager's retry to deliver twice.
 fn dispatch(state: &AppState, payload: &Payload) -> Response {
     let now = Timestamp::now();
-    let mut routed = 0usize;
+    let mut deliveries: Vec<(&GuardHandle, Input)> = Vec::new();
+    let mut records: Vec<(&GuardHandle, AlertSeen)> = Vec::new();
     for alert in &payload.alerts {
         let status = match alert.status.as_str() {
             "firing" => "firing",
@@ -443,31 +467,43 @@ fn dispatch(state: &AppState, payload: &Payload) -> Response {
                 outcome,
             };
             if !acts {
-                // Nothing for the decision core: record it for /v1/guards and move on.
-                guard.alerts.record(seen);
+                // Nothing for the decision core: recorded for /v1/guards once the payload is taken.
+                records.push((guard, seen));
                 continue;
             }
             let input = Input::Alert {
                 alert: Alert {
                     alertname: alertname.clone(),
+                    // Present: only a listed severity acts.
+                    severity: severity.unwrap_or_default().to_owned(),
                     version: alert.labels.get(&guard.config.version_label).cloned(),
                     starts_at: alert.starts_at,
                 },
                 seen,
             };
-            match guard.inbox.try_send(input) {
-                Ok(()) => routed += 1,
-                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
-                            "guard {} cannot take alerts right now; retry",
-                            guard.config.name
-                        ),
-                    );
-                }
-            }
+            deliveries.push((guard, input));
         }
+    }
+    let mut permits = Vec::with_capacity(deliveries.len());
+    for (guard, _) in &deliveries {
+        // Dropping the permits taken so far, on return, gives their room back.
+        let Ok(permit) = guard.inbox.try_reserve() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "guard {} cannot take alerts right now; retry",
+                    guard.config.name
+                ),
+            );
+        };
+        permits.push(permit);
+    }
+    let routed = deliveries.len();
+    for (permit, (_, input)) in permits.into_iter().zip(deliveries) {
+        permit.send(input);
+    }
+    for (guard, seen) in records {
+        guard.alerts.record(seen);
     }
     answer(
         StatusCode::OK,

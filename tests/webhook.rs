@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -16,6 +17,7 @@ use common::secrets::{
     BASIC_HEADER, BASIC_USER, PASSWORD, ROTATED_BASIC_HEADER, TOKEN, TOKEN_BASE64,
 };
 use cutover_watchdog::config::Config;
+use cutover_watchdog::decision::{self, Decision, Signal};
 use cutover_watchdog::guard::{self, AlertLog, GuardHandle, Input};
 use cutover_watchdog::http::{AppState, router};
 use cutover_watchdog::leader::Fence;
@@ -41,41 +43,83 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn harness(extra_webhook: &str, queue: usize) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, format!("  {TOKEN}\n")).unwrap(); // whitespace and newline are trimmed
-    let yaml = format!(
-        "prometheus: {{url: 'http://127.0.0.1:9090'}}\n\
-         webhook:\n  bearer_token_file: {}\n{extra_webhook}\
-         guards:\n- name: checkout\n  service: svc-production\n  alerts:\n    match: {{app: my-microservice}}\n",
-        token.display()
-    );
-    let config = Config::from_yaml(&yaml).unwrap();
-    let g = Arc::new(config.guards[0].clone());
-    let (inbox_tx, inbox) = mpsc::channel(queue);
-    let (_, status) = watch::channel(guard::initial_status(&g));
-    let log = Arc::new(AlertLog::default());
-    let state = AppState {
-        guards: vec![GuardHandle {
+/// The router's state for `config`'s guards, the i-th with room for `queues[i]` inputs; the
+/// receiving end of each guard's queue and its alert log, in config order.
+fn state(
+    config: &Config,
+    queues: &[usize],
+) -> (AppState, Vec<mpsc::Receiver<Input>>, Vec<Arc<AlertLog>>) {
+    let mut handles = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut logs = Vec::new();
+    for (g, queue) in config.guards.iter().zip(queues) {
+        let g = Arc::new(g.clone());
+        let (inbox_tx, inbox) = mpsc::channel(*queue);
+        let (_, status) = watch::channel(guard::initial_status(&g));
+        let log = Arc::new(AlertLog::default());
+        handles.push(GuardHandle {
             config: g,
             inbox: inbox_tx,
             status,
             ready: Arc::new(AtomicBool::new(true)),
             alerts: log.clone(),
-        }]
-        .into(),
+        });
+        inboxes.push(inbox);
+        logs.push(log);
+    }
+    let state = AppState {
+        guards: handles.into(),
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
         leader: Fence::open(),
         prometheus: Arc::default(),
     };
+    (state, inboxes, logs)
+}
+
+/// A bearer-token webhook (`webhook` adds keys under `webhook:`) with `guards` (the YAML list
+/// under `guards:`).
+fn bearer_config(dir: &Path, extra_webhook: &str, guards: &str) -> Config {
+    let token = dir.join("token");
+    std::fs::write(&token, format!("  {TOKEN}\n")).unwrap(); // whitespace and newline are trimmed
+    let yaml = format!(
+        "prometheus: {{url: 'http://127.0.0.1:9090'}}\n\
+         webhook:\n  bearer_token_file: {}\n{extra_webhook}\
+         guards:\n{guards}",
+        token.display()
+    );
+    Config::from_yaml(&yaml).unwrap()
+}
+
+const CHECKOUT: &str =
+    "- name: checkout\n  service: svc-production\n  alerts:\n    match: {app: my-microservice}\n";
+
+fn harness(extra_webhook: &str, queue: usize) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bearer_config(dir.path(), extra_webhook, CHECKOUT);
+    let (state, mut inboxes, mut logs) = self::state(&config, &[queue]);
     Harness {
         state,
-        log,
-        inbox,
+        log: logs.remove(0),
+        inbox: inboxes.remove(0),
         _dir: dir,
     }
+}
+
+/// A webhook taking basic auth as [`BASIC_USER`] with [`PASSWORD`], and one guard; the guard's
+/// queue, and the temp dir holding the password file.
+fn basic_auth_state() -> (AppState, mpsc::Receiver<Input>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let yaml = format!(
+        "prometheus: {{url: 'http://127.0.0.1:9090'}}\nwebhook:\n  basic_auth: {{username: {BASIC_USER}, password_file: {}}}\n\
+         guards:\n- name: checkout\n  service: svc-production\n",
+        password.display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let (state, mut inboxes, _) = self::state(&config, &[4]);
+    (state, inboxes.remove(0), dir)
 }
 
 fn post() -> axum::http::request::Builder {
@@ -188,7 +232,10 @@ async fn missing_or_wrong_credentials_get_401_that_says_nothing_of_why() {
         )
         .await;
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{auth:?}");
-        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"cutover-watchdog\""
+        );
         assert!(drain(&mut h).is_empty());
         assert_eq!(requests_with_code(&h, "401"), 1);
         bodies.push(text);
@@ -321,32 +368,7 @@ async fn a_full_guard_queue_gets_503_so_alertmanager_retries() {
 
 #[tokio::test]
 async fn basic_auth_is_an_alternative_to_a_bearer_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("password");
-    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    let yaml = format!(
-        "prometheus: {{url: 'http://127.0.0.1:9090'}}\nwebhook:\n  basic_auth: {{username: {BASIC_USER}, password_file: {}}}\n\
-         guards:\n- name: checkout\n  service: svc-production\n",
-        password.display()
-    );
-    let config = Config::from_yaml(&yaml).unwrap();
-    let webhook = Webhook::from_config(&config.webhook).unwrap();
-    let g = Arc::new(config.guards[0].clone());
-    let (inbox, _rx) = mpsc::channel(4);
-    let state = AppState {
-        guards: vec![GuardHandle {
-            config: g.clone(),
-            inbox,
-            status: watch::channel(guard::initial_status(&g)).1,
-            ready: Arc::new(AtomicBool::new(true)),
-            alerts: Arc::default(),
-        }]
-        .into(),
-        metrics: Metrics::new().unwrap(),
-        webhook: Arc::new(webhook),
-        leader: Fence::open(),
-        prometheus: Arc::default(),
-    };
+    let (state, _inbox, _dir) = basic_auth_state();
     let body = fixture("firing-info-only.json");
     let request = |auth: &str| {
         post()
@@ -363,6 +385,128 @@ async fn basic_auth_is_an_alternative_to_a_bearer_token() {
         send(router(state), request(ROTATED_BASIC_HEADER)).await.0,
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn a_401_under_basic_auth_asks_for_basic_credentials() {
+    let (state, _inbox, _dir) = basic_auth_state();
+    let body = fixture("firing-info-only.json");
+    for auth in [
+        None,
+        Some(format!("Bearer {TOKEN}")),
+        Some(ROTATED_BASIC_HEADER.to_owned()),
+    ] {
+        let mut r = post().header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = &auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        let (code, _, headers) = send(
+            router(state.clone()),
+            r.body(Body::from(body.clone())).unwrap(),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE],
+            "Basic realm=\"cutover-watchdog\"",
+            "{auth:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_for_one_guard_queues_the_alert_to_no_guard() {
+    // Two guards take the same critical alert; `canary` has room for one input, `checkout` for
+    // four, and nobody drains either.
+    let dir = tempfile::tempdir().unwrap();
+    let canary =
+        "- name: canary\n  service: svc-canary\n  alerts:\n    match: {app: my-microservice}\n";
+    let config = bearer_config(dir.path(), "", &format!("{CHECKOUT}{canary}"));
+    let (state, mut inboxes, logs) = self::state(&config, &[4, 1]);
+    let post = || {
+        send(
+            router(state.clone()),
+            authorized(fixture("firing-critical-and-info.json")),
+        )
+    };
+    assert_eq!(post().await.0, StatusCode::OK);
+    let logged =
+        |logs: &[Arc<AlertLog>]| logs.iter().map(|l| l.snapshot().len()).collect::<Vec<_>>();
+    let before = logged(&logs);
+
+    // `canary`'s queue is full: the retry Alertmanager makes must be the only delivery.
+    let (code, body, _) = post().await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("guard canary"), "{body}");
+    assert_eq!(
+        inboxes[0].len(),
+        1,
+        "checkout got the refused payload's alert"
+    );
+    assert_eq!(inboxes[1].len(), 1);
+    assert_eq!(logged(&logs), before, "the refused payload was recorded");
+
+    // Once there is room, the retry reaches both.
+    inboxes[1].try_recv().unwrap();
+    assert_eq!(post().await.0, StatusCode::OK);
+    assert_eq!(inboxes[0].len(), 2);
+    assert_eq!(inboxes[1].len(), 1);
+}
+
+#[tokio::test]
+async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = "- name: checkout\n  service: svc-production\n  alerts:\n    match: {app: my-microservice}\n    severities: [warning]\n";
+    let config = bearer_config(dir.path(), "", guard);
+    let (state, mut inboxes, _) = self::state(&config, &[4]);
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&fixture("firing-critical-and-info.json")).unwrap();
+    let alert = &mut payload["alerts"][2];
+    alert["labels"]["alertname"] = "HighLatency".into();
+    alert["labels"]["severity"] = "warning".into();
+    let body = serde_json::to_vec(&payload).unwrap();
+    assert_eq!(
+        send(router(state), authorized(body)).await.0,
+        StatusCode::OK
+    );
+    let Ok(Input::Alert { alert, .. }) = inboxes[0].try_recv() else {
+        panic!("the warning alert was not delivered");
+    };
+
+    // The guard's core, in a window for v2, acts on it.
+    let mut core = decision::Guard::new(decision::Policy::from(&config.guards[0]));
+    let now = jiff::Timestamp::now();
+    for version in ["v1", "v2"] {
+        let observed = Signal::Observed {
+            version: Some(version.into()),
+            persisted: None,
+        };
+        core.handle(observed, now);
+    }
+    let decisions = core.handle(Signal::Alert(alert), now);
+    let Some(Decision::RollBack { trigger, state, .. }) = decisions.first() else {
+        panic!("no rollback: {decisions:?}");
+    };
+    assert_eq!(trigger.describe(), "warning alert HighLatency");
+    assert_eq!(state.reason, "warning alert HighLatency");
+    assert_eq!(trigger.label(), "alert", "the metric label stays `alert`");
+}
+
+#[tokio::test]
+async fn fields_the_watchdog_does_not_read_cannot_get_a_payload_refused() {
+    // Alertmanager 0.25's top-level `status` and each alert's `endsAt` decide nothing here.
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&fixture("firing-critical-and-info.json")).unwrap();
+    payload.as_object_mut().unwrap().remove("status");
+    for alert in payload["alerts"].as_array_mut().unwrap() {
+        alert["endsAt"] = "not a time".into();
+    }
+    let mut h = harness("", 16);
+    let body = serde_json::to_vec(&payload).unwrap();
+    let (code, text, _) = send(router(h.state.clone()), authorized(body)).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    let acting: Vec<_> = drain(&mut h).into_iter().filter(|d| d.2).collect();
+    assert_eq!(acting.len(), 1, "{acting:?}");
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -2,7 +2,8 @@
 //! loopback port.
 //!
 //! A missing binary is an error that names the Debian package to install; nothing here skips.
-//! Children are killed when their handle drops.
+//! Children are killed when their handle drops, which does not wait for them to exit;
+//! [`ChildServer::stop`] does, for whoever must say they stopped.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -52,6 +53,28 @@ impl ChildServer {
     /// Kills the process at once (SIGKILL) and waits for it to go.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Kills the process (SIGKILL) and returns once it has exited and been reaped.
+    pub async fn stop(mut self) -> Result<()> {
+        // An error here means the process already exited; the wait reaps it either way.
+        let _ = self.child.start_kill();
+        self.child.wait().await.map_err(|source| Error::Io {
+            context: format!("failed to wait for {} to exit", self.name),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// A server around `child`, already running, for tests of how children are stopped.
+    #[cfg(test)]
+    pub(crate) fn adopt(name: &'static str, child: Child, dir: TempDir, addr: SocketAddr) -> Self {
+        Self {
+            child,
+            addr,
+            dir,
+            name,
+        }
     }
 
     /// The process's combined output so far, for test failure messages.

@@ -10,11 +10,13 @@
 //! shutdown a lane finishes the command in hand and takes no new one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::mpsc;
+// Tokio's clock, the same in production, lets fast tests run the budget in paused time.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -361,7 +363,8 @@ impl Executor {
                 }));
             };
             match attempt {
-                Ok(Some(RollbackResult::RolledBack { .. })) => {
+                // A patch answered here is confirmed by a read; one seen landed by a read is.
+                Ok(Some(RollbackResult::RolledBack { confirmed: None })) => {
                     return Ok(RollbackResult::RolledBack {
                         confirmed: self.confirm(target, state).await,
                     });

@@ -5,35 +5,30 @@
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access;
 use crate::config::{Config, GuardConfig, WebhookConfig};
-use crate::decision::{self, Policy};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, Target};
-use crate::guard::{self, GuardHandle, GuardTask};
+use crate::guard::{Clock, GuardHandle, GuardTask};
 use crate::http::{self, AppState};
 use crate::leader::{Elector, Fence};
 use crate::metrics::Metrics;
 use crate::poller::{PollTarget, Poller, PrometheusHealth};
-use crate::promql::{Prometheus, Template};
+use crate::promql::Prometheus;
 use crate::reload::{Reload, Reloader};
 use crate::service::ServiceHandle;
 use crate::tls::{CertStore, TlsListener};
 use crate::webhook::Webhook;
-
-/// Queued Kubernetes writes per guard. A guard makes a handful of decisions per window.
-const LANE_QUEUE: usize = 16;
 
 /// A token cancelled on SIGTERM or Ctrl-C.
 pub fn shutdown_on_signal() -> Result<CancellationToken> {
@@ -401,75 +396,25 @@ fn prepare_guard(
     g: Arc<GuardConfig>,
     parts: &Parts<'_>,
 ) -> Result<(GuardHandle, GuardStart, PollTarget)> {
-    parts.metrics.init_guard(&g);
     let service = ServiceHandle::new(parts.client, &g);
-    let (inbox_tx, inbox_rx) = mpsc::channel(guard::INBOX);
-    let (reply_tx, reply_rx) = mpsc::channel(4);
-    let (lane_tx, lane_rx) = mpsc::channel(LANE_QUEUE);
-    let (status_tx, status_rx) = watch::channel(guard::initial_status(&g));
-    let (polling_tx, polling_rx) = watch::channel(None);
-    let ready = Arc::new(AtomicBool::new(false));
-    let alerts = Arc::new(guard::AlertLog::default());
-    let target = Target {
-        guard: g.name.clone(),
-        service: service.clone(),
-        min_ready_previous: g.min_ready_previous,
-        dry_run: g.dry_run,
-    };
-    let checks = g
-        .checks
-        .iter()
-        .map(|c| {
-            // Validated by Config::parse already; this only re-splits the text.
-            let template = Template::parse(&c.query)
-                .map_err(|m| Error::Unusable(format!("check {}: {m}", c.name)))?;
-            Ok((c.clone(), template))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let poll = PollTarget {
-        guard: g.name.clone(),
-        checks,
-        polling: polling_rx,
-        inbox: inbox_tx.clone(),
-    };
-    let watcher = guard::watch_service(
+    let (task, ends) = GuardTask::new(
+        g,
         service.clone(),
-        g.name.clone(),
-        inbox_tx.clone(),
-        ready.clone(),
         parts.metrics.clone(),
-        parts.stop.clone(),
+        parts.wake.clone(),
+        Clock::wall(),
     );
-    let task = GuardTask {
-        config: g.clone(),
-        core: decision::Guard::new(Policy::from(g.as_ref())),
-        service,
-        inbox: inbox_rx,
-        reply: reply_tx,
-        replies: reply_rx,
-        executor: lane_tx,
-        status: status_tx,
-        polling: polling_tx,
-        metrics: parts.metrics.clone(),
-        ready: ready.clone(),
-        alerts: alerts.clone(),
-        wake: parts.wake.clone(),
-    };
-    let lane = parts
-        .executor
-        .clone()
-        .run_lane(target, lane_rx, parts.shutdown.clone());
+    let g = &ends.handle.config;
+    let poll = PollTarget::new(g, ends.polling, ends.handle.inbox.clone())?;
+    let lane = parts.executor.clone().run_lane(
+        Target::new(g, service),
+        ends.commands,
+        parts.shutdown.clone(),
+    );
     let start = GuardStart {
-        watcher: Box::pin(watcher),
+        watcher: Box::pin(task.watcher(parts.stop.clone())),
         task: Box::pin(task.run(parts.stop.clone())),
         lane: Box::pin(lane),
     };
-    let handle = GuardHandle {
-        config: g,
-        inbox: inbox_tx,
-        status: status_rx,
-        ready,
-        alerts,
-    };
-    Ok((handle, start, poll))
+    Ok((ends.handle, start, poll))
 }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::config::GuardConfig;
 use crate::decision::{Decision, Outcome, Persisted, Signal, Trigger};
 use crate::error::{Error, Result, chain};
 use crate::leader::Fence;
@@ -44,10 +45,22 @@ pub struct Command {
 
 /// What the executor needs to know of each guard.
 pub struct Target {
-    pub guard: String,
-    pub service: ServiceHandle,
-    pub min_ready_previous: u32,
-    pub dry_run: bool,
+    guard: String,
+    service: ServiceHandle,
+    min_ready_previous: u32,
+    dry_run: bool,
+}
+
+impl Target {
+    #[must_use]
+    pub fn new(guard: &GuardConfig, service: ServiceHandle) -> Self {
+        Self {
+            guard: guard.name.clone(),
+            service,
+            min_ready_previous: guard.min_ready_previous,
+            dry_run: guard.dry_run,
+        }
+    }
 }
 
 /// Owns every Kubernetes write; shared by the lanes.

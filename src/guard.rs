@@ -28,6 +28,33 @@ use crate::service::{self, ServiceHandle};
 
 /// How many inputs may wait for a guard before senders wait.
 pub const INBOX: usize = 1024;
+/// Commands waiting for the guard's executor lane: a handful per window at most.
+const LANE_QUEUE: usize = 16;
+
+/// Where a guard's task reads the time: the wall clock in production; in tests, tokio's clock
+/// anchored once, so that paused time drives windows, `for` and stabilization.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Timestamp + Send + Sync>);
+
+impl Clock {
+    /// The system's wall clock.
+    #[must_use]
+    pub fn wall() -> Self {
+        Self(Arc::new(Timestamp::now))
+    }
+
+    /// The wall time now, advanced by tokio's clock from here on (paused in tests).
+    #[must_use]
+    pub fn tokio() -> Self {
+        let (instant, timestamp) = (Instant::now(), Timestamp::now());
+        Self(Arc::new(move || timestamp + instant.elapsed()))
+    }
+
+    #[must_use]
+    pub fn now(&self) -> Timestamp {
+        (self.0)()
+    }
+}
 
 /// An input to a guard's task.
 #[derive(Debug)]
@@ -169,25 +196,101 @@ struct Memory {
 
 /// The task that owns one guard's decision state.
 pub struct GuardTask {
-    pub config: Arc<GuardConfig>,
-    pub core: decision::Guard,
-    pub service: ServiceHandle,
-    pub inbox: mpsc::Receiver<Input>,
+    config: Arc<GuardConfig>,
+    core: decision::Guard,
+    service: ServiceHandle,
+    inbox: mpsc::Receiver<Input>,
     /// For executor replies.
-    pub reply: mpsc::Sender<Signal>,
-    pub replies: mpsc::Receiver<Signal>,
-    pub executor: mpsc::Sender<Command>,
-    pub status: watch::Sender<GuardStatus>,
-    pub polling: watch::Sender<Option<Polling>>,
-    pub metrics: Metrics,
-    pub ready: Arc<AtomicBool>,
-    pub alerts: Arc<AlertLog>,
+    reply: mpsc::Sender<Signal>,
+    replies: mpsc::Receiver<Signal>,
+    executor: mpsc::Sender<Command>,
+    status: watch::Sender<GuardStatus>,
+    polling: watch::Sender<Option<Polling>>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    alerts: Arc<AlertLog>,
     /// Wakes the poller when a window opens.
-    pub wake: Arc<tokio::sync::Notify>,
+    wake: Arc<tokio::sync::Notify>,
+    clock: Clock,
+    /// For [`GuardTask::watcher`]; dropped when the task runs, so that the inbox closes once
+    /// every sender is gone.
+    inbox_tx: Option<mpsc::Sender<Input>>,
+}
+
+/// What the rest of the watchdog holds of a guard built by [`GuardTask::new`].
+pub struct Ends {
+    /// For the webhook and `/v1/guards`.
+    pub handle: GuardHandle,
+    /// The open window, for the poller, which sends its samples to `handle.inbox`.
+    pub polling: watch::Receiver<Option<Polling>>,
+    /// The guard's commands, for its executor lane.
+    pub commands: mpsc::Receiver<Command>,
 }
 
 impl GuardTask {
+    /// A guard's task and its channels: the task to run, and the ends the webhook, the poller
+    /// and the executor hold. `wake` is notified when a window opens, for the poller.
+    #[must_use]
+    pub fn new(
+        config: Arc<GuardConfig>,
+        service: ServiceHandle,
+        metrics: Metrics,
+        wake: Arc<tokio::sync::Notify>,
+        clock: Clock,
+    ) -> (Self, Ends) {
+        metrics.init_guard(&config);
+        let (inbox_tx, inbox) = mpsc::channel(INBOX);
+        let (reply, replies) = mpsc::channel(4);
+        let (executor, commands) = mpsc::channel(LANE_QUEUE);
+        let (status, status_rx) = watch::channel(initial_status(&config));
+        let (polling, polling_rx) = watch::channel(None);
+        let ready = Arc::new(AtomicBool::new(false));
+        let alerts = Arc::new(AlertLog::default());
+        let ends = Ends {
+            handle: GuardHandle {
+                config: config.clone(),
+                inbox: inbox_tx.clone(),
+                status: status_rx,
+                ready: ready.clone(),
+                alerts: alerts.clone(),
+            },
+            polling: polling_rx,
+            commands,
+        };
+        let task = Self {
+            core: decision::Guard::new(decision::Policy::from(config.as_ref())),
+            config,
+            service,
+            inbox,
+            reply,
+            replies,
+            executor,
+            status,
+            polling,
+            metrics,
+            ready,
+            alerts,
+            wake,
+            clock,
+            inbox_tx: Some(inbox_tx),
+        };
+        (task, ends)
+    }
+
+    /// The list+watch of the guard's Service, feeding this task until `shutdown`.
+    pub fn watcher(&self, shutdown: CancellationToken) -> impl Future<Output = ()> + use<> {
+        watch_service(
+            self.service.clone(),
+            self.config.name.clone(),
+            self.inbox_tx.clone().unwrap_or_else(|| mpsc::channel(1).0),
+            self.ready.clone(),
+            self.metrics.clone(),
+            shutdown,
+        )
+    }
+
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.inbox_tx = None;
         let mut memory = Memory::default();
         loop {
             let input = tokio::select! {
@@ -199,7 +302,7 @@ impl GuardTask {
                     None => break,
                 },
             };
-            let now = Timestamp::now();
+            let now = self.clock.now();
             let decisions = match input {
                 Input::Signal(signal) => self.core.handle(signal, now),
                 Input::Polled { signal, errors } => {
@@ -386,7 +489,7 @@ pub fn initial_status(g: &GuardConfig) -> GuardStatus {
 
 /// Feeds the Service's list+watch into the guard's inbox, and marks the guard ready once the
 /// initial list is in.
-pub async fn watch_service(
+async fn watch_service(
     service: ServiceHandle,
     guard: String,
     inbox: mpsc::Sender<Input>,

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::CheckConfig;
+use crate::config::{CheckConfig, GuardConfig};
 use crate::decision::{Sample, Signal};
+use crate::error::{Error, Result};
 use crate::guard::{Input, Polling};
 use crate::metrics::Metrics;
 use crate::promql::{BatchFailure, Prometheus, QueryError, QueryResult, Template};
@@ -32,11 +33,37 @@ pub const BATCH: usize = 50;
 
 /// One guard, as the poller sees it.
 pub struct PollTarget {
-    pub guard: String,
-    pub checks: Vec<(CheckConfig, Template)>,
+    guard: String,
+    checks: Vec<(CheckConfig, Template)>,
     /// The open window, published by the guard's task.
-    pub polling: watch::Receiver<Option<Polling>>,
-    pub inbox: mpsc::Sender<Input>,
+    polling: watch::Receiver<Option<Polling>>,
+    inbox: mpsc::Sender<Input>,
+}
+
+impl PollTarget {
+    /// The poller's view of `guard`: its checks' queries, its open window, its inbox.
+    pub fn new(
+        guard: &GuardConfig,
+        polling: watch::Receiver<Option<Polling>>,
+        inbox: mpsc::Sender<Input>,
+    ) -> Result<Self> {
+        let checks = guard
+            .checks
+            .iter()
+            .map(|c| {
+                // Validated by Config::parse already; this only re-splits the text.
+                let template = Template::parse(&c.query)
+                    .map_err(|m| Error::Unusable(format!("check {}: {m}", c.name)))?;
+                Ok((c.clone(), template))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            guard: guard.name.clone(),
+            checks,
+            polling,
+            inbox,
+        })
+    }
 }
 
 /// Polls every guard's open window each `interval`.

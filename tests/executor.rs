@@ -201,12 +201,7 @@ fn lane_with(fence: impl FnOnce(&kube::Client, &Metrics) -> Fence) -> Lane {
         fence: fence(&client, &metrics),
     });
     let guard = &config.guards[0];
-    let target = Target {
-        guard: guard.name.clone(),
-        service: ServiceHandle::new(&client, guard),
-        min_ready_previous: guard.min_ready_previous,
-        dry_run: false,
-    };
+    let target = Target::new(guard, ServiceHandle::new(&client, guard));
     let (commands, inbox) = mpsc::channel(8);
     let (reply, replies) = mpsc::channel(8);
     let shutdown = CancellationToken::new();

@@ -1,0 +1,294 @@
+//! Fast tests for a guard's task and the poller, in paused time: `for`, windows and
+//! stabilization run on tokio's virtual clock, inputs go straight into the guard's inbox, and
+//! its decisions come out of its executor lane's queue. No processes, no Kubernetes, no
+//! Prometheus; `tests/end_to_end.rs` proves the same on real parts.
+
+// Test code: a failed setup step should panic right there.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Request, Response};
+use cutover_watchdog::config::Config;
+use cutover_watchdog::decision::{Decision, Outcome, Persisted, Phase, Sample, Signal};
+use cutover_watchdog::executor::Command;
+use cutover_watchdog::guard::{Clock, Ends, GuardTask, Input, Polling};
+use cutover_watchdog::metrics::Metrics;
+use cutover_watchdog::poller::{PollTarget, Poller, PrometheusHealth};
+use cutover_watchdog::promql::Prometheus;
+use cutover_watchdog::service::{ServiceHandle, annotations};
+use k8s_openapi::api::core::v1::Service;
+use kube::client::Body;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// The runbook's guard, time-scaled: a 10-minute window, 5 minutes to stable, an error-rate
+/// check that trips after 2 minutes above 2%.
+const CONFIG: &str = "prometheus: {url: 'http://127.0.0.1:9'}
+guards:
+- name: checkout
+  service: svc-production
+  window: 10m
+  stabilization: 5m
+  checks:
+  - {name: error_rate, query: 'rate(errors{version=\"{{version}}\"}[1m])', above: 0.02, for: 2m}
+";
+const BAD: Sample = Sample::Value(0.05);
+const OK: Sample = Sample::Value(0.001);
+
+/// A running guard task on a virtual clock, and the ends the rest of the watchdog would hold.
+struct Running {
+    ends: Ends,
+    clock: Clock,
+    wake: Arc<Notify>,
+    _stop: CancellationToken,
+}
+
+fn start() -> Running {
+    let config = Arc::new(Config::from_yaml(CONFIG).unwrap().guards[0].clone());
+    // The task reads no Service itself (the watch feeds it); the client only has to exist.
+    let (api, _) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let service = ServiceHandle::new(&kube::Client::new(api, "default"), &config);
+    let wake = Arc::new(Notify::new());
+    let clock = Clock::tokio();
+    let metrics = Metrics::new().unwrap();
+    let (task, ends) = GuardTask::new(config, service, metrics, wake.clone(), clock.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(task.run(stop.clone()));
+    Running {
+        ends,
+        clock,
+        wake,
+        _stop: stop,
+    }
+}
+
+impl Running {
+    async fn send(&self, input: Input) {
+        self.ends.handle.inbox.send(input).await.unwrap();
+    }
+
+    /// The watch showing the Service's selector on `version`, with `record` on it.
+    async fn watch_sees(&self, version: &str, record: Option<&Persisted>) {
+        let annotations = record.map(annotations).unwrap_or_default();
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "svc-production", "namespace": "default",
+                         "annotations": annotations},
+            "spec": {"selector": {"app": "shop", "version": version}},
+        }))
+        .unwrap();
+        self.send(Input::Service(Box::new(svc))).await;
+    }
+
+    /// One poll of the error-rate check, scheduled now.
+    async fn poll(&self, sample: Sample) {
+        let signal = Signal::Polled {
+            version: "v2".into(),
+            samples: vec![sample],
+            at: self.clock.now(),
+        };
+        let errors = vec![None];
+        self.send(Input::Polled { signal, errors }).await;
+    }
+
+    /// The next decision handed to the executor lane.
+    async fn decision(&mut self) -> Command {
+        let next = tokio::time::timeout(Duration::from_secs(1), self.ends.commands.recv());
+        next.await.expect("a decision").expect("the task alive")
+    }
+
+    /// No decision comes from what was sent so far.
+    async fn no_decision(&mut self) {
+        let next = tokio::time::timeout(Duration::from_secs(1), self.ends.commands.recv());
+        if let Ok(Some(command)) = next.await {
+            panic!("unexpected decision: {:?}", command.decision);
+        }
+    }
+
+    /// Cuts over from v1 to v2 as the watch sees it; the window opens.
+    async fn cut_over(&mut self) -> Persisted {
+        self.watch_sees("v1", None).await;
+        self.watch_sees("v2", None).await;
+        match self.decision().await.decision {
+            Decision::Opened(state) => state,
+            other => panic!("not opened: {other:?}"),
+        }
+    }
+
+    /// Waits (in virtual time, bounded) for the published status to satisfy `condition`.
+    async fn status(&mut self, condition: impl Fn(&cutover_watchdog::guard::GuardStatus) -> bool) {
+        let status = &mut self.ends.handle.status;
+        let changed = tokio::time::timeout(Duration::from_secs(1), status.wait_for(condition));
+        changed.await.expect("the status within a second").unwrap();
+    }
+}
+
+async fn advance(by: Duration) {
+    tokio::time::advance(by).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cutover_the_watch_sees_opens_a_window_and_wakes_the_poller_at_once() {
+    let mut g = start();
+    let woken = g.wake.clone();
+    let woken = tokio::spawn(async move { woken.notified().await });
+    let state = g.cut_over().await;
+    assert_eq!(
+        (state.version.as_str(), state.previous.as_str()),
+        ("v2", "v1")
+    );
+    tokio::time::timeout(Duration::from_secs(1), woken)
+        .await
+        .expect("the poller woken")
+        .unwrap();
+    let polling = g.ends.polling.borrow().clone();
+    let window = Polling {
+        version: "v2".into(),
+        previous: "v1".into(),
+    };
+    assert_eq!(polling, Some(window));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breach_held_for_for_rolls_back_once_and_the_window_closes_when_it_lands() {
+    let mut g = start();
+    g.cut_over().await;
+    g.poll(BAD).await;
+    advance(Duration::from_mins(1)).await;
+    g.poll(BAD).await;
+    g.no_decision().await;
+    advance(Duration::from_mins(1)).await;
+    g.poll(BAD).await;
+    let command = g.decision().await;
+    let Decision::RollBack { state, trigger, .. } = &command.decision else {
+        panic!("not a rollback: {:?}", command.decision);
+    };
+    assert_eq!(
+        (state.previous.as_str(), trigger.label()),
+        ("v1", "error_rate")
+    );
+    // In flight: more breached polls decide nothing more.
+    g.poll(BAD).await;
+    g.no_decision().await;
+    let done = Signal::Executed {
+        version: "v2".into(),
+        outcome: Outcome::RolledBack,
+    };
+    command.reply.send(done).await.unwrap();
+    g.status(|s| s.state == Some(Phase::RolledBack)).await;
+    assert!(g.ends.polling.borrow().is_none(), "nothing left to poll");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_window_is_stable_after_stabilization_and_closes_at_its_end() {
+    let mut g = start();
+    g.cut_over().await;
+    advance(Duration::from_mins(4)).await;
+    g.poll(OK).await;
+    g.no_decision().await; // clean, but before stabilization
+    advance(Duration::from_mins(1)).await;
+    g.poll(OK).await;
+    assert!(matches!(g.decision().await.decision, Decision::Stable(_)));
+    assert!(g.ends.polling.borrow().is_some(), "checks go on to the end");
+    advance(Duration::from_mins(5)).await;
+    g.poll(OK).await; // a poll past the end closes the window
+    g.status(|s| s.window.as_ref().is_some_and(|w| !w.open))
+        .await;
+    assert!(g.ends.polling.borrow().is_none());
+    g.no_decision().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_with_an_unknown_outcome_is_recorded_when_the_watch_shows_it_landed() {
+    let mut g = start();
+    g.cut_over().await;
+    g.poll(BAD).await;
+    advance(Duration::from_mins(2)).await;
+    g.poll(BAD).await;
+    let command = g.decision().await;
+    let Decision::RollBack { state, .. } = command.decision.clone() else {
+        panic!("not a rollback: {:?}", command.decision);
+    };
+    let unknown = Signal::Executed {
+        version: "v2".into(),
+        outcome: Outcome::Unknown,
+    };
+    command.reply.send(unknown).await.unwrap();
+    g.no_decision().await;
+    advance(Duration::from_secs(30)).await;
+    g.watch_sees("v1", Some(&state)).await;
+    let Decision::Landed {
+        decided_at,
+        seen_at,
+        ..
+    } = g.decision().await.decision
+    else {
+        panic!("not recorded as landed");
+    };
+    // Timed to the moment it was seen: the 1 s the last waits took, plus the 30 s.
+    let took = seen_at.duration_since(decided_at);
+    assert!(took >= jiff::SignedDuration::from_secs(30), "{took:?}");
+    g.status(|s| s.state == Some(Phase::RolledBack)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken() {
+    let config = Config::from_yaml(
+        "prometheus: {url: 'http://127.0.0.1:9'}\n\
+         guards: [{name: checkout, service: svc-production, alerts: {match: {app: shop}}}]\n",
+    )
+    .unwrap();
+    let (inbox, mut rounds) = mpsc::channel(8);
+    let window = Polling {
+        version: "v2".into(),
+        previous: "v1".into(),
+    };
+    let (_window, polling) = tokio::sync::watch::channel(Some(window));
+    let wake = Arc::new(Notify::new());
+    let poller = Poller {
+        // A guard with no checks: each round asks Prometheus nothing, and still signals.
+        targets: vec![PollTarget::new(&config.guards[0], polling, inbox).unwrap()],
+        prometheus: Prometheus::new(&config.prometheus.url, Duration::from_secs(1)).unwrap(),
+        metrics: Metrics::new().unwrap(),
+        interval: Duration::from_secs(10),
+        wake: wake.clone(),
+        health: Arc::new(PrometheusHealth::default()),
+    };
+    let stop = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    tokio::spawn(poller.run(stop.clone()));
+    let mut next_at = async || {
+        let input = tokio::time::timeout(Duration::from_mins(1), rounds.recv());
+        match input.await.unwrap().unwrap() {
+            Input::Polled {
+                signal: Signal::Polled { at, .. },
+                ..
+            } => (tokio::time::Instant::now() - started, at),
+            other => panic!("not a poll: {other:?}"),
+        }
+    };
+    let (first, first_at) = next_at().await;
+    let (second, second_at) = next_at().await;
+    assert_eq!((first, second), (Duration::ZERO, Duration::from_secs(10)));
+    assert_eq!(
+        second_at.duration_since(first_at),
+        jiff::SignedDuration::from_secs(10)
+    );
+    advance(Duration::from_secs(3)).await;
+    wake.notify_one();
+    let (woken, _) = next_at().await;
+    assert_eq!(
+        woken,
+        Duration::from_secs(13),
+        "at once, not at the next tick"
+    );
+    let (after, _) = next_at().await;
+    assert_eq!(
+        after,
+        Duration::from_secs(23),
+        "the schedule restarts from the wake"
+    );
+    stop.cancel();
+}

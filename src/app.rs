@@ -129,7 +129,7 @@ pub async fn serve(
         stop: &guards_stop,
         shutdown: &shutdown,
     };
-    let (handles, starts, poll_targets) = prepare_guards(&config, &parts)?;
+    let (handles, starts, poll_targets) = prepare_guards(&config, &parts);
     let health = Arc::new(PrometheusHealth::default());
     let poller = Poller {
         targets: poll_targets,
@@ -379,15 +379,15 @@ impl GuardStart {
 fn prepare_guards(
     config: &Config,
     parts: &Parts<'_>,
-) -> Result<(Vec<GuardHandle>, Vec<GuardStart>, Vec<PollTarget>)> {
+) -> (Vec<GuardHandle>, Vec<GuardStart>, Vec<PollTarget>) {
     let mut prepared = (Vec::new(), Vec::new(), Vec::new());
     for g in &config.guards {
-        let (handle, start, poll) = prepare_guard(Arc::new(g.clone()), parts)?;
+        let (handle, start, poll) = prepare_guard(Arc::new(g.clone()), parts);
         prepared.0.push(handle);
         prepared.1.push(start);
         prepared.2.push(poll);
     }
-    Ok(prepared)
+    prepared
 }
 
 /// Builds one guard's watcher, decision task and executor lane; returns what the HTTP side and
@@ -395,7 +395,7 @@ fn prepare_guards(
 fn prepare_guard(
     g: Arc<GuardConfig>,
     parts: &Parts<'_>,
-) -> Result<(GuardHandle, GuardStart, PollTarget)> {
+) -> (GuardHandle, GuardStart, PollTarget) {
     let service = ServiceHandle::new(parts.client, &g);
     let (task, ends) = GuardTask::new(
         g,
@@ -405,7 +405,7 @@ fn prepare_guard(
         Clock::wall(),
     );
     let g = &ends.handle.config;
-    let poll = PollTarget::new(g, ends.polling, ends.handle.inbox.clone())?;
+    let poll = PollTarget::new(g, ends.polling, ends.handle.inbox.clone());
     let lane = parts.executor.clone().run_lane(
         Target::new(g, service),
         ends.commands,
@@ -416,5 +416,5 @@ fn prepare_guard(
         task: Box::pin(task.run(parts.stop.clone())),
         lane: Box::pin(lane),
     };
-    Ok((ends.handle, start, poll))
+    (ends.handle, start, poll)
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::promql::Template;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -126,28 +127,28 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
-    fn validate(&self) -> std::result::Result<(), (String, String)> {
+    fn validate(&self) -> Checked {
         let w = self;
         if w.bearer_token_file.is_some() && w.basic_auth.is_some() {
-            return Err((
+            return Err(refuse(
                 "webhook".into(),
                 "set either `bearer_token_file` or `basic_auth`, not both".into(),
             ));
         }
         if w.max_body_bytes == 0 || w.max_body_bytes > 64 << 20 {
-            return Err((
+            return Err(refuse(
                 "webhook.max_body_bytes".into(),
                 "must be between 1 and 67108864".into(),
             ));
         }
         if w.rate_limit.per_second == 0 {
-            return Err((
+            return Err(refuse(
                 "webhook.rate_limit.per_second".into(),
                 "must be at least 1".into(),
             ));
         }
         if w.rate_limit.burst == 0 {
-            return Err((
+            return Err(refuse(
                 "webhook.rate_limit.burst".into(),
                 "must be at least 1".into(),
             ));
@@ -155,13 +156,13 @@ impl WebhookConfig {
         nonzero("webhook.reload_interval", w.reload_interval)?;
         match (&w.tls.cert_file, &w.tls.key_file) {
             (Some(_), None) => {
-                return Err((
+                return Err(refuse(
                     "webhook.tls.key_file".into(),
                     "is required when webhook.tls.cert_file is set".into(),
                 ));
             }
             (None, Some(_)) => {
-                return Err((
+                return Err(refuse(
                     "webhook.tls.cert_file".into(),
                     "is required when webhook.tls.key_file is set".into(),
                 ));
@@ -238,7 +239,7 @@ pub struct PrometheusConfig {
 }
 
 impl LeaderElectionConfig {
-    fn validate(&self) -> std::result::Result<(), (String, String)> {
+    fn validate(&self) -> Checked {
         check_dns_label("leader_election.lease_name", &self.lease_name)?;
         if let Some(ns) = &self.namespace {
             check_dns_label("leader_election.namespace", ns)?;
@@ -247,7 +248,7 @@ impl LeaderElectionConfig {
         // The leader acts for lease_duration - fence_margin after each renewal; a renewal must
         // fit in that, or leadership would lapse between two healthy renewals.
         if self.fence_margin + self.renew_interval >= self.lease_duration {
-            return Err((
+            return Err(refuse(
                 "leader_election".into(),
                 format!(
                     "renew_interval ({}) + fence_margin ({}) must be shorter than lease_duration ({})",
@@ -299,22 +300,58 @@ pub struct GuardConfig {
     pub alerts: Option<AlertsConfig>,
 }
 
-/// One PromQL check.
+/// One PromQL check, validated as it is read: its query parses and it has exactly one
+/// finite threshold.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "CheckFields")]
 pub struct CheckConfig {
     pub name: String,
     /// PromQL; `{{version}}` is the green version, `{{previous_version}}` the blue one.
-    pub query: String,
-    /// Breached when the value is above this.
-    pub above: Option<f64>,
-    /// Breached when the value is below this.
-    pub below: Option<f64>,
+    pub query: Template,
+    pub threshold: Threshold,
     /// Breached at every poll for this long trips the check.
-    #[serde(rename = "for", default, with = "duration")]
     pub for_: Duration,
-    #[serde(default)]
     pub on_no_data: NoDataPolicy,
+}
+
+/// A check as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckFields {
+    name: String,
+    query: Template,
+    /// Breached when the value is above this.
+    above: Option<f64>,
+    /// Breached when the value is below this.
+    below: Option<f64>,
+    #[serde(rename = "for", default, with = "duration")]
+    for_: Duration,
+    #[serde(default)]
+    on_no_data: NoDataPolicy,
+}
+
+impl TryFrom<CheckFields> for CheckConfig {
+    type Error = String;
+
+    fn try_from(c: CheckFields) -> std::result::Result<Self, String> {
+        let threshold = match (c.above, c.below) {
+            (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
+                return Err("the threshold must be a finite number".into());
+            }
+            (Some(t), None) => Threshold::Above(t),
+            (None, Some(t)) => Threshold::Below(t),
+            (Some(_), Some(_)) | (None, None) => {
+                return Err("exactly one of `above` or `below` is required".into());
+            }
+        };
+        Ok(Self {
+            name: c.name,
+            query: c.query,
+            threshold,
+            for_: c.for_,
+            on_no_data: c.on_no_data,
+        })
+    }
 }
 
 /// What an empty result or NaN means.
@@ -371,19 +408,6 @@ impl std::fmt::Display for Threshold {
     }
 }
 
-impl CheckConfig {
-    /// The validated threshold. Only call after [`Config::parse`] succeeded.
-    #[must_use]
-    pub fn threshold(&self) -> Threshold {
-        match (self.above, self.below) {
-            (Some(a), _) => Threshold::Above(a),
-            (None, Some(b)) => Threshold::Below(b),
-            // Unreachable after validation; a threshold nothing can breach is the safe reading.
-            (None, None) => Threshold::Above(f64::INFINITY),
-        }
-    }
-}
-
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -419,17 +443,17 @@ impl Config {
         })?;
         config
             .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
+            .map_err(|Invalid { key, message }| invalid(key, message))?;
         Ok(config)
     }
 
-    fn validate(&self) -> std::result::Result<(), (String, String)> {
+    fn validate(&self) -> Checked {
         match self.prometheus.url.scheme() {
             "http" => {}
             // Said at start-up, not found out at the first poll: the Prometheus client is
             // built without TLS (the ring-only TLS stack serves the webhook listener).
             "https" => {
-                return Err((
+                return Err(refuse(
                     "prometheus.url".into(),
                     "https is not supported yet: use http (an in-cluster Prometheus Service), \
                      or a TLS-terminating proxy beside the watchdog"
@@ -437,7 +461,7 @@ impl Config {
                 ));
             }
             other => {
-                return Err((
+                return Err(refuse(
                     "prometheus.url".into(),
                     format!("must be http, got {other}"),
                 ));
@@ -451,7 +475,10 @@ impl Config {
             le.validate()?;
         }
         if self.guards.is_empty() {
-            return Err(("guards".into(), "at least one guard is required".into()));
+            return Err(refuse(
+                "guards".into(),
+                "at least one guard is required".into(),
+            ));
         }
         let mut names = HashSet::new();
         let mut services = HashSet::new();
@@ -459,64 +486,44 @@ impl Config {
             let at = |k: &str| format!("guards[{i}].{k}");
             check_name(&at("name"), &g.name)?;
             if !names.insert(g.name.as_str()) {
-                return Err((at("name"), format!("duplicate guard name {:?}", g.name)));
+                return Err(refuse(
+                    at("name"),
+                    format!("duplicate guard name {:?}", g.name),
+                ));
             }
             check_dns_label(&at("namespace"), &g.namespace)?;
             check_dns_label(&at("service"), &g.service)?;
             if !services.insert((g.namespace.as_str(), g.service.as_str())) {
-                return Err((
+                return Err(refuse(
                     at("service"),
                     format!("service {}/{} is guarded twice", g.namespace, g.service),
                 ));
             }
             if g.version_label.is_empty() || g.version_label.len() > 316 {
-                return Err((at("version_label"), "must be a label key".into()));
+                return Err(refuse(at("version_label"), "must be a label key".into()));
             }
             nonzero(&at("window"), g.window)?;
             if g.stabilization > g.window {
-                return Err((
+                return Err(refuse(
                     at("stabilization"),
                     "must not be longer than `window`".into(),
                 ));
             }
             if let Some(a) = &g.alerts {
                 if a.match_labels.is_empty() {
-                    return Err((
+                    return Err(refuse(
                         at("alerts.match"),
                         "must name at least one label, or every alert would match".into(),
                     ));
                 }
                 if a.severities.is_empty() {
-                    return Err((
+                    return Err(refuse(
                         at("alerts.severities"),
                         "must list at least one severity".into(),
                     ));
                 }
             }
-            let mut checks = HashSet::new();
-            for (j, c) in g.checks.iter().enumerate() {
-                let at = |k: &str| format!("guards[{i}].checks[{j}].{k}");
-                check_name(&at("name"), &c.name)?;
-                if !checks.insert(c.name.as_str()) {
-                    return Err((at("name"), format!("duplicate check name {:?}", c.name)));
-                }
-                match (c.above, c.below) {
-                    (Some(_), Some(_)) | (None, None) => {
-                        return Err((
-                            format!("guards[{i}].checks[{j}]"),
-                            "exactly one of `above` or `below` is required".into(),
-                        ));
-                    }
-                    (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
-                        return Err((
-                            at("above/below"),
-                            "threshold must be a finite number".into(),
-                        ));
-                    }
-                    _ => {}
-                }
-                crate::promql::Template::parse(&c.query).map_err(|m| (at("query"), m))?;
-            }
+            validate_checks(i, g)?;
         }
         Ok(())
     }
@@ -527,15 +534,46 @@ impl Config {
     }
 }
 
-fn nonzero(key: &str, d: Duration) -> std::result::Result<(), (String, String)> {
+/// The checks of guard `i`: valid, unique names (each check's own fields were checked as it
+/// was read).
+fn validate_checks(i: usize, g: &GuardConfig) -> Checked {
+    let mut checks = HashSet::new();
+    for (j, c) in g.checks.iter().enumerate() {
+        let at = |k: &str| format!("guards[{i}].checks[{j}].{k}");
+        check_name(&at("name"), &c.name)?;
+        if !checks.insert(c.name.as_str()) {
+            return Err(refuse(
+                at("name"),
+                format!("duplicate check name {:?}", c.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A key whose value is refused, and why; [`Config::parse`] adds the file's path.
+#[derive(Debug)]
+struct Invalid {
+    key: String,
+    message: String,
+}
+
+/// The outcome of one validation step.
+type Checked = std::result::Result<(), Invalid>;
+
+fn refuse(key: String, message: String) -> Invalid {
+    Invalid { key, message }
+}
+
+fn nonzero(key: &str, d: Duration) -> Checked {
     if d.is_zero() {
-        return Err((key.into(), "must be longer than zero".into()));
+        return Err(refuse(key.into(), "must be longer than zero".into()));
     }
     Ok(())
 }
 
 /// Names become metric label values and event text: keep them short and plain.
-fn check_name(key: &str, name: &str) -> std::result::Result<(), (String, String)> {
+fn check_name(key: &str, name: &str) -> Checked {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -544,14 +582,14 @@ fn check_name(key: &str, name: &str) -> std::result::Result<(), (String, String)
     if ok {
         Ok(())
     } else {
-        Err((
+        Err(refuse(
             key.into(),
             format!("{name:?} must be 1-63 characters of [A-Za-z0-9._-]"),
         ))
     }
 }
 
-fn check_dns_label(key: &str, name: &str) -> std::result::Result<(), (String, String)> {
+fn check_dns_label(key: &str, name: &str) -> Checked {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -562,7 +600,7 @@ fn check_dns_label(key: &str, name: &str) -> std::result::Result<(), (String, St
     if ok {
         Ok(())
     } else {
-        Err((
+        Err(refuse(
             key.into(),
             format!("{name:?} is not a valid Kubernetes name"),
         ))
@@ -670,7 +708,7 @@ guards:
         assert_eq!(g.min_ready_previous, 1);
         assert!(!g.dry_run);
         assert_eq!(g.checks[0].on_no_data, NoDataPolicy::Ignore);
-        assert_eq!(g.checks[0].threshold(), Threshold::Above(0.02));
+        assert_eq!(g.checks[0].threshold, Threshold::Above(0.02));
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9091");
     }

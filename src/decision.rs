@@ -41,7 +41,7 @@ impl From<&GuardConfig> for Policy {
                 .iter()
                 .map(|c| Check {
                     name: c.name.clone(),
-                    threshold: c.threshold(),
+                    threshold: c.threshold,
                     for_: c.for_,
                     on_no_data: c.on_no_data,
                 })

@@ -289,7 +289,7 @@ impl Metrics {
             let labels = [g, check.name.as_str()];
             self.check_threshold
                 .with_label_values(&labels)
-                .set(check.threshold().value());
+                .set(check.threshold.value());
             self.check_breached.with_label_values(&labels).set(0);
             self.check_no_data_total.with_label_values(&labels);
         }

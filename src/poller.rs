@@ -22,10 +22,9 @@ use tracing::warn;
 
 use crate::config::{CheckConfig, GuardConfig};
 use crate::decision::{Sample, Signal};
-use crate::error::{Error, Result};
 use crate::guard::{Input, Polling};
 use crate::metrics::Metrics;
-use crate::promql::{BatchFailure, Prometheus, QueryError, QueryResult, Template};
+use crate::promql::{BatchFailure, Prometheus, QueryError, QueryFailure, QueryResult};
 
 /// Queries per request. Prometheus evaluates a batch's queries one after another, so this
 /// bounds one request's latency as well as its size.
@@ -34,35 +33,26 @@ pub const BATCH: usize = 50;
 /// One guard, as the poller sees it.
 pub struct PollTarget {
     guard: String,
-    checks: Vec<(CheckConfig, Template)>,
+    checks: Vec<CheckConfig>,
     /// The open window, published by the guard's task.
     polling: watch::Receiver<Option<Polling>>,
     inbox: mpsc::Sender<Input>,
 }
 
 impl PollTarget {
-    /// The poller's view of `guard`: its checks' queries, its open window, its inbox.
+    /// The poller's view of `guard`: its checks, its open window, its inbox.
+    #[must_use]
     pub fn new(
         guard: &GuardConfig,
         polling: watch::Receiver<Option<Polling>>,
         inbox: mpsc::Sender<Input>,
-    ) -> Result<Self> {
-        let checks = guard
-            .checks
-            .iter()
-            .map(|c| {
-                // Validated by Config::parse already; this only re-splits the text.
-                let template = Template::parse(&c.query)
-                    .map_err(|m| Error::Unusable(format!("check {}: {m}", c.name)))?;
-                Ok((c.clone(), template))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             guard: guard.name.clone(),
-            checks,
+            checks: guard.checks.clone(),
             polling,
             inbox,
-        })
+        }
     }
 }
 
@@ -164,8 +154,8 @@ impl Poller {
         let mut queries = Vec::new();
         for (target, window) in self.targets.iter().zip(&windows) {
             if let Some(w) = window {
-                for (_, template) in &target.checks {
-                    queries.push(template.render(&w.version, &w.previous));
+                for check in &target.checks {
+                    queries.push(check.query.render(&w.version, &w.previous));
                 }
             }
         }
@@ -174,7 +164,7 @@ impl Poller {
             let error = results
                 .iter()
                 .find_map(|r| r.as_ref().err())
-                .map(|(kind, message)| format!("{}: {message}", kind.as_label()));
+                .map(ToString::to_string);
             self.health.record(Timestamp::now(), error);
         }
         let mut results = results.into_iter();
@@ -186,14 +176,15 @@ impl Poller {
             let (samples, errors) = target
                 .checks
                 .iter()
-                .map(|(check, _)| {
-                    let result = results
-                        .next()
-                        .unwrap_or_else(|| Err((QueryError::Body, "missing batch result".into())));
-                    let error = result
-                        .as_ref()
-                        .err()
-                        .map(|(kind, message)| format!("{}: {message}", kind.as_label()));
+                .map(|check| {
+                    let result = results.next().unwrap_or_else(|| {
+                        let missing = "missing batch result".to_owned();
+                        Err(QueryFailure {
+                            kind: QueryError::Body,
+                            message: missing,
+                        })
+                    });
+                    let error = result.as_ref().err().map(ToString::to_string);
                     (self.sample(&target.guard, check, result), error)
                 })
                 .unzip();
@@ -240,9 +231,9 @@ impl Poller {
                 futures::future::join_all(chunk.iter().map(|q| self.single(q))).await
             }
             // Prometheus is failing, not this batch: one failed request, counted once.
-            Err(BatchFailure::Failed((kind, message))) => {
-                self.count_error(kind, &message);
-                vec![Err((kind, message)); chunk.len()]
+            Err(BatchFailure::Failed(failure)) => {
+                self.count_error(&failure);
+                vec![Err(failure); chunk.len()]
             }
         }
     }
@@ -252,18 +243,19 @@ impl Poller {
         self.metrics
             .prometheus_query_duration_seconds
             .observe(took.as_secs_f64());
-        if let Err((kind, message)) = &result {
-            self.count_error(*kind, message);
+        if let Err(failure) = &result {
+            self.count_error(failure);
         }
         result
     }
 
-    fn count_error(&self, kind: QueryError, message: &str) {
+    fn count_error(&self, failure: &QueryFailure) {
+        let reason = failure.kind.as_label();
         self.metrics
             .prometheus_query_errors_total
-            .with_label_values(&[kind.as_label()])
+            .with_label_values(&[reason])
             .inc();
-        warn!(reason = kind.as_label(), error = %message, "prometheus query failed; not a breach");
+        warn!(reason, error = %failure.message, "prometheus query failed; not a breach");
     }
 
     fn sample(&self, guard: &str, check: &CheckConfig, result: QueryResult<Vec<f64>>) -> Sample {
@@ -274,7 +266,7 @@ impl Poller {
         if values.len() > 1 {
             warn!(guard, check = %check.name, series = values.len(), "query returned several series; the worst counts");
         }
-        let sample = Sample::from_values(&values, check.threshold());
+        let sample = Sample::from_values(&values, check.threshold);
         match sample {
             Sample::Value(v) => self.metrics.check_value.with_label_values(&labels).set(v),
             Sample::NoData => self

@@ -12,10 +12,20 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-/// A check's query with its `{{version}}` / `{{previous_version}}` placeholders located.
-#[derive(Debug, Clone, PartialEq)]
+/// A check's query with its `{{version}}` / `{{previous_version}}` placeholders located. Read
+/// from config as a string, and refused there if it does not parse.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Template {
     parts: Vec<Part>,
+}
+
+impl TryFrom<String> for Template {
+    type Error = String;
+
+    fn try_from(query: String) -> std::result::Result<Self, String> {
+        Self::parse(&query)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +108,21 @@ pub enum QueryError {
     Body,
 }
 
+/// Why a query gave no values: its kind (the closed set of the metric's `reason` label) and
+/// what was seen, for logs and `/v1/guards`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", kind.as_label())]
+pub struct QueryFailure {
+    pub kind: QueryError,
+    pub message: String,
+}
+
+impl QueryFailure {
+    fn new(kind: QueryError, message: String) -> Self {
+        Self { kind, message }
+    }
+}
+
 impl QueryError {
     pub const ALL: [Self; 4] = [Self::Timeout, Self::Connect, Self::Status, Self::Body];
 
@@ -140,7 +165,7 @@ impl Prometheus {
     pub async fn instant(&self, query: &str) -> (QueryResult<Vec<f64>>, Duration) {
         let started = Instant::now();
         let result = match self.send(query).await {
-            Ok(body) => parse_values(&body).map_err(|m| (QueryError::Body, m)),
+            Ok(body) => parse_values(&body).map_err(|m| QueryFailure::new(QueryError::Body, m)),
             Err(failure) => Err(failure.into()),
         };
         (result, started.elapsed())
@@ -155,9 +180,9 @@ impl Prometheus {
         let started = Instant::now();
         let result = match self.send(&batch_query(queries)).await {
             Ok(body) => parse_batch(&body, queries.len())
-                .map_err(|m| BatchFailure::Failed((QueryError::Body, m))),
+                .map_err(|m| BatchFailure::Failed(QueryFailure::new(QueryError::Body, m))),
             Err(Failure::Refused(message)) => Err(BatchFailure::Refused(message)),
-            Err(Failure::Failed(kind, message)) => Err(BatchFailure::Failed((kind, message))),
+            Err(Failure::Failed(failure)) => Err(BatchFailure::Failed(failure)),
         };
         (result, started.elapsed())
     }
@@ -175,7 +200,7 @@ impl Prometheus {
                 } else {
                     QueryError::Connect
                 };
-                Failure::Failed(kind, crate::error::chain(&e))
+                Failure::Failed(QueryFailure::new(kind, crate::error::chain(&e)))
             })?;
         let status = response.status();
         // A body cut short is the connection breaking, not a body we failed to understand.
@@ -185,7 +210,7 @@ impl Prometheus {
             } else {
                 QueryError::Connect
             };
-            Failure::Failed(kind, crate::error::chain(&e))
+            Failure::Failed(QueryFailure::new(kind, crate::error::chain(&e)))
         })?;
         if status.is_success() {
             return Ok(body);
@@ -204,7 +229,7 @@ impl Prometheus {
         // (5xx, or a proxy's 4xx) is about Prometheus or the way to it.
         Err(match status.as_u16() {
             400 | 422 => Failure::Refused(message),
-            _ => Failure::Failed(QueryError::Status, message),
+            _ => Failure::Failed(QueryFailure::new(QueryError::Status, message)),
         })
     }
 }
@@ -213,14 +238,14 @@ impl Prometheus {
 enum Failure {
     /// Prometheus answered, and refused this query.
     Refused(String),
-    Failed(QueryError, String),
+    Failed(QueryFailure),
 }
 
-impl From<Failure> for (QueryError, String) {
+impl From<Failure> for QueryFailure {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Refused(message) => (QueryError::Status, message),
-            Failure::Failed(kind, message) => (kind, message),
+            Failure::Refused(message) => Self::new(QueryError::Status, message),
+            Failure::Failed(failure) => failure,
         }
     }
 }
@@ -232,11 +257,11 @@ pub enum BatchFailure {
     /// Alone, each query gets its own answer.
     Refused(String),
     /// Prometheus, or the way to it, failed; every query in the batch failed with it.
-    Failed((QueryError, String)),
+    Failed(QueryFailure),
 }
 
 /// A query's outcome: the values, or why there are none.
-pub type QueryResult<T> = std::result::Result<T, (QueryError, String)>;
+pub type QueryResult<T> = std::result::Result<T, QueryFailure>;
 
 /// The start of a body that is not what we expected, on one line, for error messages: enough to
 /// tell an HTML error page from truncated JSON.

@@ -249,7 +249,7 @@ async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken(
     let wake = Arc::new(Notify::new());
     let poller = Poller {
         // A guard with no checks: each round asks Prometheus nothing, and still signals.
-        targets: vec![PollTarget::new(&config.guards[0], polling, inbox).unwrap()],
+        targets: vec![PollTarget::new(&config.guards[0], polling, inbox)],
         prometheus: Prometheus::new(&config.prometheus.url, Duration::from_secs(1)).unwrap(),
         metrics: Metrics::new().unwrap(),
         interval: Duration::from_secs(10),

@@ -392,10 +392,7 @@ fn prepare_guards(
 
 /// Builds one guard's watcher, decision task and executor lane; returns what the HTTP side and
 /// the poller need of it, and the tasks to start.
-fn prepare_guard(
-    g: Arc<GuardConfig>,
-    parts: &Parts<'_>,
-) -> (GuardHandle, GuardStart, PollTarget) {
+fn prepare_guard(g: Arc<GuardConfig>, parts: &Parts<'_>) -> (GuardHandle, GuardStart, PollTarget) {
     let service = ServiceHandle::new(parts.client, &g);
     let (task, ends) = GuardTask::new(
         g,

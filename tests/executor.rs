@@ -103,6 +103,16 @@ impl Api {
         answer.send_response(json_response(201, &seen.body));
     }
 
+    /// The rollback patch, answered as applied; then the confirming read and the `RolledBack`
+    /// Event.
+    async fn rollback_lands(&mut self) {
+        let landed = service("v1", Some(&window()));
+        let patch = self.answer(Method::PATCH, SVC_PATH, 200, &landed).await;
+        assert_rollback_patch(&patch);
+        self.service_read("v1", Some(&window())).await;
+        self.event("RolledBack").await;
+    }
+
     /// Nothing more is asked of the API.
     async fn done(&mut self) {
         tokio::task::yield_now().await;
@@ -300,18 +310,7 @@ async fn a_rollback_reads_checks_blue_and_patches_with_a_resource_version_precon
     l.api.event("RollbackTriggered").await;
     l.api.service_read("v2", None).await;
     l.api.blue_pods(2).await;
-    let patch = l
-        .api
-        .answer(
-            Method::PATCH,
-            SVC_PATH,
-            200,
-            &service("v1", Some(&window())),
-        )
-        .await;
-    assert_rollback_patch(&patch);
-    l.api.service_read("v1", Some(&window())).await; // the confirming read
-    l.api.event("RolledBack").await;
+    l.api.rollback_lands().await;
     assert_eq!(l.outcome().await, Outcome::RolledBack);
     assert_eq!(l.counted(), (1, 0));
     l.api.done().await;
@@ -328,18 +327,7 @@ async fn a_409_is_read_again_and_patched_with_the_new_resource_version() {
         .await;
     l.api.service_read("v2", None).await;
     l.api.blue_pods(2).await;
-    let patch = l
-        .api
-        .answer(
-            Method::PATCH,
-            SVC_PATH,
-            200,
-            &service("v1", Some(&window())),
-        )
-        .await;
-    assert_rollback_patch(&patch);
-    l.api.service_read("v1", Some(&window())).await;
-    l.api.event("RolledBack").await;
+    l.api.rollback_lands().await;
     assert_eq!(l.outcome().await, Outcome::RolledBack);
     l.api.done().await;
 }
@@ -366,16 +354,7 @@ async fn a_5xx_is_retried_after_a_backoff_inside_the_budget() {
         "retried after {waited:?}: the first backoff is 100 ms"
     );
     l.api.blue_pods(2).await;
-    l.api
-        .answer(
-            Method::PATCH,
-            SVC_PATH,
-            200,
-            &service("v1", Some(&window())),
-        )
-        .await;
-    l.api.service_read("v1", Some(&window())).await;
-    l.api.event("RolledBack").await;
+    l.api.rollback_lands().await;
     assert_eq!(l.outcome().await, Outcome::RolledBack);
     assert_eq!(l.counted(), (1, 0));
 }

@@ -611,7 +611,7 @@ fn check_dns_label(key: &str, name: &str) -> Checked {
 mod duration {
     use super::{Deserialize, Deserializer, Duration};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
@@ -622,55 +622,55 @@ mod defaults {
     use super::{Duration, SocketAddr};
     use std::net::{IpAddr, Ipv4Addr};
 
-    pub fn listen() -> SocketAddr {
+    pub(super) fn listen() -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)
     }
-    pub fn admin_listen() -> SocketAddr {
+    pub(super) fn admin_listen() -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9091)
     }
-    pub fn poll_interval() -> Duration {
+    pub(super) fn poll_interval() -> Duration {
         Duration::from_secs(15)
     }
-    pub fn prometheus_timeout() -> Duration {
+    pub(super) fn prometheus_timeout() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn kube_timeout() -> Duration {
+    pub(super) fn kube_timeout() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn lease_name() -> String {
+    pub(super) fn lease_name() -> String {
         "cutover-watchdog".into()
     }
-    pub fn lease_duration() -> Duration {
+    pub(super) fn lease_duration() -> Duration {
         Duration::from_secs(15)
     }
-    pub fn renew_interval() -> Duration {
+    pub(super) fn renew_interval() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn fence_margin() -> Duration {
+    pub(super) fn fence_margin() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn namespace() -> String {
+    pub(super) fn namespace() -> String {
         "default".into()
     }
-    pub fn version_label() -> String {
+    pub(super) fn version_label() -> String {
         "version".into()
     }
-    pub fn window() -> Duration {
+    pub(super) fn window() -> Duration {
         Duration::from_mins(10)
     }
-    pub fn stabilization() -> Duration {
+    pub(super) fn stabilization() -> Duration {
         Duration::from_mins(5)
     }
-    pub fn min_ready_previous() -> u32 {
+    pub(super) fn min_ready_previous() -> u32 {
         1
     }
-    pub fn max_body_bytes() -> usize {
+    pub(super) fn max_body_bytes() -> usize {
         1 << 20
     }
-    pub fn reload_interval() -> Duration {
+    pub(super) fn reload_interval() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn severities() -> Vec<String> {
+    pub(super) fn severities() -> Vec<String> {
         vec!["critical".into()]
     }
 }

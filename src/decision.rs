@@ -177,7 +177,7 @@ impl Trigger {
 }
 
 mod humantime_serde_secs {
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
     ) -> Result<S::Ok, S::Error> {

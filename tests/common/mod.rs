@@ -6,8 +6,10 @@
 //! Every watchdog child writes its log under [`log_dir`], kept after the test, so that
 //! `tests/secrets_in_logs.rs` can check the whole suite's logs for [`secrets::ALL`].
 
+// Each test binary uses a different part.
 #![allow(dead_code)]
-// each test binary uses a different part
+// Shared by every test crate as a private module: its `pub` is for its users, not exported.
+#![allow(unreachable_pub)]
 // Test support: a setup step that fails should fail the test, loudly, where it happened.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 

@@ -111,12 +111,12 @@ pub async fn serve(
         controller: "cutover-watchdog".into(),
         instance: Some(identity.chars().take(128).collect()),
     };
-    let executor = Arc::new(Executor {
-        recorder: Recorder::new(client.clone(), reporter),
-        metrics: metrics.clone(),
-        kube_timeout: config.kube_timeout,
-        fence: fence.clone(),
-    });
+    let executor = Arc::new(Executor::new(
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        config.kube_timeout,
+        fence.clone(),
+    ));
     // Guard tasks stop on this token, lanes on `shutdown`: cancelled together, but only the
     // lanes' shutdown is awaited with a deadline.
     let guards_stop = shutdown.child_token();

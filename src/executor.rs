@@ -65,12 +65,12 @@ impl Target {
 
 /// Owns every Kubernetes write; shared by the lanes.
 pub struct Executor {
-    pub recorder: Recorder,
-    pub metrics: Metrics,
+    recorder: Recorder,
+    metrics: Metrics,
     /// Budget for one command's API calls, retries included.
-    pub kube_timeout: Duration,
+    kube_timeout: Duration,
     /// Whether this replica may write at all.
-    pub fence: Fence,
+    fence: Fence,
 }
 
 enum RollbackResult {
@@ -89,6 +89,18 @@ enum RollbackResult {
 }
 
 impl Executor {
+    /// The writer for every lane: Events through `recorder`, each command's calls within
+    /// `kube_timeout`, and no write unless `fence` allows it.
+    #[must_use]
+    pub fn new(recorder: Recorder, metrics: Metrics, kube_timeout: Duration, fence: Fence) -> Self {
+        Self {
+            recorder,
+            metrics,
+            kube_timeout,
+            fence,
+        }
+    }
+
     /// Carries out one guard's commands in order until `shutdown`, finishing the one in hand.
     pub async fn run_lane(
         self: std::sync::Arc<Self>,

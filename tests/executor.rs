@@ -204,12 +204,12 @@ fn lane_with(fence: impl FnOnce(&kube::Client, &Metrics) -> Fence) -> Lane {
         controller: "cutover-watchdog".into(),
         instance: Some("test".into()),
     };
-    let executor = Arc::new(Executor {
-        recorder: Recorder::new(client.clone(), reporter),
-        metrics: metrics.clone(),
-        kube_timeout: KUBE_TIMEOUT,
-        fence: fence(&client, &metrics),
-    });
+    let executor = Arc::new(Executor::new(
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        KUBE_TIMEOUT,
+        fence(&client, &metrics),
+    ));
     let guard = &config.guards[0];
     let target = Target::new(guard, ServiceHandle::new(&client, guard));
     let (commands, inbox) = mpsc::channel(8);

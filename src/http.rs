@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -24,7 +24,7 @@ use crate::guard::{GuardHandle, GuardStatus};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::poller::PrometheusHealth;
-use crate::webhook::Webhook;
+use crate::webhook::{self, Webhook, WebhookState};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -38,11 +38,22 @@ pub struct AppState {
     pub prometheus: Arc<PrometheusHealth>,
 }
 
+impl FromRef<AppState> for WebhookState {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            guards: state.guards.clone(),
+            webhook: state.webhook.clone(),
+            metrics: state.metrics.clone(),
+            leader: state.leader.clone(),
+        }
+    }
+}
+
 /// The main listener's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/guards", get(guards))
-        .route("/webhook/alertmanager", post(crate::webhook::alertmanager))
+        .route("/webhook/alertmanager", post(webhook::alertmanager))
         .with_state(state)
 }
 

@@ -30,7 +30,9 @@ pub use self::payload::{Payload, PayloadAlert, PayloadError};
 use self::routing::Routes;
 use crate::config::WebhookConfig;
 use crate::error::Result;
-use crate::http::AppState;
+use crate::guard::GuardHandle;
+use crate::leader::Fence;
+use crate::metrics::Metrics;
 
 /// The webhook's settings, secrets loaded.
 pub struct Webhook {
@@ -84,6 +86,18 @@ impl Webhook {
     }
 }
 
+/// What the handler needs, and nothing more: the router's state derives it (axum's `FromRef`),
+/// so the webhook does not depend on the rest of the HTTP side.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Every guard, in config order: [`Routes`] indexes into this.
+    pub guards: Arc<[GuardHandle]>,
+    pub webhook: Arc<Webhook>,
+    pub metrics: Metrics,
+    /// Only the leader's guards run, so only the leader takes alerts.
+    pub leader: Fence,
+}
+
 fn answer(code: StatusCode, body: serde_json::Value) -> Response {
     (code, axum::Json(body)).into_response()
 }
@@ -94,7 +108,7 @@ fn error(code: StatusCode, message: &str) -> Response {
 
 /// The handler: every outcome is counted by its numeric status code.
 pub async fn alertmanager(
-    State(state): State<AppState>,
+    State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -107,7 +121,7 @@ pub async fn alertmanager(
     response
 }
 
-async fn intake(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+async fn intake(state: &WebhookState, headers: &HeaderMap, body: Body) -> Response {
     let webhook = &state.webhook;
     if let Err(not_until) = webhook.limiter.check() {
         let wait = not_until.wait_time_from(DefaultClock::default().now());

@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::Router;
 use axum::extract::{FromRef, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::guard::{GuardHandle, GuardStatus};
@@ -75,26 +75,43 @@ async fn guards(State(state): State<AppState>) -> Json<Vec<GuardStatus>> {
     Json(state.guards.iter().map(status).collect())
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+/// The text exposition format's content type, which Prometheus expects of a scrape.
+const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(EXPOSITION));
+    response
+}
+
+/// `/readyz`'s answer: 200 or 503, and plain text saying why, for the probe's output.
+struct Readiness {
+    ready: bool,
+    text: String,
+}
+
+impl IntoResponse for Readiness {
+    fn into_response(self) -> Response {
+        let mut response = self.text.into_response();
+        if !self.ready {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
+    }
 }
 
 /// Ready once this replica leads (always, without election) and every guard's watch is
 /// established, whatever Prometheus does (see the module docs). A follower is not ready, so the
 /// Service sends webhooks to the leader; the second line of the body says how Prometheus is
 /// answering.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(state): State<AppState>) -> Readiness {
     if !state.leader.allows() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
-        );
+        return Readiness {
+            ready: false,
+            text: "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
+        };
     }
     let waiting: Vec<&str> = state
         .guards
@@ -104,15 +121,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .collect();
     let prometheus = state.prometheus.describe();
     if waiting.is_empty() {
-        (StatusCode::OK, format!("ready\n{prometheus}\n"))
+        Readiness {
+            ready: true,
+            text: format!("ready\n{prometheus}\n"),
+        }
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
+        Readiness {
+            ready: false,
+            text: format!(
                 "waiting for the service watch of: {}\n{prometheus}\n",
                 waiting.join(", ")
             ),
-        )
+        }
     }
 }
 

@@ -65,7 +65,7 @@ impl Routes {
 /// A guard's inbox had no room (or was closed at shutdown): nothing of the payload was queued.
 #[derive(Debug, thiserror::Error)]
 #[error("guard {guard} cannot take alerts right now; retry")]
-pub(super) struct QueueFull {
+pub struct QueueFull {
     guard: String,
 }
 

@@ -117,9 +117,9 @@ pub struct WebhookState {
     pub leader: Fence,
 }
 
-/// Why the webhook did not take a request. Every refusal of every intake step is one of these,
-/// and [`IntoResponse`] is the one place that turns it into the answer: its status, the headers
-/// that go with it, and `{"error": "<this text>"}` on one line.
+/// Why a request was not taken. Every refusal of every intake step is one of these, and so is
+/// the routers' deadline; [`IntoResponse`] is the one place that turns it into the answer: its
+/// status, the headers that go with it, and `{"error": "<this text>"}` on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
     /// 400: the body ended early or failed in transit.
@@ -148,6 +148,11 @@ pub enum Rejection {
     /// 503: nothing of the payload was queued, so Alertmanager's retry delivers it once.
     #[error(transparent)]
     QueueFull(#[from] QueueFull),
+    /// 503: not answered within the routers' deadline (a body that trickles in); whatever the
+    /// request would have done was dropped with it, so a retry is safe. 503, not 408, because
+    /// Alertmanager retries a 5xx and gives up on a 4xx.
+    #[error("request not answered within {}s; retry", .after.as_secs())]
+    TimedOut { after: std::time::Duration },
 }
 
 impl Rejection {
@@ -159,7 +164,9 @@ impl Rejection {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotLeader | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotLeader | Self::QueueFull(_) | Self::TimedOut { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -192,34 +199,22 @@ pub struct Accepted {
     pub routed: usize,
 }
 
-/// The handler: every outcome is counted by its numeric status code.
+/// The handler: the intake steps in order, each refusing with a [`Rejection`]. Its answers are
+/// counted by [`count`], which the router puts outside its deadline so that a request cut off
+/// by it is counted too.
 pub async fn alertmanager(
     State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let response = intake(&state, &headers, body).await.into_response();
-    state
-        .metrics
-        .webhook_requests_total
-        .with_label_values(&[response.status().as_str()])
-        .inc();
-    response
-}
-
-async fn intake(
-    state: &WebhookState,
-    headers: &HeaderMap,
-    body: Body,
 ) -> std::result::Result<Json<Accepted>, Rejection> {
     let webhook = &state.webhook;
     webhook.admit()?;
-    webhook.authorize(headers)?;
+    webhook.authorize(&headers)?;
     if !state.leader.allows() {
         return Err(Rejection::NotLeader);
     }
-    require_json(headers)?;
-    let bytes = read_body(body, webhook.max_body, headers).await?;
+    require_json(&headers)?;
+    let bytes = read_body(body, webhook.max_body, &headers).await?;
     let payload = Payload::parse(&bytes)?;
     let index = webhook.routes.get_or_init(|| Routes::new(&state.guards));
     let routed = routing::dispatch(&state.guards, index, &state.metrics, &payload)?;
@@ -227,6 +222,16 @@ async fn intake(
         alerts: payload.alerts.len(),
         routed,
     }))
+}
+
+/// Counts a webhook answer in `webhook_requests_total` by its numeric status code: a layer
+/// (`axum::middleware::map_response_with_state`) around the webhook's route.
+pub async fn count(State(metrics): State<Metrics>, response: Response) -> Response {
+    metrics
+        .webhook_requests_total
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
 }
 
 /// `application/json`, with any parameters (`; charset=utf-8`), in any case.
@@ -307,6 +312,13 @@ mod tests {
                 Some((header::RETRY_AFTER, "3")),
             ),
             (Rejection::NotLeader, 503, Some((header::RETRY_AFTER, "1"))),
+            (
+                Rejection::TimedOut {
+                    after: std::time::Duration::from_secs(10),
+                },
+                503,
+                None,
+            ),
         ];
         for (rejection, status, header) in cases {
             let text = rejection.to_string();

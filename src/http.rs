@@ -3,6 +3,11 @@
 //!
 //! Handlers read snapshots and enqueue inputs; they never wait on the Kubernetes API.
 //!
+//! Every route has a deadline, [`REQUEST_TIMEOUT`]: a request not answered by then (a body that
+//! trickles in) gets 503, which Alertmanager retries. Every request is logged at debug level
+//! by method, path, status and latency, and deliberately by nothing else: the headers carry
+//! the webhook's credentials, the query string could, and bodies are the webhook's business.
+//!
 //! `/readyz` means "can take work": this replica leads (with leader election; a follower is not
 //! ready, so its Service routes webhooks to the leader) and every guard's Service watch is
 //! established. It deliberately
@@ -12,19 +17,23 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{FromRef, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::{Level, Span, warn};
 
 use crate::guard::{GuardHandle, GuardStatus};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::poller::PrometheusHealth;
-use crate::webhook::Webhook;
+use crate::webhook::{self, Rejection, Webhook, WebhookState};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -38,21 +47,98 @@ pub struct AppState {
     pub prometheus: Arc<PrometheusHealth>,
 }
 
+impl FromRef<AppState> for WebhookState {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            guards: state.guards.clone(),
+            webhook: state.webhook.clone(),
+            metrics: state.metrics.clone(),
+            leader: state.leader.clone(),
+        }
+    }
+}
+
+/// How long any request may take, from its headers read to its answer. Far above what any
+/// handler needs (none waits on the Kubernetes API, and Alertmanager sends its body at once),
+/// so it only cuts off a client that stalls, and answers it 503: Alertmanager retries a 5xx.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The main listener's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The webhook's answers are counted outside its deadline, so that a request cut off by it is
+    // counted (503) like any other answer. Both are the route's own layers, which a wrong method
+    // (405, not the webhook's answer) does not pass through.
+    let alertmanager = post(webhook::alertmanager)
+        .route_layer(middleware::from_fn(deadline))
+        .route_layer(middleware::map_response_with_state(
+            state.metrics.clone(),
+            webhook::count,
+        ));
+    let routes = Router::new()
         .route("/v1/guards", get(guards))
-        .route("/webhook/alertmanager", post(crate::webhook::alertmanager))
-        .with_state(state)
+        // Before the webhook's route is added: it has its deadline already.
+        .layer(middleware::from_fn(deadline))
+        .route("/webhook/alertmanager", alertmanager);
+    traced(routes).with_state(state)
 }
 
 /// The admin listener's routes.
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .layer(middleware::from_fn(deadline));
+    traced(routes).with_state(state)
+}
+
+/// Answers 503 ([`Rejection::TimedOut`]) if `next` has not answered within
+/// [`REQUEST_TIMEOUT`]; the handler is dropped, and with it whatever it had not done yet.
+async fn deadline(request: Request, next: Next) -> Response {
+    // Cheap clones (shared bytes), for the warning: the request span is off at the default level.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let Ok(response) = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await else {
+        warn!(
+            %method,
+            path = %uri.path(),
+            timeout_s = REQUEST_TIMEOUT.as_secs(),
+            "request not answered in time; answered 503"
+        );
+        return Rejection::TimedOut {
+            after: REQUEST_TIMEOUT,
+        }
+        .into_response();
+    };
+    response
+}
+
+/// The request log: a debug span per request with its method and path (not the query, which a
+/// client could put a token in), a line when it starts and one with status and latency when
+/// it is answered. Headers and bodies never: they carry the credentials.
+fn traced(routes: Router<AppState>) -> Router<AppState> {
+    routes.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(span)
+            .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+            .on_response(
+                DefaultOnResponse::new()
+                    .level(Level::DEBUG)
+                    .include_headers(false),
+            )
+            // A 5xx is already in the response line; a second, louder line per 503 would flood
+            // the log exactly when a storm is met with 503s by design.
+            .on_failure(())
+            .on_body_chunk(())
+            .on_eos(()),
+    )
+}
+
+fn span(request: &Request<Body>) -> Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+    )
 }
 
 async fn guards(State(state): State<AppState>) -> Json<Vec<GuardStatus>> {
@@ -64,26 +150,43 @@ async fn guards(State(state): State<AppState>) -> Json<Vec<GuardStatus>> {
     Json(state.guards.iter().map(status).collect())
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+/// The text exposition format's content type, which Prometheus expects of a scrape.
+const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(EXPOSITION));
+    response
+}
+
+/// `/readyz`'s answer: 200 or 503, and plain text saying why, for the probe's output.
+struct Readiness {
+    ready: bool,
+    text: String,
+}
+
+impl IntoResponse for Readiness {
+    fn into_response(self) -> Response {
+        let mut response = self.text.into_response();
+        if !self.ready {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
+    }
 }
 
 /// Ready once this replica leads (always, without election) and every guard's watch is
 /// established, whatever Prometheus does (see the module docs). A follower is not ready, so the
 /// Service sends webhooks to the leader; the second line of the body says how Prometheus is
 /// answering.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(state): State<AppState>) -> Readiness {
     if !state.leader.allows() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
-        );
+        return Readiness {
+            ready: false,
+            text: "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
+        };
     }
     let waiting: Vec<&str> = state
         .guards
@@ -93,15 +196,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .collect();
     let prometheus = state.prometheus.describe();
     if waiting.is_empty() {
-        (StatusCode::OK, format!("ready\n{prometheus}\n"))
+        Readiness {
+            ready: true,
+            text: format!("ready\n{prometheus}\n"),
+        }
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
+        Readiness {
+            ready: false,
+            text: format!(
                 "waiting for the service watch of: {}\n{prometheus}\n",
                 waiting.join(", ")
             ),
-        )
+        }
     }
 }
 
@@ -190,6 +296,18 @@ mod tests {
         s.prometheus.record(at, None);
         let (_, body) = get(admin_router(s), "/readyz").await;
         assert!(body.contains("prometheus answering"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_on_the_webhook_gets_405_and_is_not_counted_as_a_webhook_answer() {
+        let s = state(true);
+        let (status, _) = get(router(s.clone()), "/webhook/alertmanager").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        let text = s.metrics.render();
+        assert!(
+            !text.contains("webhook_requests_total{code=\"405\"}"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -7,22 +7,24 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::secrets::{
-    BASIC_HEADER, BASIC_USER, PASSWORD, ROTATED_BASIC_HEADER, TOKEN, TOKEN_BASE64,
+    BASIC_HEADER, BASIC_USER, PASSWORD, ROTATED_BASIC_HEADER, ROTATED_TOKEN, TOKEN, TOKEN_BASE64,
 };
 use cutover_watchdog::config::Config;
 use cutover_watchdog::decision::{self, Decision, Signal};
 use cutover_watchdog::guard::{self, AlertLog, GuardHandle, Input};
-use cutover_watchdog::http::{AppState, router};
+use cutover_watchdog::http::{AppState, REQUEST_TIMEOUT, router};
 use cutover_watchdog::leader::Fence;
 use cutover_watchdog::metrics::Metrics;
 use cutover_watchdog::webhook::Webhook;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tokio::sync::{mpsc, watch};
@@ -364,6 +366,92 @@ async fn a_full_guard_queue_gets_503_so_alertmanager_retries() {
     assert_eq!(post().await.0, StatusCode::OK);
     assert_eq!(post().await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(requests_with_code(&h, "503"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_body_stalls_gets_503_at_the_request_timeout_and_is_counted() {
+    let mut h = harness("", 16);
+    // The start of a payload, then nothing more, ever: the connection stays open.
+    let stalled = futures::stream::once(async {
+        Ok::<_, std::io::Error>(b"{\"version\": \"4\", \"alerts\": [".to_vec())
+    })
+    .chain(futures::stream::pending());
+    let request = post()
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let (code, body, _) = send(router(h.state.clone()), request).await;
+    let waited = started.elapsed();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        (REQUEST_TIMEOUT..REQUEST_TIMEOUT + Duration::from_secs(1)).contains(&waited),
+        "answered after {waited:?}"
+    );
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        error,
+        serde_json::json!({ "error": "request not answered within 10s; retry" })
+    );
+    assert!(drain(&mut h).is_empty(), "nothing of it is delivered");
+    assert_eq!(requests_with_code(&h, "503"), 1);
+}
+
+/// Every line logged while a test runs, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_request_log_has_method_path_and_status_but_no_header_or_query() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let h = harness("", 16);
+    let requests = || async {
+        for authorization in [format!("Bearer {TOKEN}"), BASIC_HEADER.to_owned()] {
+            let request = Request::post(format!("/webhook/alertmanager?token={ROTATED_TOKEN}"))
+                .header(header::AUTHORIZATION, authorization)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(fixture("firing-info-only.json")))
+                .unwrap();
+            send(router(h.state.clone()), request).await;
+        }
+    };
+    // The other tests run meanwhile, on other threads without this subscriber: a log call site
+    // one of them was registering just as it arrived may have missed it. Once every call site
+    // on this path is registered, recompute which are wanted, then log for real.
+    requests().await;
+    tracing::callsite::rebuild_interest_cache();
+    captured.0.lock().unwrap().clear();
+    requests().await;
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("finished processing request")
+            && text.contains("path=/webhook/alertmanager")
+            && text.contains("method=POST")
+            && text.contains("status=200")
+            && text.contains("status=401"),
+        "{text}"
+    );
+    for secret in [TOKEN, BASIC_HEADER, ROTATED_TOKEN, "authorization"] {
+        assert!(!text.contains(secret), "{secret} logged:\n{text}");
+    }
 }
 
 #[tokio::test]

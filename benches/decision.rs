@@ -32,6 +32,7 @@ fn guard_in_window() -> Guard {
             Signal::Observed {
                 version: Some(v.into()),
                 persisted: None,
+                resource_version: None,
             },
             t0,
         );

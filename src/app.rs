@@ -409,7 +409,7 @@ fn prepare_guard(g: Arc<GuardConfig>, parts: &Parts<'_>) -> (GuardHandle, GuardS
         parts.shutdown.clone(),
     );
     let start = GuardStart {
-        watcher: Box::pin(task.watcher(parts.stop.clone())),
+        watcher: Box::pin(ends.watcher.run(parts.stop.clone())),
         task: Box::pin(task.run(parts.stop.clone())),
         lane: Box::pin(lane),
     };

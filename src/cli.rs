@@ -46,7 +46,7 @@ pub enum Command {
 
 /// What `demo` answers in a binary built without the sandbox.
 pub const DEMO_NOT_BUILT: &str = "the demo is not built into this binary (the image carries no sandbox); \
-     run it from a checkout of cutover-watchdog: cargo run --features sandbox -- demo";
+     run it from a checkout of cutover-watchdog: cargo run --release --features sandbox -- demo";
 
 impl Command {
     /// The demo narrates on stdout: only warnings from the watchdog inside it are worth showing.

@@ -99,6 +99,15 @@ pub struct Persisted {
     pub reason: String,
 }
 
+impl Persisted {
+    /// Whether this record is the one the rollback of the window for `version`, opened at
+    /// `cutover_at`, writes together with the selector: its proof that the patch landed.
+    #[must_use]
+    pub fn records_rollback_of(&self, version: &str, cutover_at: Timestamp) -> bool {
+        self.phase == Phase::RolledBack && self.version == version && self.cutover_at == cutover_at
+    }
+}
+
 /// One poll's result for one check.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
@@ -197,7 +206,7 @@ pub struct Alert {
 }
 
 /// What the executor reports back about a rollback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     RolledBack,
     /// The target had too few Ready pods; the selector is unchanged.
@@ -205,8 +214,12 @@ pub enum Outcome {
     /// The API refused or failed; the selector is unchanged.
     Failed,
     /// The patch was sent and no answer came (a timeout, a connection broken after sending):
-    /// it may have landed or not. The next sight of the Service decides.
-    Unknown,
+    /// it may have landed or not. The next sight of the Service decides: the patch carried
+    /// `resource_version` as its precondition, so while the Service is still at that version
+    /// it may yet land, and once it is at another, it did (with our record) or never will.
+    Unknown {
+        resource_version: String,
+    },
     /// The selector no longer names the window's version; someone else changed it.
     NotApplicable,
 }
@@ -214,10 +227,12 @@ pub enum Outcome {
 /// An input to the core.
 #[derive(Debug, Clone)]
 pub enum Signal {
-    /// The Service as the watch sees it: its version, and the persisted window, if any.
+    /// The Service as the watch sees it: its version, the persisted window, if any, and its
+    /// `resourceVersion`.
     Observed {
         version: Option<String>,
         persisted: Option<Persisted>,
+        resource_version: Option<String>,
     },
     /// One poll of every check, in config order, for the window of `version`, scheduled at
     /// `at`. Breaches are timed by the schedule, not by when answers arrived, so `for` spans
@@ -306,6 +321,9 @@ struct Attempt {
     decided_at: Timestamp,
     /// When the watch showed it landed, if it did before the executor answered.
     landed_seen_at: Option<Timestamp>,
+    /// While the outcome is unknown: the `resourceVersion` the unanswered patch was sent
+    /// against.
+    unanswered: Option<String>,
 }
 
 /// A post-cutover window.
@@ -328,11 +346,20 @@ pub struct Window {
 impl Window {
     /// Whether `p` is the record this window's own rollback writes with the selector.
     fn rolled_back_by_us(&self, p: Option<&Persisted>) -> bool {
-        p.is_some_and(|p| {
-            p.phase == Phase::RolledBack
-                && p.version == self.version
-                && p.cutover_at == self.opened_at
-        })
+        p.is_some_and(|p| p.records_rollback_of(&self.version, self.opened_at))
+    }
+
+    /// Someone else moved the selector to `by`: the window closes, nothing more is patched.
+    fn supersede(&mut self, by: String) -> Decision {
+        self.open = false;
+        self.phase = Phase::Superseded;
+        self.rollback = Rollback::Idle;
+        self.attempt = None;
+        self.reason = format!("selector changed to {by} by someone else");
+        Decision::Superseded {
+            state: self.persisted(),
+            by,
+        }
     }
 
     /// The rollback whose outcome was unknown has landed, seen at `seen_at`.
@@ -409,9 +436,16 @@ impl Guard {
     /// Feeds one signal at time `now` and returns what should be done.
     pub fn handle(&mut self, signal: Signal, now: Timestamp) -> Vec<Decision> {
         match signal {
-            Signal::Observed { version, persisted } => {
-                self.observed(version, persisted.as_ref(), now)
-            }
+            Signal::Observed {
+                version,
+                persisted,
+                resource_version,
+            } => self.observed(
+                version,
+                persisted.as_ref(),
+                resource_version.as_deref(),
+                now,
+            ),
             Signal::Polled {
                 version,
                 samples,
@@ -461,6 +495,7 @@ impl Guard {
         &mut self,
         version: Option<String>,
         persisted: Option<&Persisted>,
+        resource_version: Option<&str>,
         now: Timestamp,
     ) -> Option<Decision> {
         // A selector without the version key guards nothing; keep what we knew.
@@ -468,41 +503,43 @@ impl Guard {
         let Some(current) = self.current.replace(version.clone()) else {
             return self.first_sight(version, persisted, now);
         };
-        if let Some(w) = self.window.as_mut().filter(|w| w.open)
-            && w.rollback == Rollback::Unknown
-            && version == w.version
-        {
-            // A rollback whose answer was lost, and the selector still names green: it failed.
-            w.rollback = Rollback::Idle;
-            let trigger = w.attempt.take()?.trigger;
-            let mut state = w.persisted();
-            state.reason = trigger.describe();
-            return Some(Decision::Lost { state, trigger });
+        if let Some(w) = self.window.as_mut().filter(|w| w.open) {
+            let ours = version == w.previous && w.rolled_back_by_us(persisted);
+            let still_green = version == w.version;
+            match (w.rollback, w.attempt.as_mut()) {
+                (Rollback::InFlight, Some(attempt)) if ours => {
+                    // Our own rollback landing before its answer: kept in case the answer
+                    // never comes.
+                    attempt.landed_seen_at.get_or_insert(now);
+                    return None;
+                }
+                (Rollback::Unknown, _) if ours => return w.landed(now),
+                (Rollback::Unknown, Some(attempt)) if still_green => {
+                    // Still at the version the unanswered patch was sent against, the patch
+                    // may yet land; at another, without our record, it never will.
+                    if resource_version.is_some()
+                        && resource_version == attempt.unanswered.as_deref()
+                    {
+                        return None;
+                    }
+                    w.rollback = Rollback::Idle;
+                    let trigger = w.attempt.take()?.trigger;
+                    let mut state = w.persisted();
+                    state.reason = trigger.describe();
+                    return Some(Decision::Lost { state, trigger });
+                }
+                _ => {}
+            }
         }
         if current == version {
             return None; // annotations or other fields changed, not the version
         }
         if let Some(w) = self.window.as_mut().filter(|w| w.open) {
             if version == w.previous {
-                let ours = w.rolled_back_by_us(persisted);
-                match (w.rollback, w.attempt.as_mut()) {
-                    (Rollback::InFlight, Some(attempt)) if ours => {
-                        // Our own rollback landing before its answer: kept in case the answer
-                        // never comes.
-                        attempt.landed_seen_at.get_or_insert(now);
-                        return None;
-                    }
-                    (Rollback::InFlight | Rollback::Done, _) => return None,
-                    (Rollback::Unknown, _) if ours => return w.landed(now),
-                    _ => {}
+                if matches!(w.rollback, Rollback::InFlight | Rollback::Done) {
+                    return None; // our own rollback landing; the executor's answer records it
                 }
-                w.open = false;
-                w.phase = Phase::Superseded;
-                w.reason = format!("selector changed back to {version} by someone else");
-                return Some(Decision::Superseded {
-                    state: w.persisted(),
-                    by: version,
-                });
+                return Some(w.supersede(version));
             }
             // B then C: an unproven B never becomes a rollback target.
             let target = if w.phase == Phase::Watching {
@@ -673,16 +710,21 @@ impl Guard {
         }
         let announce = match w.rollback {
             Rollback::Idle => true,
-            // Unknown: the executor's re-read tells whether the lost one landed; no new episode.
             Rollback::Blocked | Rollback::Unknown => false,
             Rollback::InFlight | Rollback::Done => return None,
         };
-        w.rollback = Rollback::InFlight;
-        w.attempt = Some(Attempt {
-            trigger: trigger.clone(),
+        // From Unknown, the same rollback is carried on: the executor's re-read tells whether
+        // the unanswered patch landed, and the record names what decided it, when.
+        let attempt = w.attempt.take().filter(|_| w.rollback == Rollback::Unknown);
+        let attempt = attempt.unwrap_or(Attempt {
+            trigger,
             decided_at: now,
             landed_seen_at: None,
+            unanswered: None,
         });
+        let trigger = attempt.trigger.clone();
+        w.attempt = Some(attempt);
+        w.rollback = Rollback::InFlight;
         let mut state = w.persisted();
         state.phase = Phase::RolledBack;
         state.reason = trigger.describe();
@@ -698,6 +740,13 @@ impl Guard {
         if w.rollback != Rollback::InFlight {
             return None;
         }
+        let seen = w.attempt.as_ref().and_then(|a| a.landed_seen_at);
+        if let Some(seen_at) = seen
+            && outcome != Outcome::RolledBack
+        {
+            // The watch already showed it landed, whatever the executor could not tell.
+            return w.landed(seen_at);
+        }
         match outcome {
             Outcome::RolledBack => {
                 w.rollback = Rollback::Done;
@@ -706,25 +755,16 @@ impl Guard {
                 w.phase = Phase::RolledBack;
                 self.current = Some(w.previous.clone());
             }
-            Outcome::Unknown => {
-                let seen = w.attempt.as_ref().and_then(|a| a.landed_seen_at);
-                if let Some(seen_at) = seen {
-                    return w.landed(seen_at);
-                }
+            Outcome::Unknown { resource_version } => {
                 if self.current.as_deref() != Some(w.version.as_str()) {
                     // The selector moved, but not with our record: someone else moved it.
                     let by = self.current.clone().unwrap_or_default();
-                    w.open = false;
-                    w.phase = Phase::Superseded;
-                    w.rollback = Rollback::Idle;
-                    w.attempt = None;
-                    w.reason = format!("selector changed to {by} by someone else");
-                    return Some(Decision::Superseded {
-                        state: w.persisted(),
-                        by,
-                    });
+                    return Some(w.supersede(by));
                 }
                 w.rollback = Rollback::Unknown;
+                if let Some(attempt) = &mut w.attempt {
+                    attempt.unanswered = Some(resource_version);
+                }
             }
             Outcome::Blocked => w.rollback = Rollback::Blocked,
             Outcome::Failed | Outcome::NotApplicable => w.rollback = Rollback::Idle,
@@ -734,10 +774,22 @@ impl Guard {
 
     /// Closes the open window if its time is up at `now`.
     fn end_if_over(&mut self, now: Timestamp) -> Option<Decision> {
-        let w = self
-            .window
-            .as_mut()
-            .filter(|w| w.open && now >= w.ends_at)?;
+        if let Some(w) = self.window.as_ref()
+            && w.open
+            && now >= w.ends_at
+            && w.rollback == Rollback::Unknown
+        {
+            // Time is up and nothing has shown whether the unanswered patch landed: ask again
+            // (the executor reads first) rather than leave the window open forever.
+            let trigger = w.attempt.as_ref()?.trigger.clone();
+            return self.roll_back(trigger, now);
+        }
+        // A rollback decided in the window is carried through: its window ends with its outcome.
+        let w = self.window.as_mut().filter(|w| {
+            w.open
+                && now >= w.ends_at
+                && !matches!(w.rollback, Rollback::InFlight | Rollback::Unknown)
+        })?;
         w.open = false;
         if w.phase != Phase::Watching {
             return None; // a stable window simply ends
@@ -795,6 +847,7 @@ mod tests {
             Signal::Observed {
                 version: Some(version.into()),
                 persisted: None,
+                resource_version: None,
             },
             at(t),
         )
@@ -1033,9 +1086,27 @@ mod tests {
         g.handle(s, at(t))
     }
 
-    /// The Service seen on `version`, carrying the record of the window opened at 10 s in
-    /// `phase` (`None`: no record).
+    /// The rollback's patch was sent against resourceVersion 7 and got no answer.
+    fn unknown() -> Outcome {
+        Outcome::Unknown {
+            resource_version: "7".into(),
+        }
+    }
+
+    /// The Service seen at resourceVersion 8 (it moved on from the unanswered patch's 7) on
+    /// `version`, carrying the record of the window opened at 10 s in `phase` (`None`: no
+    /// record).
     fn seen(g: &mut Guard, version: &str, phase: Option<Phase>, t: i64) -> Vec<Decision> {
+        seen_at_version(g, version, phase, "8", t)
+    }
+
+    fn seen_at_version(
+        g: &mut Guard,
+        version: &str,
+        phase: Option<Phase>,
+        resource_version: &str,
+        t: i64,
+    ) -> Vec<Decision> {
         let persisted = phase.map(|phase| Persisted {
             version: "v2".into(),
             previous: "v1".into(),
@@ -1044,7 +1115,46 @@ mod tests {
             reason: String::new(),
         });
         let version = Some(version.into());
-        g.handle(Signal::Observed { version, persisted }, at(t))
+        let resource_version = Some(resource_version.into());
+        let observed = Signal::Observed {
+            version,
+            persisted,
+            resource_version,
+        };
+        g.handle(observed, at(t))
+    }
+
+    /// What settled the rollback decided at 140 s, in a word or two, for table rows.
+    fn settled_by(what: &str, decisions: &[Decision]) -> String {
+        match decisions {
+            [
+                Decision::Landed {
+                    state,
+                    trigger,
+                    decided_at,
+                    seen_at,
+                },
+            ] => {
+                assert_eq!(state.phase, Phase::RolledBack, "{what}");
+                assert_eq!(trigger.label(), "error_rate", "{what}");
+                let secs = |t: &Timestamp| t.as_second() - T0;
+                format!("landed {}->{}", secs(decided_at), secs(seen_at))
+            }
+            [Decision::Lost { .. }] => "lost".into(),
+            [Decision::Superseded { .. }] => "superseded".into(),
+            [
+                Decision::RollBack {
+                    announce: false,
+                    trigger,
+                    ..
+                },
+            ] => {
+                assert_eq!(trigger.label(), "error_rate", "{what}: the same rollback");
+                "retry, not announced".into()
+            }
+            [] => "nothing yet".into(),
+            other => format!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1056,30 +1166,54 @@ mod tests {
                 "the patch landed before its answer was lost: landed, seen at 141",
                 &[
                     |g| seen(g, "v1", Some(Phase::RolledBack), 141),
-                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| executed(g, unknown(), 145),
                 ],
                 "landed 140->141",
             ),
             (
                 "the landing seen after the timeout: landed, seen then",
                 &[
-                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| executed(g, unknown(), 145),
                     |g| seen(g, "v1", Some(Phase::RolledBack), 150),
                 ],
                 "landed 140->150",
             ),
             (
-                "the Service seen still on green: lost",
+                "the Service seen on green, moved on from the patch's version: lost",
                 &[
-                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| executed(g, unknown(), 145),
                     |g| seen(g, "v2", Some(Phase::Watching), 150),
                 ],
                 "lost",
             ),
             (
+                "a re-list on green at the patch's own version: it may yet land",
+                &[
+                    |g| executed(g, unknown(), 145),
+                    |g| seen_at_version(g, "v2", Some(Phase::Watching), "7", 150),
+                ],
+                "nothing yet",
+            ),
+            (
+                "the watch saw it land, then the executor failed to tell: landed",
+                &[
+                    |g| seen(g, "v1", Some(Phase::RolledBack), 141),
+                    |g| executed(g, Outcome::Failed, 145),
+                ],
+                "landed 140->141",
+            ),
+            (
+                "the window's time is up with the outcome unknown: asked again",
+                &[
+                    |g| executed(g, unknown(), 145),
+                    |g| poll(g, "v2", 700, OK, FAST),
+                ],
+                "retry, not announced",
+            ),
+            (
                 "someone else reverted it, without our record: superseded",
                 &[
-                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| executed(g, unknown(), 145),
                     |g| seen(g, "v1", None, 150),
                 ],
                 "superseded",
@@ -1088,14 +1222,14 @@ mod tests {
                 "someone else reverted it before the timeout: superseded",
                 &[
                     |g| seen(g, "v1", None, 141),
-                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| executed(g, unknown(), 145),
                 ],
                 "superseded",
             ),
             (
                 "the trigger holds again before any sight: the executor's re-read decides",
                 &[
-                    |g| executed(g, Outcome::Unknown, 145),
+                    |g| executed(g, unknown(), 145),
                     |g| poll(g, "v2", 160, BAD, FAST),
                 ],
                 "retry, not announced",
@@ -1107,29 +1241,7 @@ mod tests {
             for step in *steps {
                 last = step(&mut g);
             }
-            let got = match &last[..] {
-                [
-                    Decision::Landed {
-                        state,
-                        trigger,
-                        decided_at,
-                        seen_at,
-                    },
-                ] => {
-                    assert_eq!(state.phase, Phase::RolledBack, "{what}");
-                    assert_eq!(trigger.label(), "error_rate", "{what}");
-                    let secs = |t: &Timestamp| t.as_second() - T0;
-                    format!("landed {}->{}", secs(decided_at), secs(seen_at))
-                }
-                [Decision::Lost { .. }] => "lost".into(),
-                [Decision::Superseded { .. }] => "superseded".into(),
-                [
-                    Decision::RollBack {
-                        announce: false, ..
-                    },
-                ] => "retry, not announced".into(),
-                other => format!("{other:?}"),
-            };
+            let got = settled_by(what, &last);
             assert_eq!(got, *want, "{what}");
         }
     }
@@ -1137,7 +1249,7 @@ mod tests {
     #[test]
     fn a_landed_rollback_closes_the_window_and_a_lost_one_starts_a_new_episode() {
         let mut g = rolling_back();
-        executed(&mut g, Outcome::Unknown, 145);
+        executed(&mut g, unknown(), 145);
         assert!(
             poll(&mut g, "v2", 150, OK, FAST).is_empty(),
             "unknown is not stable"
@@ -1148,7 +1260,7 @@ mod tests {
         assert!(seen(&mut g, "v1", Some(Phase::RolledBack), 152).is_empty());
 
         let mut g = rolling_back();
-        executed(&mut g, Outcome::Unknown, 145);
+        executed(&mut g, unknown(), 145);
         seen(&mut g, "v2", None, 150);
         assert!(g.open_window().is_some(), "still watching green");
         assert_eq!(
@@ -1392,6 +1504,7 @@ mod tests {
                 Signal::Observed {
                     version: Some((*selector).into()),
                     persisted: Some(p.clone()),
+                    resource_version: None,
                 },
                 at(*now),
             );
@@ -1420,6 +1533,7 @@ mod tests {
             Signal::Observed {
                 version: Some("v2".into()),
                 persisted: Some(p),
+                resource_version: None,
             },
             at(100),
         );

@@ -9,7 +9,6 @@
 //! precondition, and no write starts unless the [`Fence`] allows it (this replica leads). On
 //! shutdown a lane finishes the command in hand and takes no new one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -78,8 +77,12 @@ enum RollbackResult {
     RolledBack {
         confirmed: Option<bool>,
     },
-    /// A patch was sent and no answer came before the budget ran out, nor a read since.
-    Unknown,
+    /// A patch was sent against `resource_version` and no answer came, nor a read since that
+    /// shows whether it landed; `cause` says why there was no answer.
+    Unknown {
+        resource_version: String,
+        cause: String,
+    },
     Blocked {
         ready: u32,
     },
@@ -257,15 +260,16 @@ impl Executor {
                 self.rolled_back(target, r, state, trigger, took).await;
                 Outcome::RolledBack
             }
-            Ok(RollbackResult::Unknown) => {
+            Ok(RollbackResult::Unknown {
+                resource_version,
+                cause,
+            }) => {
                 // Not a failure: the patch may well have landed. Counting it failed would fire
                 // CutoverWatchdogRollbackFailed for a revert that happened.
-                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), timeout_s = self.kube_timeout.as_secs(), "rollback outcome unknown: the patch was sent and no answer came; the next sight of the service decides");
+                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), cause = %cause, "rollback outcome unknown: the patch was sent and no answer came; the next sight of the service decides");
                 let note = format!(
-                    "patch reverting selector {} to {} sent, no answer within {}s: it may or may not have landed; the next sight of the service decides",
-                    target.service.version_label,
-                    state.previous,
-                    self.kube_timeout.as_secs()
+                    "patch reverting selector {} to {} sent, no answer ({cause}): it may or may not have landed; the next sight of the service decides",
+                    target.service.version_label, state.previous,
                 );
                 self.event(
                     r,
@@ -275,7 +279,7 @@ impl Executor {
                     note,
                 )
                 .await;
-                Outcome::Unknown
+                Outcome::Unknown { resource_version }
             }
             Ok(RollbackResult::Blocked { ready }) => {
                 if announce {
@@ -300,8 +304,9 @@ impl Executor {
                 Outcome::NotApplicable
             }
             Err(e @ Error::NotLeader { .. }) => {
-                // Not a failure of the rollback: the replica that leads now carries it out.
-                warn!(guard, error = %chain(&e), "leadership lapsed; leaving the rollback to the new leader");
+                // Not a failure of the rollback: the replica that leads now carries it out. A
+                // patch already sent may still land; this replica can record nothing more.
+                warn!(guard, error = %chain(&e), "leadership lapsed; leaving the rollback to the new leader (a patch already sent may still land)");
                 Outcome::Failed
             }
             Err(e) => {
@@ -364,27 +369,35 @@ impl Executor {
     /// Re-read, check, patch. A stale `resourceVersion` (409) is re-read at once, a few times;
     /// a transient API error (5xx, 429, a broken connection) is retried with backoff while the
     /// `kube_timeout` budget lasts, and reported with its cause once it does not. A patch sent
-    /// and never answered leaves the outcome in doubt until a re-read decides; if the budget
-    /// ends first, the result is [`RollbackResult::Unknown`], never a failure.
+    /// and not answered leaves the outcome in doubt: later reads and patches go on while the
+    /// budget lasts, and if none settles it, the result is [`RollbackResult::Unknown`], never a
+    /// failure.
     async fn patch_until_done(&self, target: &Target, state: &Persisted) -> Result<RollbackResult> {
         let deadline = Instant::now() + self.kube_timeout;
         let mut conflicts = 0;
         let mut backoff = FIRST_BACKOFF;
         let mut last_error = None;
-        let in_doubt = AtomicBool::new(false);
+        // The resourceVersion an unanswered patch was sent against: while the Service is still
+        // at it, that patch may yet land.
+        let mut unanswered: Option<String> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = self.attempt(target, state, &in_doubt);
+            let attempt = self.attempt(target, state, &mut unanswered);
             let Ok(attempt) = tokio::time::timeout(remaining, attempt).await else {
-                if in_doubt.load(Ordering::Relaxed) {
-                    return Ok(RollbackResult::Unknown);
+                let seconds = self.kube_timeout.as_secs();
+                if let Some(resource_version) = unanswered {
+                    let cause = format!("no answer within kube_timeout ({seconds}s)");
+                    return Ok(RollbackResult::Unknown {
+                        resource_version,
+                        cause,
+                    });
                 }
                 // A call hung past the budget: report the last real error if there was one.
                 return Err(last_error.unwrap_or_else(|| Error::KubeTimeout {
                     verb: "roll back service",
                     namespace: target.service.namespace.clone(),
                     name: target.service.name.clone(),
-                    seconds: self.kube_timeout.as_secs(),
+                    seconds,
                 }));
             };
             match attempt {
@@ -392,6 +405,15 @@ impl Executor {
                 Ok(Some(RollbackResult::RolledBack { confirmed: None })) => {
                     return Ok(RollbackResult::RolledBack {
                         confirmed: self.confirm(target, state).await,
+                    });
+                }
+                // Still at the version an unanswered patch was sent against: in doubt.
+                Ok(Some(RollbackResult::Blocked { .. })) if unanswered.is_some() => {
+                    let resource_version = unanswered.unwrap_or_default();
+                    let cause = "a patch sent earlier got no answer, and blue now has too few Ready pods to patch again".into();
+                    return Ok(RollbackResult::Unknown {
+                        resource_version,
+                        cause,
                     });
                 }
                 Ok(Some(result)) => return Ok(result),
@@ -406,38 +428,60 @@ impl Executor {
                         attempts: conflicts + 1,
                     });
                 }
-                Err(e) if e.is_transient() && Instant::now() + backoff < deadline => {
+                // The new leader carries the rollback on; nothing here can settle it.
+                Err(e @ Error::NotLeader { .. }) => return Err(e),
+                Err(e)
+                    if (e.is_transient() || unanswered.is_some())
+                        && Instant::now() + backoff < deadline =>
+                {
                     warn!(guard = %target.guard, error = %chain(&e), retry_in_ms = backoff.as_millis(), "transient API error; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     last_error = Some(e);
                 }
-                Err(_) if in_doubt.load(Ordering::Relaxed) => return Ok(RollbackResult::Unknown),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return match unanswered {
+                        Some(resource_version) => Ok(RollbackResult::Unknown {
+                            resource_version,
+                            cause: chain(&e),
+                        }),
+                        None => Err(e),
+                    };
+                }
             }
         }
     }
 
     /// One read, check and patch; `None` when the patch met a newer `resourceVersion`.
-    /// `in_doubt` is set while a patch is sent and unanswered, and cleared by an answer or by a
-    /// read, which decides whether an earlier unanswered patch landed.
+    /// `unanswered` is the `resourceVersion` a patch of this rollback was sent against and
+    /// got no answer for: set when a patch goes out, cleared by an answer, or by a read that
+    /// settles it (our record: it landed; another `resourceVersion`: it never will).
     async fn attempt(
         &self,
         target: &Target,
         state: &Persisted,
-        in_doubt: &AtomicBool,
+        unanswered: &mut Option<String>,
     ) -> Result<Option<RollbackResult>> {
         let svc = &target.service;
         let current = svc.get().await?;
-        in_doubt.store(false, Ordering::Relaxed);
+        let rv = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
         let version = svc.version_of(&current);
         if version.as_deref() == Some(state.previous.as_str())
-            && service::persisted(&current).is_some_and(|p| is_record_of(&p, state))
+            && service::persisted(&current)
+                .is_some_and(|p| p.records_rollback_of(&state.version, state.cutover_at))
         {
-            // An earlier patch of this very rollback landed though its answer was lost.
+            // A patch of this very rollback landed, though its answer was lost.
+            *unanswered = None;
             return Ok(Some(RollbackResult::RolledBack {
                 confirmed: Some(true),
             }));
+        }
+        if unanswered.as_deref() != Some(rv.as_str()) {
+            *unanswered = None;
         }
         if version.as_deref() != Some(state.version.as_str()) {
             return Ok(Some(RollbackResult::NotApplicable { selector: version }));
@@ -447,7 +491,6 @@ impl Executor {
         if ready < target.min_ready_previous {
             return Ok(Some(RollbackResult::Blocked { ready }));
         }
-        let rv = current.metadata.resource_version.unwrap_or_default();
         // The fence is checked last, right before the write, and bounds the wait for its answer.
         // A request already sent may still land after that; `fence_margin` is the time allowed
         // for it, before any other replica could act.
@@ -457,7 +500,9 @@ impl Executor {
                 name: svc.name.clone(),
             });
         };
-        in_doubt.store(true, Ordering::Relaxed);
+        // Until an answer comes, this patch may land. An earlier unanswered one was sent against
+        // this same version, so at most one of them can.
+        let before = unanswered.replace(rv.clone());
         let patch = tokio::time::timeout(left, svc.patch_selector(&rv, &state.previous, state));
         let Ok(patched) = patch.await else {
             return Err(Error::NotLeader {
@@ -468,15 +513,15 @@ impl Executor {
         match patched {
             // Confirmed by the caller, outside the budget: the patch landed whatever comes next.
             Ok(_) => {
-                in_doubt.store(false, Ordering::Relaxed);
+                *unanswered = None;
                 Ok(Some(RollbackResult::RolledBack { confirmed: None }))
             }
-            Err(PatchError::Conflict) => {
-                in_doubt.store(false, Ordering::Relaxed);
-                Ok(None)
-            }
+            // Someone wrote first, maybe our unanswered patch: the next read tells.
+            Err(PatchError::Conflict) => Ok(None),
             Err(PatchError::Other(e)) => {
-                in_doubt.store(e.leaves_write_in_doubt(), Ordering::Relaxed);
+                if !e.leaves_write_in_doubt() {
+                    *unanswered = before; // refused: this one will not land
+                }
                 Err(e)
             }
         }
@@ -543,11 +588,6 @@ impl Executor {
         self.metrics.kube_write_errors_total.inc();
         warn!(reason, error = %failed, "failed to publish event");
     }
-}
-
-/// Whether `p`, read from the Service, is the record `state`'s rollback writes with the selector.
-fn is_record_of(p: &Persisted, state: &Persisted) -> bool {
-    p.phase == state.phase && p.version == state.version && p.cutover_at == state.cutover_at
 }
 
 fn truncate(mut s: String, max: usize) -> String {

@@ -212,9 +212,6 @@ pub struct GuardTask {
     /// Wakes the poller when a window opens.
     wake: Arc<tokio::sync::Notify>,
     clock: Clock,
-    /// For [`GuardTask::watcher`]; dropped when the task runs, so that the inbox closes once
-    /// every sender is gone.
-    inbox_tx: Option<mpsc::Sender<Input>>,
 }
 
 /// What the rest of the watchdog holds of a guard built by [`GuardTask::new`].
@@ -225,6 +222,18 @@ pub struct Ends {
     pub polling: watch::Receiver<Option<Polling>>,
     /// The guard's commands, for its executor lane.
     pub commands: mpsc::Receiver<Command>,
+    /// The list+watch of the guard's Service that feeds the task.
+    pub watcher: Watcher,
+}
+
+/// Feeds a guard's Service, as its list+watch sees it, into the guard's inbox, and marks the
+/// guard ready once the initial list is in.
+pub struct Watcher {
+    service: ServiceHandle,
+    guard: String,
+    inbox: mpsc::Sender<Input>,
+    ready: Arc<AtomicBool>,
+    metrics: Metrics,
 }
 
 impl GuardTask {
@@ -256,6 +265,13 @@ impl GuardTask {
             },
             polling: polling_rx,
             commands,
+            watcher: Watcher {
+                service: service.clone(),
+                guard: config.name.clone(),
+                inbox: inbox_tx,
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+            },
         };
         let task = Self {
             core: decision::Guard::new(decision::Policy::from(config.as_ref())),
@@ -272,25 +288,11 @@ impl GuardTask {
             alerts,
             wake,
             clock,
-            inbox_tx: Some(inbox_tx),
         };
         (task, ends)
     }
 
-    /// The list+watch of the guard's Service, feeding this task until `shutdown`.
-    pub fn watcher(&self, shutdown: CancellationToken) -> impl Future<Output = ()> + use<> {
-        watch_service(
-            self.service.clone(),
-            self.config.name.clone(),
-            self.inbox_tx.clone().unwrap_or_else(|| mpsc::channel(1).0),
-            self.ready.clone(),
-            self.metrics.clone(),
-            shutdown,
-        )
-    }
-
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.inbox_tx = None;
         let mut memory = Memory::default();
         loop {
             let input = tokio::select! {
@@ -335,8 +337,14 @@ impl GuardTask {
         }
         memory.selector_version.clone_from(&version);
         let persisted = service::persisted(svc);
-        self.core
-            .handle(Signal::Observed { version, persisted }, now)
+        self.core.handle(
+            Signal::Observed {
+                version,
+                persisted,
+                resource_version: svc.metadata.resource_version.clone(),
+            },
+            now,
+        )
     }
 
     fn alert(
@@ -487,8 +495,20 @@ pub fn initial_status(g: &GuardConfig) -> GuardStatus {
     }
 }
 
-/// Feeds the Service's list+watch into the guard's inbox, and marks the guard ready once the
-/// initial list is in.
+impl Watcher {
+    /// Runs until `shutdown`, or until the guard's task is gone.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            service,
+            guard,
+            inbox,
+            ready,
+            metrics,
+        } = self;
+        watch_service(service, guard, inbox, ready, metrics, shutdown).await;
+    }
+}
+
 async fn watch_service(
     service: ServiceHandle,
     guard: String,

@@ -135,11 +135,7 @@ async fn a_real_alertmanager_critical_alert_reverts_the_selector_once_even_from_
     watchdog
         .wait_metric(delivered, 2.0, Duration::from_secs(10))
         .await;
-    let status = watchdog
-        .wait_status("the rollback recorded", Duration::from_secs(10), |g| {
-            g["state"] == "rolled-back"
-        })
-        .await;
+    let status = watchdog.wait_rolled_back(&cluster).await;
     assert_eq!(cluster.wait_selector_patches(1).await, 1);
     assert_eq!(
         watchdog
@@ -248,11 +244,7 @@ async fn the_same_critical_alert_posted_five_times_concurrently_yields_one_patch
     cluster.wait_selector("v1", Duration::from_secs(10)).await;
     // 5 deliveries x 3 alerts each; /v1/guards keeps the last 10, and only one ever acted.
     let status = wait_for_alerts_seen(&watchdog, 10).await;
-    watchdog
-        .wait_status("the rollback recorded", Duration::from_secs(10), |g| {
-            g["state"] == "rolled-back"
-        })
-        .await;
+    watchdog.wait_rolled_back(&cluster).await;
     let critical: Vec<&Value> = status["last_alerts"]
         .as_array()
         .unwrap()

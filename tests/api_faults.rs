@@ -216,6 +216,14 @@ async fn a_slow_api_for_one_service_does_not_hold_up_another_guards_rollback() {
     let what = "the other guard's rollback";
     common::wait_until(what, Duration::from_secs(10), other, |v| v == "v1").await;
     cluster.wait_selector_patches(1).await;
+    let other_logged = async || {
+        let requests = cluster.api.requests();
+        requests.iter().any(|r| {
+            r.is_patch_of("services", "svc-other") && r.user_agent.starts_with("cutover-watchdog/")
+        })
+    };
+    let what = "the other guard's patch in the request log";
+    common::wait_until(what, Duration::from_secs(10), other_logged, |l| *l).await;
     // ...and the other guard's patch arrived while the slow Service was still being read: the
     // slow one's patch can only arrive after its 4 s read, whatever the machine's speed.
     let patch_arrived = |name: &str| {
@@ -264,11 +272,7 @@ async fn a_patch_applied_but_answered_after_kube_timeout_is_recorded_rolled_back
     let late = Fault::DelayAnswer(Duration::from_secs(20));
     rollback_outcome_unknown(&cluster, &w, late).await;
     // The watch shows the selector on v1 with this window's rolled-back record: it landed.
-    let g = w
-        .wait_status("the rollback recorded", Duration::from_secs(10), |g| {
-            g["state"] == "rolled-back"
-        })
-        .await;
+    let g = w.wait_rolled_back(&cluster).await;
     assert_eq!(g["last_decision"]["kind"], "rollback-landed", "{g:#}");
     assert_eq!(cluster.selector_version(), "v1");
     assert_eq!(cluster.annotation("state").as_deref(), Some("rolled-back"));
@@ -301,10 +305,7 @@ async fn a_patch_that_hangs_past_kube_timeout_is_outcome_unknown_then_lands_once
     // not land, and the rollback is patched again, once.
     assert_eq!(w.post_alert(&critical_alert("v2")).await, 200);
     cluster.wait_selector("v1", Duration::from_secs(10)).await;
-    w.wait_status("the rollback recorded", Duration::from_secs(10), |g| {
-        g["state"] == "rolled-back"
-    })
-    .await;
+    w.wait_rolled_back(&cluster).await;
     assert_eq!(cluster.wait_selector_patches(1).await, 1);
     assert_eq!(w.metric(ROLLBACKS).await, Some(1.0));
     assert_eq!(w.metric(FAILURES).await, Some(0.0));

@@ -153,6 +153,11 @@ fn window() -> Persisted {
 }
 
 fn service(version: &str, record: Option<&Persisted>) -> Value {
+    service_at(version, record, "7")
+}
+
+/// [`service`] at `resource_version`.
+fn service_at(version: &str, record: Option<&Persisted>, resource_version: &str) -> Value {
     let annotations = record.map_or_else(
         || json!({}),
         |p| {
@@ -163,7 +168,7 @@ fn service(version: &str, record: Option<&Persisted>) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "svc-production", "namespace": "default", "uid": "u-1",
-                     "resourceVersion": "7", "annotations": annotations},
+                     "resourceVersion": resource_version, "annotations": annotations},
         "spec": {"selector": {"app": "my-microservice", "version": version}},
     })
 }
@@ -410,7 +415,10 @@ async fn a_patch_never_answered_is_outcome_unknown_not_failed() {
     assert_rollback_patch(&patch);
     // Held, never answered: kube_timeout passes in virtual time.
     l.api.event("RollbackOutcomeUnknown").await;
-    assert_eq!(l.outcome().await, Outcome::Unknown);
+    let unknown = Outcome::Unknown {
+        resource_version: "7".into(),
+    };
+    assert_eq!(l.outcome().await, unknown);
     assert_eq!(l.counted(), (0, 0), "neither rolled back nor failed");
     drop(patch);
     l.api.done().await;
@@ -468,4 +476,73 @@ async fn a_replica_whose_lease_has_lapsed_writes_nothing() {
         "the new leader's to carry out, not a failure"
     );
     l.api.done().await;
+}
+
+/// The PATCH gets no answer: the connection breaks after it was sent.
+async fn patch_unanswered(l: &mut Lane) {
+    let mut patch = l.api.expect(Method::PATCH, SVC_PATH).await;
+    assert_rollback_patch(&patch);
+    let broken = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    patch.answer.take().unwrap().send_error(broken);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_patch_and_a_refused_one_at_the_same_version_is_unknown_not_failed() {
+    let mut l = lane();
+    l.roll_back(false).await;
+    l.api.service_read("v2", None).await;
+    l.api.blue_pods(2).await;
+    patch_unanswered(&mut l).await;
+    // Read again at the same version: the first patch may still land, so this read settles
+    // nothing; the next patch is refused outright, which says nothing of the first one.
+    let event = loop {
+        let mut seen = l.api.next().await;
+        let answer = seen.answer.take().unwrap();
+        let (code, body) = match (seen.method.as_str(), seen.path.as_str()) {
+            ("GET", SVC_PATH) => (200, service("v2", None)),
+            ("GET", PODS_PATH) => (200, pods(2)),
+            ("PATCH", SVC_PATH) => (403, status(403, "Forbidden")),
+            ("POST", EVENTS_PATH) => {
+                answer.send_response(json_response(201, &seen.body));
+                break seen.body;
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        answer.send_response(json_response(code, &body));
+    };
+    assert_eq!(event["reason"], "RollbackOutcomeUnknown", "{event:#}");
+    let unknown = Outcome::Unknown {
+        resource_version: "7".into(),
+    };
+    assert_eq!(l.outcome().await, unknown);
+    assert_eq!(l.counted(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_patch_is_settled_by_a_read_at_a_new_version_and_patched_again() {
+    let mut l = lane();
+    l.roll_back(false).await;
+    l.api.service_read("v2", None).await;
+    l.api.blue_pods(2).await;
+    patch_unanswered(&mut l).await;
+    // Someone else wrote meanwhile (resourceVersion 8), without our record: the first patch's
+    // precondition is stale, so it never lands, and a new one goes out against 8.
+    l.api
+        .answer(Method::GET, SVC_PATH, 200, &service_at("v2", None, "8"))
+        .await;
+    l.api.blue_pods(2).await;
+    let patch = l
+        .api
+        .answer(
+            Method::PATCH,
+            SVC_PATH,
+            200,
+            &service("v1", Some(&window())),
+        )
+        .await;
+    assert_eq!(patch.body["metadata"]["resourceVersion"], "8");
+    l.api.service_read("v1", Some(&window())).await;
+    l.api.event("RolledBack").await;
+    assert_eq!(l.outcome().await, Outcome::RolledBack);
+    assert_eq!(l.counted(), (1, 0));
 }

@@ -75,7 +75,7 @@ impl Running {
         let annotations = record.map(annotations).unwrap_or_default();
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "svc-production", "namespace": "default",
-                         "annotations": annotations},
+                         "resourceVersion": "8", "annotations": annotations},
             "spec": {"selector": {"app": "shop", "version": version}},
         }))
         .unwrap();
@@ -213,7 +213,9 @@ async fn a_rollback_with_an_unknown_outcome_is_recorded_when_the_watch_shows_it_
     };
     let unknown = Signal::Executed {
         version: "v2".into(),
-        outcome: Outcome::Unknown,
+        outcome: Outcome::Unknown {
+            resource_version: "7".into(),
+        },
     };
     command.reply.send(unknown).await.unwrap();
     g.no_decision().await;

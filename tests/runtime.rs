@@ -78,24 +78,25 @@ async fn the_binary_serves_as_a_non_root_uid_from_a_read_only_config_and_working
         .unwrap();
 
     let ready = format!("http://127.0.0.1:{admin}/readyz");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if reqwest::get(&ready)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
+    // Ready, or exited: either ends the wait, and an exit fails the test with its log.
+    let state = async || {
         if let Ok(Some(status)) = child.try_wait() {
-            let err = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("{binary} exited with {status}:\n{err}");
+            return Err(status.to_string());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{binary} not ready within 15s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let answer = common::http_get(&ready).await;
+        Ok(answer.is_ok_and(|r| r.status().is_success()))
+    };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let what = format!("{binary} to be ready");
+    let state = common::wait_with(
+        &what,
+        Duration::from_secs(15),
+        state,
+        |s| s != &Ok(false),
+        log_text,
+    )
+    .await;
+    assert_eq!(state, Ok(true), "{binary} exited:\n{}", log_text());
     let uid = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
     let uid_line = uid
         .lines()
@@ -201,7 +202,7 @@ fn the_shipped_binary_answers_demo_in_one_line_saying_how_to_run_it() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("not built into this binary")
-            && stderr.contains("cargo run --features sandbox -- demo"),
+            && stderr.contains("cargo run --release --features sandbox -- demo"),
         "{stderr}"
     );
     let help = std::process::Command::new(shipped_binary())

@@ -568,6 +568,7 @@ async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
         let observed = Signal::Observed {
             version: Some(version.into()),
             persisted: None,
+            resource_version: None,
         };
         core.handle(observed, now);
     }

@@ -554,6 +554,20 @@ impl Watchdog {
         seen.await.unwrap_or_default()
     }
 
+    /// Waits until the rollback is recorded in full: `/v1/guards` says the window ended
+    /// `rolled-back`, and the `RolledBack` Event is written, which the executor publishes after
+    /// counting the rollback (so its metrics are in too). The guard's status, on a rollback
+    /// seen landing by the watch, can come first. Returns the guard's status.
+    pub async fn wait_rolled_back(&self, cluster: &Cluster) -> Value {
+        let status = self
+            .wait_status("the rollback recorded", Duration::from_secs(10), |g| {
+                g["state"] == "rolled-back"
+            })
+            .await;
+        cluster.wait_event("RolledBack").await;
+        status
+    }
+
     /// Waits (10 s at most) for a log line containing `needle`.
     pub async fn wait_log(&self, needle: &str) {
         let what = format!("a log line containing {needle:?}");
@@ -737,13 +751,9 @@ impl Stack {
             .await;
     }
 
-    /// Waits until `/v1/guards` says the window ended `rolled-back`: the executor has then
-    /// answered the guard, so the rollback's metrics and Events are all written.
+    /// [`Watchdog::wait_rolled_back`].
     pub async fn wait_rolled_back(&self) -> Value {
-        self.wait_status("the rollback recorded", Duration::from_secs(10), |g| {
-            g["state"] == "rolled-back"
-        })
-        .await
+        self.watchdog.wait_rolled_back(&self.cluster).await
     }
 
     /// Cuts over to v2 and waits until the window is also recorded on the Service (so a fault

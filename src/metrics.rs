@@ -68,8 +68,9 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "rollbacks_total",
-                        "Selector reverts that landed (the API accepted the patch), by guard and \
-                         trigger (a check's name, or alert).",
+                        "Selector reverts that landed (the API accepted the patch, or a patch whose \
+                         answer was lost was seen landed), by guard and trigger (a check's name, \
+                         or alert).",
                     ),
                     &["guard", "trigger"],
                 )?,
@@ -369,8 +370,8 @@ mod tests {
             .unwrap_or_else(|| panic!("no HELP line:\n{text}"));
         assert_eq!(
             help,
-            "Selector reverts that landed (the API accepted the patch), by guard and trigger \
-             (a check's name, or alert)."
+            "Selector reverts that landed (the API accepted the patch, or a patch whose answer \
+             was lost was seen landed), by guard and trigger (a check's name, or alert)."
         );
     }
 }

@@ -344,6 +344,19 @@ pub struct Window {
 }
 
 impl Window {
+    /// Where the window's rollback stands, for status pages: `idle`, `in_flight`, `unknown`,
+    /// `blocked` or `done`.
+    #[must_use]
+    pub fn rollback_state(&self) -> &'static str {
+        match self.rollback {
+            Rollback::Idle => "idle",
+            Rollback::InFlight => "in_flight",
+            Rollback::Unknown => "unknown",
+            Rollback::Blocked => "blocked",
+            Rollback::Done => "done",
+        }
+    }
+
     /// Whether `p` is the record this window's own rollback writes with the selector.
     fn rolled_back_by_us(&self, p: Option<&Persisted>) -> bool {
         p.is_some_and(|p| p.records_rollback_of(&self.version, self.opened_at))

@@ -140,6 +140,9 @@ pub struct WindowStatus {
     pub start: Timestamp,
     pub end: Timestamp,
     pub open: bool,
+    /// The window's rollback: `idle`, `in_flight`, `unknown` (sent, unanswered, not yet seen
+    /// landed or not), `blocked` or `done`.
+    pub rollback: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -455,6 +458,7 @@ impl GuardTask {
                 start: w.opened_at,
                 end: w.ends_at,
                 open: w.open,
+                rollback: w.rollback_state(),
             });
             s.checks = checks;
             s.last_decision.clone_from(&memory.last_decision);

@@ -296,6 +296,10 @@ async fn a_patch_that_hangs_past_kube_timeout_is_outcome_unknown_then_lands_once
     // The API server takes the PATCH and never serves it within kube_timeout (5 s); the
     // watchdog gives up on it, and so the server never applies it.
     rollback_outcome_unknown(&cluster, &w, Fault::Delay(Duration::from_mins(1))).await;
+    w.wait_status("/v1/guards to say so", Duration::from_secs(10), |g| {
+        g["window"]["rollback"] == "unknown" && g["window"]["open"] == true
+    })
+    .await;
     assert_eq!(
         cluster.selector_version(),
         "v2",

@@ -202,7 +202,8 @@ impl Executor {
             }
             Decision::Lost { state, trigger } => {
                 let cause = format!(
-                    "no answer to the patch, and the selector still names {}: it did not land",
+                    "the patch got no answer, and the service has since changed with the selector \
+                     still on {}: it did not land, and its precondition keeps it from landing now",
                     state.version
                 );
                 self.rollback_failed(target, r, state, trigger, &cause)

@@ -453,12 +453,31 @@ impl Guard {
                 version,
                 persisted,
                 resource_version,
-            } => self.observed(
-                version,
-                persisted.as_ref(),
-                resource_version.as_deref(),
-                now,
-            ),
+            } => {
+                // A rollback in hand, overtaken by a new cutover: its window ends superseded,
+                // on the record, before the new one opens.
+                let mut undecided = self.window.clone().filter(|w| {
+                    w.open && matches!(w.rollback, Rollback::InFlight | Rollback::Unknown)
+                });
+                let decision = self.observed(
+                    version,
+                    persisted.as_ref(),
+                    resource_version.as_deref(),
+                    now,
+                );
+                return match (undecided.as_mut(), decision) {
+                    (Some(old), Some(Decision::Opened(new))) => {
+                        // Unless the watch saw it land first: then it is recorded as landed.
+                        let seen = old.attempt.as_ref().and_then(|a| a.landed_seen_at);
+                        let ended = match seen {
+                            Some(seen_at) => old.landed(seen_at),
+                            None => Some(old.supersede(new.version.clone())),
+                        };
+                        ended.into_iter().chain([Decision::Opened(new)]).collect()
+                    }
+                    (_, decision) => decision.into_iter().collect(),
+                };
+            }
             Signal::Polled {
                 version,
                 samples,
@@ -1166,6 +1185,14 @@ mod tests {
                 "retry, not announced".into()
             }
             [] => "nothing yet".into(),
+            [landed @ Decision::Landed { .. }, Decision::Opened(new)] => {
+                let landed = settled_by(what, std::slice::from_ref(landed));
+                format!("{landed}, then opened {}", new.version)
+            }
+            [Decision::Superseded { by, .. }, Decision::Opened(new)] => {
+                assert_eq!(by, &new.version, "{what}");
+                format!("superseded, then opened {}", new.version)
+            }
             other => format!("{other:?}"),
         }
     }
@@ -1230,6 +1257,22 @@ mod tests {
                     |g| seen(g, "v1", None, 150),
                 ],
                 "superseded",
+            ),
+            (
+                "someone else cut over to a third version meanwhile: superseded, then a new window",
+                &[
+                    |g| executed(g, unknown(), 145),
+                    |g| seen(g, "v3", None, 150),
+                ],
+                "superseded, then opened v3",
+            ),
+            (
+                "it landed, then someone cut over to a third version: landed, then a new window",
+                &[
+                    |g| seen(g, "v1", Some(Phase::RolledBack), 141),
+                    |g| seen(g, "v3", None, 150),
+                ],
+                "landed 140->141, then opened v3",
             ),
             (
                 "someone else reverted it before the timeout: superseded",

@@ -422,6 +422,14 @@ impl Executor {
                     conflicts += 1;
                     info!(guard = %target.guard, conflicts, "service changed since read (409); re-reading");
                 }
+                // Out of re-reads with an earlier patch unanswered: it may be what kept
+                // changing the Service.
+                Ok(None) if unanswered.is_some() => {
+                    return Ok(RollbackResult::Unknown {
+                        resource_version: unanswered.unwrap_or_default(),
+                        cause: "a patch got no answer, then the service kept changing (409)".into(),
+                    });
+                }
                 Ok(None) => {
                     return Err(Error::Conflicts {
                         namespace: target.service.namespace.clone(),
@@ -517,8 +525,12 @@ impl Executor {
                 *unanswered = None;
                 Ok(Some(RollbackResult::RolledBack { confirmed: None }))
             }
-            // Someone wrote first, maybe our unanswered patch: the next read tells.
-            Err(PatchError::Conflict) => Ok(None),
+            // Refused, so this one will not land; someone wrote first, maybe an earlier
+            // unanswered patch of ours: the next read tells.
+            Err(PatchError::Conflict) => {
+                *unanswered = before;
+                Ok(None)
+            }
             Err(PatchError::Other(e)) => {
                 if !e.leaves_write_in_doubt() {
                     *unanswered = before; // refused: this one will not land

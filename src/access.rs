@@ -30,6 +30,7 @@ pub struct Permission {
     pub verb: &'static str,
     pub group: &'static str,
     pub resource: &'static str,
+    /// Empty: every namespace (a template's `["*"]`).
     pub namespace: String,
     /// Only for rules the Role can limit by name.
     pub name: Option<String>,
@@ -42,9 +43,14 @@ impl std::fmt::Display for Permission {
         } else {
             format!("{}.{}", self.resource, self.group)
         };
+        let scope = if self.namespace.is_empty() {
+            "all namespaces".to_owned()
+        } else {
+            self.namespace.clone()
+        };
         match &self.name {
-            Some(name) => write!(f, "{} {resource}/{name} in {}", self.verb, self.namespace),
-            None => write!(f, "{} {resource} in {}", self.verb, self.namespace),
+            Some(name) => write!(f, "{} {resource}/{name} in {scope}", self.verb),
+            None => write!(f, "{} {resource} in {scope}", self.verb),
         }
     }
 }
@@ -53,15 +59,22 @@ impl std::fmt::Display for Permission {
 /// the client's.
 #[must_use]
 pub fn needed(config: &Config, client: &Client) -> BTreeSet<Permission> {
-    let lease_namespace = config.leader_election.as_ref().map(|le| {
+    needed_in(config, lease_namespace(config, client).as_deref())
+}
+
+/// The Lease's namespace, with leader election on.
+#[must_use]
+pub fn lease_namespace(config: &Config, client: &Client) -> Option<String> {
+    config.leader_election.as_ref().map(|le| {
         le.namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_owned())
-    });
-    needed_in(config, lease_namespace.as_deref())
+    })
 }
 
-fn needed_in(config: &Config, lease_namespace: Option<&str>) -> BTreeSet<Permission> {
+/// Every permission `config` needs, with the Lease in `lease_namespace`.
+#[must_use]
+pub fn needed_in(config: &Config, lease_namespace: Option<&str>) -> BTreeSet<Permission> {
     let p = |verb, group, resource, namespace: &str, name: Option<&str>| Permission {
         verb,
         group,
@@ -70,14 +83,30 @@ fn needed_in(config: &Config, lease_namespace: Option<&str>) -> BTreeSet<Permiss
         name: name.map(str::to_owned),
     };
     let mut needed = BTreeSet::new();
-    for g in &config.guards {
-        let ns = g.namespace.as_str();
-        for verb in ["get", "list", "watch", "patch"] {
-            needed.insert(p(verb, "", "services", ns, Some(&g.service)));
+    // Every namespace's Services are listed and watched whole (one shared watch), and a guard's
+    // pods and events are its namespace's; a template's Services are not known by name.
+    let namespace_wide = |needed: &mut BTreeSet<Permission>, ns: &str, name: Option<&str>| {
+        for verb in ["list", "watch"] {
+            needed.insert(p(verb, "", "services", ns, None));
+        }
+        for verb in ["get", "patch"] {
+            needed.insert(p(verb, "", "services", ns, name));
         }
         needed.insert(p("list", "", "pods", ns, None));
         for verb in ["create", "patch"] {
             needed.insert(p(verb, "events.k8s.io", "events", ns, None));
+        }
+    };
+    for g in &config.guards {
+        namespace_wide(&mut needed, &g.namespace, Some(&g.service));
+    }
+    for t in &config.templates {
+        if t.all_namespaces() {
+            namespace_wide(&mut needed, "", None);
+        } else {
+            for ns in &t.namespaces {
+                namespace_wide(&mut needed, ns, None);
+            }
         }
     }
     if let (Some(le), Some(ns)) = (&config.leader_election, lease_namespace) {
@@ -150,7 +179,7 @@ fn review_of(permission: &Permission) -> SelfSubjectAccessReview {
                 verb: Some(permission.verb.to_owned()),
                 group: Some(permission.group.to_owned()),
                 resource: Some(permission.resource.to_owned()),
-                namespace: Some(permission.namespace.clone()),
+                namespace: Some(permission.namespace.clone()).filter(|ns| !ns.is_empty()),
                 name: permission.name.clone(),
                 ..ResourceAttributes::default()
             }),
@@ -176,7 +205,8 @@ mod tests {
             .collect();
         for want in [
             "patch services/svc-a in default",
-            "watch services/svc-b in shop",
+            "watch services in shop",
+            "patch services/svc-b in shop",
             "list pods in shop",
             "create events.events.k8s.io in default",
             "update leases.coordination.k8s.io/cutover-watchdog in ops",
@@ -189,6 +219,30 @@ mod tests {
         }
         let without = needed_without_election();
         assert!(without.iter().all(|p| p.resource != "leases"));
+    }
+
+    #[test]
+    fn a_template_needs_its_namespaces_whole_and_star_means_every_namespace() {
+        let config = Config::from_yaml(
+            "prometheus: {url: 'http://127.0.0.1:9090'}\ntemplates:\n- {name: a, namespaces: [shop, web]}\n- {name: b, namespaces: ['*']}\n",
+        )
+        .unwrap();
+        let needed: Vec<String> = needed_in(&config, None)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "patch services in shop",
+            "watch services in web",
+            "list pods in shop",
+            "get services in all namespaces",
+            "create events.events.k8s.io in all namespaces",
+        ] {
+            assert!(
+                needed.iter().any(|n| n == want),
+                "{want} missing from {needed:#?}"
+            );
+        }
     }
 
     fn needed_without_election() -> BTreeSet<Permission> {

@@ -7,26 +7,28 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use std::path::PathBuf;
+
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access;
-use crate::config::{Config, GuardConfig, WebhookConfig};
+use crate::config::{Config, WebhookConfig};
 use crate::error::{Error, Result};
-use crate::executor::{Executor, Target};
-use crate::guard::{Clock, GuardHandle, GuardTask};
+use crate::executor::Executor;
+use crate::fleet::{Fleet, GuardSet, Parts, Registry, Remains};
+use crate::guard::Clock;
 use crate::http::{self, AppState};
 use crate::leader::{Elector, Fence};
+use crate::live::ConfigReloader;
 use crate::metrics::Metrics;
-use crate::poller::{PollTarget, Poller, PrometheusHealth};
+use crate::poller::{Poller, PrometheusHealth};
 use crate::promql::Prometheus;
 use crate::reload::{Reload, Reloader};
-use crate::service::ServiceHandle;
 use crate::tls::{CertStore, TlsListener};
 use crate::webhook::Webhook;
 
@@ -75,19 +77,32 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
         .map_err(|source| Error::Bind { what, addr, source })
 }
 
-/// Runs the watchdog until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+/// Runs the watchdog on the config file at `path` until `shutdown` is cancelled, reading the
+/// file again when it changes and on SIGHUP.
+pub async fn run(path: PathBuf, shutdown: CancellationToken) -> Result<()> {
+    let config = Config::load(&path)?;
     let client = kube_client().await?;
-    serve(config, client, shutdown).await
+    serve_with(config, Some(path), client, shutdown).await
 }
 
-/// Runs the watchdog with a given client (tests and the demo pass their own).
+/// Runs the watchdog with a given client and a config that never changes (tests and the demo
+/// pass their own).
+pub async fn serve(
+    config: Config,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    serve_with(config, None, client, shutdown).await
+}
+
+/// Runs the watchdog with a given client; with `reload`, the config file to follow.
 ///
 /// With leader election on, the listeners serve at once (`/readyz` says "not the leader"), but
 /// the guards start only once this replica leads: a follower neither watches nor polls nor
 /// writes, and a new leader resumes every open window from the Service's annotations.
-pub async fn serve(
+pub async fn serve_with(
     config: Config,
+    reload: Option<PathBuf>,
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -107,52 +122,46 @@ pub async fn serve(
     let identity = identity();
     let (elector, fence) = elector(&config, &client, &identity, &metrics);
 
-    let reporter = Reporter {
-        controller: "cutover-watchdog".into(),
-        instance: Some(identity.chars().take(128).collect()),
-    };
-    let executor = Arc::new(Executor::new(
-        Recorder::new(client.clone(), reporter),
-        metrics.clone(),
-        config.kube_timeout,
-        fence.clone(),
-    ));
     // Guard tasks stop on this token, lanes on `shutdown`: cancelled together, but only the
     // lanes' shutdown is awaited with a deadline.
     let guards_stop = shutdown.child_token();
-    let wake = Arc::new(Notify::new());
-    let parts = Parts {
-        client: &client,
-        metrics: &metrics,
-        executor: &executor,
-        wake: &wake,
-        stop: &guards_stop,
-        shutdown: &shutdown,
-    };
-    let (handles, starts, poll_targets) = prepare_guards(&config, &parts);
-    let health = Arc::new(PrometheusHealth::default());
-    let poller = Poller {
-        targets: poll_targets,
+    let Workers {
+        fleet,
+        poller,
+        registry,
+        health,
+        configs,
+    } = workers(
+        &config,
         prometheus,
-        metrics: metrics.clone(),
-        interval: config.poll_interval,
-        wake,
-        health: health.clone(),
-    };
+        (&client, &metrics, &fence, &identity),
+        &guards_stop,
+        &shutdown,
+    );
 
     let mut tasks = JoinSet::new();
     let reloader = reloader(&webhook, certs, &metrics, config.webhook.reload_interval);
     tasks.spawn(reloader.run(shutdown.clone()));
+    if let Some(path) = reload {
+        let live = ConfigReloader::new(
+            path,
+            config.clone(),
+            configs,
+            metrics.clone(),
+            client.clone(),
+        );
+        tasks.spawn(live.run(shutdown.clone()));
+    }
 
     let state = AppState {
-        guards: handles.into(),
+        guards: registry,
         metrics,
         webhook,
         leader: fence.clone(),
         prometheus: health,
     };
     let tls = config.webhook.tls.files().is_some();
-    info!(listen = %config.listen, tls, admin = %config.admin_listen, guards = config.guards.len(), identity = %identity, "cutover-watchdog serving");
+    info!(listen = %config.listen, tls, admin = %config.admin_listen, guards = config.guards.len(), templates = config.templates.len(), identity = %identity, "cutover-watchdog serving");
     let main = serve_main(
         main_listener,
         acceptor,
@@ -171,16 +180,14 @@ pub async fn serve(
 
     // The guards start once this replica leads. Everything runs until the listeners stop
     // (shutdown, or one failed) or the elector does (the Lease lost), whichever is first.
-    let mut lanes = JoinSet::new();
+    let mut fleets = JoinSet::new();
     let mut leading = fence.clone();
-    let mut waiting = Some((starts, poller));
+    let mut waiting = Some((fleet, poller));
     let (served, lost) = loop {
         tokio::select! {
             leads = leading.leading(), if waiting.is_some() => {
-                if let (true, Some((starts, poller))) = (leads, waiting.take()) {
-                    for start in starts {
-                        start.spawn(&mut tasks, &mut lanes);
-                    }
+                if let (true, Some((fleet, poller))) = (leads, waiting.take()) {
+                    fleets.spawn(fleet.run());
                     tasks.spawn(poller.run(guards_stop.clone()));
                 }
             }
@@ -192,6 +199,17 @@ pub async fn serve(
     let served = match served {
         Some(served) => served,
         None => servers.join_next().await.unwrap_or(Ok(Ok(()))),
+    };
+    // The fleet stops on `shutdown` and hands over its lanes, still finishing their writes.
+    let lanes = match fleets.join_next().await {
+        Some(Ok(Remains {
+            lanes,
+            tasks: guards,
+        })) => {
+            drop(guards); // aborted: the guard tasks and the watches
+            lanes
+        }
+        _ => JoinSet::new(),
     };
     let grace = config.kube_timeout + Duration::from_secs(2);
     let lost = stop_in_order(lanes, tasks, grace, &release, elected, lost).await;
@@ -350,68 +368,65 @@ fn serve_main(
     }
 }
 
-/// What every guard's tasks share.
-struct Parts<'a> {
-    client: &'a kube::Client,
-    metrics: &'a Metrics,
-    executor: &'a Arc<Executor>,
-    wake: &'a Arc<Notify>,
-    stop: &'a CancellationToken,
-    shutdown: &'a CancellationToken,
+/// The fleet and the poller, built, not started: they start once this replica leads.
+struct Workers {
+    fleet: Fleet,
+    poller: Poller,
+    /// The running guards, as the fleet publishes them.
+    registry: Registry,
+    health: Arc<PrometheusHealth>,
+    /// Where a reload puts a new config in force.
+    configs: watch::Sender<Arc<Config>>,
 }
 
-/// A guard's tasks, built but not started: they start once this replica leads.
-struct GuardStart {
-    watcher: BoxFuture<'static, ()>,
-    task: BoxFuture<'static, ()>,
-    lane: BoxFuture<'static, ()>,
-}
-
-impl GuardStart {
-    fn spawn(self, tasks: &mut JoinSet<()>, lanes: &mut JoinSet<()>) {
-        tasks.spawn(self.watcher);
-        tasks.spawn(self.task);
-        lanes.spawn(self.lane);
-    }
-}
-
-/// Every guard, prepared: what the HTTP side needs, the tasks to start, what the poller needs.
-fn prepare_guards(
+fn workers(
     config: &Config,
-    parts: &Parts<'_>,
-) -> (Vec<GuardHandle>, Vec<GuardStart>, Vec<PollTarget>) {
-    let mut prepared = (Vec::new(), Vec::new(), Vec::new());
-    for g in &config.guards {
-        let (handle, start, poll) = prepare_guard(Arc::new(g.clone()), parts);
-        prepared.0.push(handle);
-        prepared.1.push(start);
-        prepared.2.push(poll);
-    }
-    prepared
-}
-
-/// Builds one guard's watcher, decision task and executor lane; returns what the HTTP side and
-/// the poller need of it, and the tasks to start.
-fn prepare_guard(g: Arc<GuardConfig>, parts: &Parts<'_>) -> (GuardHandle, GuardStart, PollTarget) {
-    let service = ServiceHandle::new(parts.client, &g);
-    let (task, ends) = GuardTask::new(
-        g,
-        service.clone(),
-        parts.metrics.clone(),
-        parts.wake.clone(),
-        Clock::wall(),
-    );
-    let g = &ends.handle.config;
-    let poll = PollTarget::new(g, ends.polling, ends.handle.inbox.clone());
-    let lane = parts.executor.clone().run_lane(
-        Target::new(g, service),
-        ends.commands,
-        parts.shutdown.clone(),
-    );
-    let start = GuardStart {
-        watcher: Box::pin(ends.watcher.run(parts.stop.clone())),
-        task: Box::pin(task.run(parts.stop.clone())),
-        lane: Box::pin(lane),
+    prometheus: Prometheus,
+    (client, metrics, fence, identity): (&kube::Client, &Metrics, &Fence, &str),
+    guards_stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Workers {
+    let reporter = Reporter {
+        controller: "cutover-watchdog".into(),
+        instance: Some(identity.chars().take(128).collect()),
     };
-    (ends.handle, start, poll)
+    let executor = Arc::new(Executor::new(
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        config.kube_timeout,
+        fence.clone(),
+    ));
+    let wake = Arc::new(Notify::new());
+    let (configs, in_force) = watch::channel(Arc::new(config.clone()));
+    let (publish, registry) = watch::channel(Arc::new(GuardSet::empty()));
+    let fleet = Fleet::new(
+        Parts {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            executor,
+            wake: wake.clone(),
+            clock: Clock::wall(),
+        },
+        in_force.clone(),
+        publish,
+        guards_stop.clone(),
+        shutdown.clone(),
+    );
+    let health = Arc::new(PrometheusHealth::default());
+    let poller = Poller {
+        guards: registry.clone(),
+        prometheus,
+        metrics: metrics.clone(),
+        interval: config.poll_interval,
+        wake,
+        health: health.clone(),
+        configs: Some(in_force),
+    };
+    Workers {
+        fleet,
+        poller,
+        registry,
+        health,
+        configs,
+    }
 }

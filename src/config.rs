@@ -13,7 +13,8 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::promql::Template;
+use crate::promql::{LabelTemplate, Placeholder, ServiceVars, Template};
+use crate::selector::LabelSelector;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,8 +37,15 @@ pub struct Config {
     /// The Alertmanager webhook on `listen`.
     #[serde(default)]
     pub webhook: WebhookConfig,
-    /// The guarded Services.
+    /// The guarded Services, by name.
+    #[serde(default)]
     pub guards: Vec<GuardConfig>,
+    /// Guards for every Service that matches, in the namespaces each template lists.
+    #[serde(default)]
+    pub templates: Vec<TemplateConfig>,
+    /// How often the config file is checked for new contents (SIGHUP reloads at once).
+    #[serde(default = "defaults::reload_interval", with = "duration")]
+    pub config_reload_interval: Duration,
     /// Leader election, for two or more replicas. Absent: this replica acts alone.
     #[serde(default)]
     pub leader_election: Option<LeaderElectionConfig>,
@@ -45,7 +53,7 @@ pub struct Config {
 
 /// Leader election on a `coordination.k8s.io/v1` Lease: only the holder writes, and it stops
 /// writing `fence_margin` before any other replica could consider the Lease expired.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderElectionConfig {
     /// The Lease's name.
@@ -67,7 +75,7 @@ pub struct LeaderElectionConfig {
 }
 
 /// `POST /webhook/alertmanager`: how it authenticates and how much it takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// File holding the bearer token Alertmanager sends (`http_config.authorization`).
@@ -93,7 +101,7 @@ pub struct WebhookConfig {
 }
 
 /// The main listener's certificate and key, both PEM, both or neither. Re-read when they change.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The certificate chain, leaf first.
@@ -174,7 +182,7 @@ impl WebhookConfig {
 }
 
 /// HTTP basic auth for the webhook.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthConfig {
     pub username: String,
@@ -183,7 +191,7 @@ pub struct BasicAuthConfig {
 }
 
 /// A token bucket: `per_second` sustained, `burst` at once.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub per_second: u32,
@@ -200,12 +208,13 @@ impl Default for RateLimitConfig {
 }
 
 /// Which Alertmanager alerts act on a guard.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// Every label here must be equal on the alert.
+    /// Every label here must be equal on the alert. Values may use the Service's placeholders
+    /// (`{{service}}`, `{{label.app}}`, ...), filled when the guard is bound to its Service.
     #[serde(rename = "match", default)]
-    pub match_labels: BTreeMap<String, String>,
+    pub match_labels: BTreeMap<String, LabelTemplate>,
     /// The alert's `severity` label must be one of these.
     #[serde(default = "defaults::severities")]
     pub severities: Vec<String>,
@@ -215,9 +224,23 @@ impl AlertsConfig {
     /// Whether an alert with `labels` is about this guard (its severity aside).
     #[must_use]
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
+        self.match_labels.iter().all(|(k, v)| {
+            v.literal()
+                .is_some_and(|v| labels.get(k).map(String::as_str) == Some(v))
+        })
+    }
+
+    /// The match values filled from `vars`, or the first placeholder `vars` lack.
+    fn bind(&self, vars: &ServiceVars<'_>) -> std::result::Result<Self, Placeholder> {
+        let match_labels = self
+            .match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .map(|(k, v)| Ok((k.clone(), LabelTemplate::literal_of(v.fill(vars)?))))
+            .collect::<std::result::Result<_, Placeholder>>()?;
+        Ok(Self {
+            match_labels,
+            severities: self.severities.clone(),
+        })
     }
 
     /// Whether `severity` is one that acts.
@@ -228,7 +251,7 @@ impl AlertsConfig {
 }
 
 /// The Prometheus HTTP API the checks are sent to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
     /// Base URL, e.g. `http://prometheus.monitoring:9090`; http only for now.
@@ -269,7 +292,7 @@ impl LeaderElectionConfig {
 }
 
 /// One guarded Service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardConfig {
     /// Unique name; used in logs, metrics labels and `/v1/guards`.
@@ -300,13 +323,127 @@ pub struct GuardConfig {
     pub alerts: Option<AlertsConfig>,
 }
 
+impl GuardConfig {
+    /// This guard bound to its Service: every Service placeholder `vars` can fill is filled.
+    /// Also returns the first one it could not: a query with it left is never sent, and
+    /// `alerts` with it left is dropped, so that no alert can match a half-filled value.
+    #[must_use]
+    pub fn bind(&self, vars: &ServiceVars<'_>) -> (Self, Option<Placeholder>) {
+        let mut missing = None;
+        let checks = self
+            .checks
+            .iter()
+            .map(|c| {
+                let (query, lacks) = c.query.bind(vars);
+                if missing.is_none() {
+                    missing = lacks;
+                }
+                CheckConfig { query, ..c.clone() }
+            })
+            .collect();
+        let alerts = match self.alerts.as_ref().map(|a| a.bind(vars)) {
+            Some(Ok(a)) => Some(a),
+            Some(Err(lacks)) => {
+                missing.get_or_insert(lacks);
+                None
+            }
+            None => None,
+        };
+        let bound = Self {
+            checks,
+            alerts,
+            ..self.clone()
+        };
+        (bound, missing)
+    }
+}
+
+/// Guards for every Service that matches, in the template's namespaces. A template has every
+/// guard key but `name`, `namespace` and `service`: those come from each Service it guards.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "TemplateFields")]
+pub struct TemplateConfig {
+    pub name: String,
+    /// Namespaces to look in; `["*"]` is every namespace.
+    pub namespaces: Vec<String>,
+    /// Which Services, by their own labels; empty matches all.
+    pub service_selector: LabelSelector,
+    /// The guard keys; `name`, `namespace` and `service` are left empty.
+    pub guard: GuardConfig,
+}
+
+impl TemplateConfig {
+    /// Whether the template looks in every namespace.
+    #[must_use]
+    pub fn all_namespaces(&self) -> bool {
+        self.namespaces.iter().any(|n| n == ALL_NAMESPACES)
+    }
+
+    /// Whether the template looks in `namespace`.
+    #[must_use]
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.all_namespaces() || self.namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// `namespaces: ["*"]`.
+pub const ALL_NAMESPACES: &str = "*";
+
+/// A template as written in the file. It repeats [`GuardConfig`]'s keys because serde cannot
+/// flatten a struct that refuses unknown keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateFields {
+    name: String,
+    namespaces: Vec<String>,
+    #[serde(default)]
+    service_selector: LabelSelector,
+    #[serde(default = "defaults::version_label")]
+    version_label: String,
+    #[serde(default = "defaults::window", with = "duration")]
+    window: Duration,
+    #[serde(default = "defaults::stabilization", with = "duration")]
+    stabilization: Duration,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default = "defaults::min_ready_previous")]
+    min_ready_previous: u32,
+    #[serde(default)]
+    checks: Vec<CheckConfig>,
+    #[serde(default)]
+    alerts: Option<AlertsConfig>,
+}
+
+impl From<TemplateFields> for TemplateConfig {
+    fn from(t: TemplateFields) -> Self {
+        Self {
+            name: t.name,
+            namespaces: t.namespaces,
+            service_selector: t.service_selector,
+            guard: GuardConfig {
+                name: String::new(),
+                namespace: String::new(),
+                service: String::new(),
+                version_label: t.version_label,
+                window: t.window,
+                stabilization: t.stabilization,
+                dry_run: t.dry_run,
+                min_ready_previous: t.min_ready_previous,
+                checks: t.checks,
+                alerts: t.alerts,
+            },
+        }
+    }
+}
+
 /// One PromQL check, validated as it is read: its query parses and it has exactly one
 /// finite threshold.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "CheckFields")]
 pub struct CheckConfig {
     pub name: String,
-    /// PromQL; `{{version}}` is the green version, `{{previous_version}}` the blue one.
+    /// PromQL; `{{version}}` is the green version, `{{previous_version}}` the blue one, and
+    /// `{{namespace}}`, `{{service}}`, `{{selector.KEY}}`, `{{label.KEY}}` the Service's.
     pub query: Template,
     pub threshold: Threshold,
     /// Breached at every poll for this long trips the check.
@@ -474,10 +611,11 @@ impl Config {
         if let Some(le) = &self.leader_election {
             le.validate()?;
         }
-        if self.guards.is_empty() {
+        nonzero("config_reload_interval", self.config_reload_interval)?;
+        if self.guards.is_empty() && self.templates.is_empty() {
             return Err(refuse(
                 "guards".into(),
-                "at least one guard is required".into(),
+                "at least one guard, or one template, is required".into(),
             ));
         }
         let mut names = HashSet::new();
@@ -499,33 +637,74 @@ impl Config {
                     format!("service {}/{} is guarded twice", g.namespace, g.service),
                 ));
             }
-            if g.version_label.is_empty() || g.version_label.len() > 316 {
-                return Err(refuse(at("version_label"), "must be a label key".into()));
-            }
-            nonzero(&at("window"), g.window)?;
-            if g.stabilization > g.window {
+            validate_keys(&format!("guards[{i}]"), g)?;
+        }
+        let mut templates = HashSet::new();
+        for (i, t) in self.templates.iter().enumerate() {
+            let at = |k: &str| format!("templates[{i}].{k}");
+            check_name(&at("name"), &t.name)?;
+            if !templates.insert(t.name.as_str()) {
                 return Err(refuse(
-                    at("stabilization"),
-                    "must not be longer than `window`".into(),
+                    at("name"),
+                    format!("duplicate template name {:?}", t.name),
                 ));
             }
-            if let Some(a) = &g.alerts {
-                if a.match_labels.is_empty() {
-                    return Err(refuse(
-                        at("alerts.match"),
-                        "must name at least one label, or every alert would match".into(),
-                    ));
-                }
-                if a.severities.is_empty() {
-                    return Err(refuse(
-                        at("alerts.severities"),
-                        "must list at least one severity".into(),
-                    ));
+            if t.namespaces.is_empty() {
+                return Err(refuse(
+                    at("namespaces"),
+                    "must list at least one namespace, or [\"*\"] for every namespace".into(),
+                ));
+            }
+            if t.all_namespaces() && t.namespaces.len() > 1 {
+                return Err(refuse(
+                    at("namespaces"),
+                    "\"*\" already means every namespace: list it alone".into(),
+                ));
+            }
+            for (j, ns) in t.namespaces.iter().enumerate() {
+                if ns != ALL_NAMESPACES {
+                    check_dns_label(&at(&format!("namespaces[{j}]")), ns)?;
                 }
             }
-            validate_checks(i, g)?;
+            validate_keys(&format!("templates[{i}]"), &t.guard)?;
         }
         Ok(())
+    }
+
+    /// The keys that only take effect at start-up and differ between `self` (in force) and
+    /// `new`: a reload keeps their old values.
+    #[must_use]
+    pub fn restart_keys_changed(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != new.listen {
+            changed.push("listen");
+        }
+        if self.admin_listen != new.admin_listen {
+            changed.push("admin_listen");
+        }
+        if self.kube_timeout != new.kube_timeout {
+            changed.push("kube_timeout");
+        }
+        if self.webhook != new.webhook {
+            changed.push("webhook");
+        }
+        if self.leader_election != new.leader_election {
+            changed.push("leader_election");
+        }
+        changed
+    }
+
+    /// `new` with the restart-only keys of `self` (in force): what a reload puts in force.
+    #[must_use]
+    pub fn reloaded(&self, new: Self) -> Self {
+        Self {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            kube_timeout: self.kube_timeout,
+            webhook: self.webhook.clone(),
+            leader_election: self.leader_election.clone(),
+            ..new
+        }
     }
 
     /// Reads a config for tests and examples from a YAML string, labelled `<inline>`.
@@ -534,12 +713,42 @@ impl Config {
     }
 }
 
-/// The checks of guard `i`: valid, unique names (each check's own fields were checked as it
-/// was read).
-fn validate_checks(i: usize, g: &GuardConfig) -> Checked {
+/// The guard keys a guard and a template share, under `prefix` (`guards[0]`, `templates[1]`).
+fn validate_keys(prefix: &str, g: &GuardConfig) -> Checked {
+    let at = |k: &str| format!("{prefix}.{k}");
+    if g.version_label.is_empty() || g.version_label.len() > 316 {
+        return Err(refuse(at("version_label"), "must be a label key".into()));
+    }
+    nonzero(&at("window"), g.window)?;
+    if g.stabilization > g.window {
+        return Err(refuse(
+            at("stabilization"),
+            "must not be longer than `window`".into(),
+        ));
+    }
+    if let Some(a) = &g.alerts {
+        if a.match_labels.is_empty() {
+            return Err(refuse(
+                at("alerts.match"),
+                "must name at least one label, or every alert would match".into(),
+            ));
+        }
+        if a.severities.is_empty() {
+            return Err(refuse(
+                at("alerts.severities"),
+                "must list at least one severity".into(),
+            ));
+        }
+    }
+    validate_checks(prefix, g)
+}
+
+/// The checks of a guard or template: valid, unique names (each check's own fields were
+/// checked as it was read).
+fn validate_checks(prefix: &str, g: &GuardConfig) -> Checked {
     let mut checks = HashSet::new();
     for (j, c) in g.checks.iter().enumerate() {
-        let at = |k: &str| format!("guards[{i}].checks[{j}].{k}");
+        let at = |k: &str| format!("{prefix}.checks[{j}].{k}");
         check_name(&at("name"), &c.name)?;
         if !checks.insert(c.name.as_str()) {
             return Err(refuse(

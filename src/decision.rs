@@ -446,6 +446,24 @@ impl Guard {
         &self.policy
     }
 
+    /// Puts a new policy in force. `keep[i]` is the old index of new check `i` when that check
+    /// is unchanged: it keeps its progress (`for` and last sample) in the window; any other
+    /// starts afresh. The window keeps its clock: its start, its end and its rollback.
+    pub fn reconfigure(&mut self, policy: Policy, keep: &[Option<usize>]) {
+        if let Some(w) = &mut self.window {
+            w.checks = (0..policy.checks.len())
+                .map(|i| {
+                    keep.get(i)
+                        .copied()
+                        .flatten()
+                        .and_then(|old| w.checks.get(old).cloned())
+                        .unwrap_or_default()
+                })
+                .collect();
+        }
+        self.policy = policy;
+    }
+
     /// Feeds one signal at time `now` and returns what should be done.
     pub fn handle(&mut self, signal: Signal, now: Timestamp) -> Vec<Decision> {
         match signal {

@@ -9,11 +9,12 @@
 //! precondition, and no write starts unless the [`Fence`] allows it (this replica leads). On
 //! shutdown a lane finishes the command in hand and takes no new one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 // Tokio's clock, the same in production, lets fast tests run the budget in paused time.
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,19 +47,34 @@ pub struct Command {
 pub struct Target {
     guard: String,
     service: ServiceHandle,
-    min_ready_previous: u32,
-    dry_run: bool,
+    /// The guard's config in force: `dry_run` and `min_ready_previous` reload live.
+    config: watch::Receiver<Arc<GuardConfig>>,
 }
 
 impl Target {
+    /// A target whose config never changes.
     #[must_use]
     pub fn new(guard: &GuardConfig, service: ServiceHandle) -> Self {
+        Self::live(watch::channel(Arc::new(guard.clone())).1, service)
+    }
+
+    /// A target that follows the guard's config in force.
+    #[must_use]
+    pub fn live(config: watch::Receiver<Arc<GuardConfig>>, service: ServiceHandle) -> Self {
+        let guard = config.borrow().name.clone();
         Self {
-            guard: guard.name.clone(),
+            guard,
             service,
-            min_ready_previous: guard.min_ready_previous,
-            dry_run: guard.dry_run,
+            config,
         }
+    }
+
+    fn min_ready_previous(&self) -> u32 {
+        self.config.borrow().min_ready_previous
+    }
+
+    fn dry_run(&self) -> bool {
+        self.config.borrow().dry_run
     }
 }
 
@@ -288,10 +304,11 @@ impl Executor {
                         .rollback_blocked_total
                         .with_label_values(&[guard])
                         .inc();
-                    error!(guard, target = %state.previous, ready, required = target.min_ready_previous, "rollback blocked: target has too few Ready pods; selector unchanged");
+                    error!(guard, target = %state.previous, ready, required = target.min_ready_previous(), "rollback blocked: target has too few Ready pods; selector unchanged");
                     let note = format!(
                         "not reverting to {}: {ready} Ready pods, {} required; selector unchanged",
-                        state.previous, target.min_ready_previous
+                        state.previous,
+                        target.min_ready_previous()
                     );
                     self.event(r, EventType::Warning, "RollbackBlocked", "Rollback", note)
                         .await;
@@ -497,7 +514,7 @@ impl Executor {
         }
         let selector = service::selector(&current);
         let ready = svc.ready_pods(&selector, &state.previous).await?;
-        if ready < target.min_ready_previous {
+        if ready < target.min_ready_previous() {
             return Ok(Some(RollbackResult::Blocked { ready }));
         }
         // The fence is checked last, right before the write, and bounds the wait for its answer.
@@ -551,7 +568,7 @@ impl Executor {
 
     /// Records the window's state on the Service, unless the guard is a dry run.
     async fn record(&self, target: &Target, state: &Persisted) {
-        if target.dry_run {
+        if target.dry_run() {
             return;
         }
         let Some(left) = self.fence.remaining() else {

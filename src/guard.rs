@@ -1,7 +1,7 @@
-//! The per-guard tasks: watch the Service, and run the decision core on what comes in.
+//! The per-guard task: run the decision core on what comes in.
 //!
-//! Each guard has one task that owns its [`decision::Guard`]; the watcher, the poller, the
-//! webhook and the executor only send it inputs. It forwards decisions to the executor and
+//! Each guard has one task that owns its [`decision::Guard`]; the fleet (which watches the
+//! Services), the poller, the webhook and the executor only send it inputs. It forwards decisions to the executor and
 //! publishes a status snapshot for `/v1/guards` and the metrics. It never writes to Kubernetes
 //! itself.
 
@@ -10,17 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::Resource;
-use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::GuardConfig;
+use crate::config::{CheckConfig, GuardConfig};
+use crate::coverage::Source;
 use crate::decision::{self, Decision, Sample, Signal};
 use crate::executor::Command;
 use crate::metrics::Metrics;
@@ -60,13 +59,18 @@ impl Clock {
 #[derive(Debug)]
 pub enum Input {
     /// The Service as the watch saw it.
-    Service(Box<Service>),
+    Service(Arc<Service>),
+    /// The guard's config changed (a reload, or its Service's labels): the new checks apply
+    /// from the next poll, and the open window keeps its clock.
+    Reconfigure(Arc<GuardConfig>),
     Signal(Signal),
     /// A poll of the guard's checks ([`Signal::Polled`]), with why each check's query failed,
     /// if it did, in check order. The core needs only the samples; the reasons are for status.
+    /// `checks` are the ones polled: a poll of checks since replaced is dropped.
     Polled {
         signal: Signal,
         errors: Vec<Option<String>>,
+        checks: Arc<[CheckConfig]>,
     },
     /// A firing Alertmanager alert that matched this guard and may act.
     Alert {
@@ -106,11 +110,20 @@ impl AlertLog {
     }
 }
 
-/// The window the poller should query, published by the guard task.
-#[derive(Debug, Clone, PartialEq)]
+/// The window the poller should query, and the checks to query, published by the guard task.
+#[derive(Debug, Clone)]
 pub struct Polling {
     pub version: String,
     pub previous: String,
+    pub checks: Arc<[CheckConfig]>,
+}
+
+impl PartialEq for Polling {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.previous == other.previous
+            && Arc::ptr_eq(&self.checks, &other.checks)
+    }
 }
 
 /// A snapshot of one guard for `GET /v1/guards`.
@@ -119,6 +132,8 @@ pub struct GuardStatus {
     pub name: String,
     pub namespace: String,
     pub service: String,
+    /// Where the guard comes from: `config`, or `template:<name>`.
+    pub source: Source,
     pub dry_run: bool,
     /// The watch is established.
     pub ready: bool,
@@ -176,14 +191,32 @@ pub struct AlertSeen {
     pub outcome: &'static str,
 }
 
-/// What the HTTP side holds of a guard.
+/// What the HTTP side and the poller hold of a guard.
 #[derive(Clone)]
 pub struct GuardHandle {
     pub config: Arc<GuardConfig>,
     pub inbox: mpsc::Sender<Input>,
     pub status: watch::Receiver<GuardStatus>,
+    /// The open window, for the poller, which sends its samples to `inbox`.
+    pub polling: watch::Receiver<Option<Polling>>,
     pub ready: Arc<AtomicBool>,
     pub alerts: Arc<AlertLog>,
+}
+
+impl GuardHandle {
+    /// A handle with no task behind it: for tools and tests that drive a guard's inbox
+    /// themselves. Not ready, no window to poll.
+    #[must_use]
+    pub fn detached(config: Arc<GuardConfig>, inbox: mpsc::Sender<Input>) -> Self {
+        Self {
+            status: watch::channel(initial_status(&config, Source::Config)).1,
+            config,
+            inbox,
+            polling: watch::channel(None).1,
+            ready: Arc::default(),
+            alerts: Arc::default(),
+        }
+    }
 }
 
 /// What a guard's task remembers besides the core's state, for Events and status.
@@ -200,6 +233,10 @@ struct Memory {
 /// The task that owns one guard's decision state.
 pub struct GuardTask {
     config: Arc<GuardConfig>,
+    /// `config.checks`, shared with the poller through [`Polling`].
+    checks: Arc<[CheckConfig]>,
+    /// The config in force, for the guard's executor lane.
+    lane_config: watch::Sender<Arc<GuardConfig>>,
     core: decision::Guard,
     service: ServiceHandle,
     inbox: mpsc::Receiver<Input>,
@@ -219,24 +256,12 @@ pub struct GuardTask {
 
 /// What the rest of the watchdog holds of a guard built by [`GuardTask::new`].
 pub struct Ends {
-    /// For the webhook and `/v1/guards`.
+    /// For the fleet, the webhook, the poller and `/v1/guards`.
     pub handle: GuardHandle,
-    /// The open window, for the poller, which sends its samples to `handle.inbox`.
-    pub polling: watch::Receiver<Option<Polling>>,
     /// The guard's commands, for its executor lane.
     pub commands: mpsc::Receiver<Command>,
-    /// The list+watch of the guard's Service that feeds the task.
-    pub watcher: Watcher,
-}
-
-/// Feeds a guard's Service, as its list+watch sees it, into the guard's inbox, and marks the
-/// guard ready once the initial list is in.
-pub struct Watcher {
-    service: ServiceHandle,
-    guard: String,
-    inbox: mpsc::Sender<Input>,
-    ready: Arc<AtomicBool>,
-    metrics: Metrics,
+    /// The guard's config in force, for its executor lane.
+    pub config: watch::Receiver<Arc<GuardConfig>>,
 }
 
 impl GuardTask {
@@ -245,6 +270,7 @@ impl GuardTask {
     #[must_use]
     pub fn new(
         config: Arc<GuardConfig>,
+        source: Source,
         service: ServiceHandle,
         metrics: Metrics,
         wake: Arc<tokio::sync::Notify>,
@@ -254,30 +280,27 @@ impl GuardTask {
         let (inbox_tx, inbox) = mpsc::channel(INBOX);
         let (reply, replies) = mpsc::channel(4);
         let (executor, commands) = mpsc::channel(LANE_QUEUE);
-        let (status, status_rx) = watch::channel(initial_status(&config));
+        let (status, status_rx) = watch::channel(initial_status(&config, source));
         let (polling, polling_rx) = watch::channel(None);
+        let (lane_config, lane_config_rx) = watch::channel(config.clone());
         let ready = Arc::new(AtomicBool::new(false));
         let alerts = Arc::new(AlertLog::default());
         let ends = Ends {
             handle: GuardHandle {
                 config: config.clone(),
-                inbox: inbox_tx.clone(),
+                inbox: inbox_tx,
                 status: status_rx,
+                polling: polling_rx,
                 ready: ready.clone(),
                 alerts: alerts.clone(),
             },
-            polling: polling_rx,
             commands,
-            watcher: Watcher {
-                service: service.clone(),
-                guard: config.name.clone(),
-                inbox: inbox_tx,
-                ready: ready.clone(),
-                metrics: metrics.clone(),
-            },
+            config: lane_config_rx,
         };
         let task = Self {
             core: decision::Guard::new(decision::Policy::from(config.as_ref())),
+            checks: config.checks.clone().into(),
+            lane_config,
             config,
             service,
             inbox,
@@ -310,7 +333,11 @@ impl GuardTask {
             let now = self.clock.now();
             let decisions = match input {
                 Input::Signal(signal) => self.core.handle(signal, now),
-                Input::Polled { signal, errors } => {
+                Input::Polled { checks, .. } if !Arc::ptr_eq(&checks, &self.checks) => {
+                    debug!(guard = %self.config.name, "dropped a poll of checks since reconfigured");
+                    continue;
+                }
+                Input::Polled { signal, errors, .. } => {
                     // A poll for a window that is gone changes nothing, its errors included.
                     if let Signal::Polled { version, .. } = &signal
                         && self
@@ -324,6 +351,10 @@ impl GuardTask {
                 }
                 Input::Service(svc) => self.observe(&svc, &mut memory, now),
                 Input::Alert { alert, seen } => self.alert(alert, seen, now),
+                Input::Reconfigure(config) => {
+                    self.reconfigure(config, &mut memory);
+                    Vec::new()
+                }
             };
             if !self.execute(decisions, &mut memory, now).await {
                 return;
@@ -348,6 +379,27 @@ impl GuardTask {
             },
             now,
         )
+    }
+
+    /// Puts `config` in force. A check that is unchanged (same name, query, threshold, `for`
+    /// and no-data policy) keeps its progress in the open window; any other starts afresh.
+    fn reconfigure(&mut self, config: Arc<GuardConfig>, memory: &mut Memory) {
+        let keep: Vec<Option<usize>> = config
+            .checks
+            .iter()
+            .map(|c| self.config.checks.iter().position(|old| old == c))
+            .collect();
+        memory.poll_errors = keep
+            .iter()
+            .map(|k| k.and_then(|i| memory.poll_errors.get(i).cloned().flatten()))
+            .collect();
+        self.metrics.retire_checks(&self.config, &config);
+        self.core
+            .reconfigure(decision::Policy::from(config.as_ref()), &keep);
+        self.checks = config.checks.clone().into();
+        self.lane_config.send_replace(config.clone());
+        info!(guard = %config.name, checks = config.checks.len(), "guard reconfigured");
+        self.config = config;
     }
 
     fn alert(
@@ -405,6 +457,7 @@ impl GuardTask {
         let polling = open.map(|w| Polling {
             version: w.version.clone(),
             previous: w.previous.clone(),
+            checks: self.checks.clone(),
         });
         let opened = polling.is_some();
         let changed = self.polling.send_if_modified(|p| {
@@ -450,6 +503,7 @@ impl GuardTask {
         let ready = self.ready.load(Ordering::Relaxed);
         self.status.send_modify(|s| {
             s.ready = ready;
+            s.dry_run = self.config.dry_run;
             s.selector_version.clone_from(&memory.selector_version);
             s.state = window.map(|w| w.phase);
             s.window = window.map(|w| WindowStatus {
@@ -483,11 +537,12 @@ fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
 
 /// The initial status of a guard, before anything is known.
 #[must_use]
-pub fn initial_status(g: &GuardConfig) -> GuardStatus {
+pub fn initial_status(g: &GuardConfig, source: Source) -> GuardStatus {
     GuardStatus {
         name: g.name.clone(),
         namespace: g.namespace.clone(),
         service: g.service.clone(),
+        source,
         dry_run: g.dry_run,
         ready: false,
         selector_version: None,
@@ -496,65 +551,5 @@ pub fn initial_status(g: &GuardConfig) -> GuardStatus {
         checks: Vec::new(),
         last_decision: None,
         last_alerts: Vec::new(),
-    }
-}
-
-impl Watcher {
-    /// Runs until `shutdown`, or until the guard's task is gone.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let Self {
-            service,
-            guard,
-            inbox,
-            ready,
-            metrics,
-        } = self;
-        watch_service(service, guard, inbox, ready, metrics, shutdown).await;
-    }
-}
-
-async fn watch_service(
-    service: ServiceHandle,
-    guard: String,
-    inbox: mpsc::Sender<Input>,
-    ready: Arc<AtomicBool>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
-    let relists = metrics.service_relists_total.with_label_values(&[&guard]);
-    let stream = service.watch().default_backoff();
-    futures::pin_mut!(stream);
-    loop {
-        let event = tokio::select! {
-            () = shutdown.cancelled() => return,
-            event = stream.next() => event,
-        };
-        let svc = match event {
-            None => return,
-            Some(Ok(watcher::Event::Apply(svc) | watcher::Event::InitApply(svc))) => svc,
-            Some(Ok(watcher::Event::InitDone)) => {
-                if ready.swap(true, Ordering::Relaxed) {
-                    // The Service was listed again (after 410 Gone): whatever changed while the
-                    // watch was down has just been fed to the guard as the current state.
-                    relists.inc();
-                    info!(guard, namespace = %service.namespace, service = %service.name, "watch re-listed");
-                } else {
-                    info!(guard, namespace = %service.namespace, service = %service.name, "watch established");
-                }
-                continue;
-            }
-            Some(Ok(watcher::Event::Init)) => continue,
-            Some(Ok(watcher::Event::Delete(_))) => {
-                warn!(guard, namespace = %service.namespace, service = %service.name, "guarded service was deleted");
-                continue;
-            }
-            Some(Err(e)) => {
-                warn!(guard, error = %crate::error::chain(&e), "service watch failed; retrying with backoff");
-                continue;
-            }
-        };
-        if inbox.send(Input::Service(Box::new(svc))).await.is_err() {
-            return;
-        }
     }
 }

@@ -29,6 +29,7 @@ use axum::{Json, Router};
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span, warn};
 
+use crate::fleet::Registry;
 use crate::guard::{GuardHandle, GuardStatus};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
@@ -38,7 +39,8 @@ use crate::webhook::{self, Rejection, Webhook, WebhookState};
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub guards: Arc<[GuardHandle]>,
+    /// The guards running now.
+    pub guards: Registry,
     pub metrics: Metrics,
     pub webhook: Arc<Webhook>,
     /// Whether this replica leads; only the leader is ready and takes alerts.
@@ -147,7 +149,8 @@ async fn guards(State(state): State<AppState>) -> Json<Vec<GuardStatus>> {
         s.last_alerts = g.alerts.snapshot();
         s
     };
-    Json(state.guards.iter().map(status).collect())
+    let guards = state.guards.borrow().clone();
+    Json(guards.guards.iter().map(status).collect())
 }
 
 /// The text exposition format's content type, which Prometheus expects of a scrape.
@@ -188,7 +191,8 @@ async fn readyz(State(state): State<AppState>) -> Readiness {
             text: "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
         };
     }
-    let waiting: Vec<&str> = state
+    let guards = state.guards.borrow().clone();
+    let waiting: Vec<&str> = guards
         .guards
         .iter()
         .filter(|g| !g.ready.load(Ordering::Relaxed))
@@ -218,7 +222,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
-    use tokio::sync::{mpsc, watch};
+    use tokio::sync::mpsc;
     use tower::ServiceExt;
 
     use super::*;
@@ -231,16 +235,11 @@ mod tests {
         .unwrap();
         let g = Arc::new(config.guards[0].clone());
         let (inbox, _) = mpsc::channel(1);
-        let (_, status) = watch::channel(crate::guard::initial_status(&g));
         AppState {
-            guards: vec![GuardHandle {
-                config: g,
-                inbox,
-                status,
+            guards: crate::fleet::fixed(vec![GuardHandle {
                 ready: Arc::new(AtomicBool::new(ready)),
-                alerts: Arc::default(),
-            }]
-            .into(),
+                ..GuardHandle::detached(g, inbox)
+            }]),
             metrics: Metrics::new().unwrap(),
             webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
             leader: Fence::open(),

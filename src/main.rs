@@ -30,7 +30,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Serve(args) => {
-            app::run(Config::load(&args.config)?, app::shutdown_on_signal()?).await?;
+            app::run(args.config, app::shutdown_on_signal()?).await?;
         }
         #[cfg(feature = "sandbox")]
         Command::Demo(options) => {

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub leader: IntGauge,
     pub service_relists_total: IntCounterVec,
     pub secret_reload_errors_total: IntCounterVec,
+    /// 1 if the last read of the config file was put in force, 0 if it was refused.
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
+    /// Guards running, by where they come from (`config`, `template`).
+    pub guards: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -242,8 +247,35 @@ impl Metrics {
                     &["file"],
                 )?,
             )?,
+            config_last_reload_successful: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "config_last_reload_successful",
+                    "Whether the last read of the config file was put in force (1) or refused (0).",
+                ))?,
+            )?,
+            config_last_reload_success_timestamp_seconds: reg(
+                r,
+                prometheus::Gauge::with_opts(opts(
+                    "config_last_reload_success_timestamp_seconds",
+                    "When the config in force was read (Unix time).",
+                ))?,
+            )?,
+            guards: reg(
+                r,
+                IntGaugeVec::new(
+                    opts("guards", "Guards running, by source: config or template."),
+                    &["source"],
+                )?,
+            )?,
             registry,
         };
+        m.config_last_reload_successful.set(1);
+        m.config_last_reload_success_timestamp_seconds
+            .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+        for source in ["config", "template"] {
+            m.guards.with_label_values(&[source]);
+        }
         // Closed label sets start at zero, for the same reason as `init_guard`.
         for reason in QueryError::ALL {
             m.prometheus_query_errors_total
@@ -294,6 +326,58 @@ impl Metrics {
             self.check_breached.with_label_values(&labels).set(0);
             self.check_no_data_total.with_label_values(&labels);
         }
+    }
+
+    /// Deletes every series of a guard that is gone, so that memory does not grow with churn.
+    pub fn remove_guard(&self, guard: &GuardConfig) {
+        let g = guard.name.as_str();
+        for family in [
+            &self.cutovers_total,
+            &self.rollback_blocked_total,
+            &self.rollback_failures_total,
+            &self.service_relists_total,
+        ] {
+            let _ = family.remove_label_values(&[g]);
+        }
+        let _ = self.window_active.remove_label_values(&[g]);
+        for trigger in guard
+            .checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(["alert"])
+        {
+            let _ = self.rollbacks_total.remove_label_values(&[g, trigger]);
+            let _ = self
+                .dry_run_rollbacks_total
+                .remove_label_values(&[g, trigger]);
+        }
+        for check in &guard.checks {
+            self.remove_check(g, &check.name);
+        }
+    }
+
+    /// Moves a guard's check series from `old` to `new`: the series of checks `new` lacks are
+    /// deleted, and those of checks it adds start at zero.
+    pub fn retire_checks(&self, old: &GuardConfig, new: &GuardConfig) {
+        let g = new.name.as_str();
+        for check in &old.checks {
+            if !new.checks.iter().any(|c| c.name == check.name) {
+                self.remove_check(g, &check.name);
+                let _ = self.rollbacks_total.remove_label_values(&[g, &check.name]);
+                let _ = self
+                    .dry_run_rollbacks_total
+                    .remove_label_values(&[g, &check.name]);
+            }
+        }
+        self.init_guard(new);
+    }
+
+    fn remove_check(&self, guard: &str, check: &str) {
+        let labels = [guard, check];
+        let _ = self.check_threshold.remove_label_values(&labels);
+        let _ = self.check_breached.remove_label_values(&labels);
+        let _ = self.check_value.remove_label_values(&labels);
+        let _ = self.check_no_data_total.remove_label_values(&labels);
     }
 
     /// The text exposition of every metric.

@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::{CheckConfig, GuardConfig};
+use crate::config::{CheckConfig, Config};
 use crate::decision::{Sample, Signal};
-use crate::guard::{Input, Polling};
+use crate::fleet::Registry;
+use crate::guard::{GuardHandle, Input, Polling};
 use crate::metrics::Metrics;
 use crate::promql::{BatchFailure, Prometheus, QueryError, QueryFailure, QueryResult};
 
@@ -30,35 +31,10 @@ use crate::promql::{BatchFailure, Prometheus, QueryError, QueryFailure, QueryRes
 /// bounds one request's latency as well as its size.
 pub const BATCH: usize = 50;
 
-/// One guard, as the poller sees it.
-pub struct PollTarget {
-    guard: String,
-    checks: Vec<CheckConfig>,
-    /// The open window, published by the guard's task.
-    polling: watch::Receiver<Option<Polling>>,
-    inbox: mpsc::Sender<Input>,
-}
-
-impl PollTarget {
-    /// The poller's view of `guard`: its checks, its open window, its inbox.
-    #[must_use]
-    pub fn new(
-        guard: &GuardConfig,
-        polling: watch::Receiver<Option<Polling>>,
-        inbox: mpsc::Sender<Input>,
-    ) -> Self {
-        Self {
-            guard: guard.name.clone(),
-            checks: guard.checks.clone(),
-            polling,
-            inbox,
-        }
-    }
-}
-
 /// Polls every guard's open window each `interval`.
 pub struct Poller {
-    pub targets: Vec<PollTarget>,
+    /// The guards running now; each round polls the set as it is then.
+    pub guards: Registry,
     pub prometheus: Prometheus,
     pub metrics: Metrics,
     pub interval: Duration,
@@ -66,6 +42,9 @@ pub struct Poller {
     pub wake: Arc<Notify>,
     /// Shared with `/readyz`.
     pub health: Arc<PrometheusHealth>,
+    /// The config in force: a reload's `poll_interval` and `prometheus.*` apply from the next
+    /// round. `None`: they never change.
+    pub configs: Option<watch::Receiver<Arc<Config>>>,
 }
 
 /// How Prometheus answered the latest poll rounds, for `/readyz`. Only rounds with queries
@@ -123,8 +102,9 @@ impl PrometheusHealth {
 }
 
 impl Poller {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
+        let mut configs = self.configs.take();
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Poll times come from the schedule, so breaches are timed in whole intervals whatever
         // the query latency.
@@ -137,30 +117,75 @@ impl Poller {
                     ticker.reset();
                     Instant::now()
                 }
+                changed = next_config(&mut configs) => {
+                    if let Some(config) = changed {
+                        self.reconfigure(&config, &mut ticker);
+                    }
+                    continue;
+                }
             };
             let at = origin.1 + scheduled.saturating_duration_since(origin.0);
             self.round(at).await;
         }
     }
 
+    /// Puts a reloaded `poll_interval` and `prometheus.*` in force.
+    fn reconfigure(&mut self, config: &Config, ticker: &mut tokio::time::Interval) {
+        match Prometheus::new(&config.prometheus.url, config.prometheus.timeout) {
+            Ok(p) => self.prometheus = p,
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "cannot use the reloaded prometheus settings; keeping the previous ones");
+            }
+        }
+        if config.poll_interval != self.interval {
+            self.interval = config.poll_interval;
+            *ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+    }
+
     /// One round: every open window's checks, then their samples to those windows' guards.
     async fn round(&self, at: Timestamp) {
         let started = std::time::Instant::now();
-        let windows: Vec<Option<Polling>> = self
-            .targets
+        let set = self.guards.borrow().clone();
+        let windows: Vec<(&GuardHandle, Polling)> = set
+            .guards
             .iter()
-            .map(|t| t.polling.borrow().clone())
+            .filter_map(|g| Some((g, g.polling.borrow().clone()?)))
             .collect();
+        // A query that cannot be rendered (a placeholder its Service lacks) is never sent: its
+        // failure stands in for its answer.
+        let mut rendered = Vec::new();
         let mut queries = Vec::new();
-        for (target, window) in self.targets.iter().zip(&windows) {
-            if let Some(w) = window {
-                for check in &target.checks {
-                    queries.push(check.query.render(&w.version, &w.previous));
+        for (_, w) in &windows {
+            for check in w.checks.iter() {
+                match check.query.render(&w.version, &w.previous) {
+                    Ok(q) => {
+                        rendered.push(None);
+                        queries.push(q);
+                    }
+                    Err(unbound) => rendered.push(Some(QueryFailure {
+                        kind: QueryError::Unbound,
+                        message: unbound.to_string(),
+                    })),
                 }
             }
         }
-        let results = self.evaluate(&queries).await;
-        if !results.is_empty() {
+        let answers = self.evaluate(&queries).await;
+        let mut answers = answers.into_iter();
+        let results: Vec<QueryResult<Vec<f64>>> = rendered
+            .into_iter()
+            .map(|r| match r {
+                Some(failure) => Err(failure),
+                None => answers.next().unwrap_or_else(|| {
+                    Err(QueryFailure {
+                        kind: QueryError::Body,
+                        message: "missing batch result".to_owned(),
+                    })
+                }),
+            })
+            .collect();
+        if !queries.is_empty() {
             let error = results
                 .iter()
                 .find_map(|r| r.as_ref().err())
@@ -168,24 +193,21 @@ impl Poller {
             self.health.record(Timestamp::now(), error);
         }
         let mut results = results.into_iter();
-        for (target, window) in self.targets.iter().zip(windows) {
-            // A guard with no open window has nothing to poll, and nothing to end.
-            let Some(w) = window else {
-                continue;
-            };
-            let (samples, errors) = target
+        // Only guards with an open window were polled; the others have nothing to end.
+        for (guard, w) in windows {
+            let name = guard.config.name.as_str();
+            let (samples, errors) = w
                 .checks
                 .iter()
                 .map(|check| {
                     let result = results.next().unwrap_or_else(|| {
-                        let missing = "missing batch result".to_owned();
                         Err(QueryFailure {
                             kind: QueryError::Body,
-                            message: missing,
+                            message: "missing batch result".to_owned(),
                         })
                     });
                     let error = result.as_ref().err().map(ToString::to_string);
-                    (self.sample(&target.guard, check, result), error)
+                    (self.sample(name, check, result), error)
                 })
                 .unzip();
             let signal = Signal::Polled {
@@ -193,10 +215,14 @@ impl Poller {
                 version: w.version,
                 at,
             };
-            let input = Input::Polled { signal, errors };
+            let input = Input::Polled {
+                signal,
+                errors,
+                checks: w.checks,
+            };
             // Never wait on one guard: a poll it misses only delays its next sample.
-            if target.inbox.try_send(input).is_err() {
-                warn!(guard = %target.guard, "guard is busy; skipped one poll");
+            if guard.inbox.try_send(input).is_err() {
+                warn!(guard = name, "guard is busy; skipped one poll");
             }
         }
         self.metrics
@@ -280,41 +306,60 @@ impl Poller {
     }
 }
 
+/// The next config put in force, or never when there is none to follow.
+async fn next_config(configs: &mut Option<watch::Receiver<Arc<Config>>>) -> Option<Arc<Config>> {
+    let Some(rx) = configs else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *configs = None;
+        return None;
+    }
+    Some(rx.borrow_and_update().clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
     use url::Url;
 
+    use crate::config::GuardConfig;
     use crate::guard::Polling;
 
-    fn target(guard: &str, window: Option<Polling>) -> (PollTarget, mpsc::Receiver<Input>) {
+    fn guard(name: &str, window: Option<Polling>) -> (GuardHandle, mpsc::Receiver<Input>) {
         let (inbox, received) = mpsc::channel(4);
-        let target = PollTarget {
-            guard: guard.into(),
-            checks: Vec::new(),
+        let config = crate::config::Config::from_yaml(&format!(
+            "prometheus: {{url: 'http://127.0.0.1:9090'}}\nguards:\n- {{name: {name}, service: svc}}\n"
+        ))
+        .unwrap();
+        let g: Arc<GuardConfig> = Arc::new(config.guards[0].clone());
+        let handle = GuardHandle {
             polling: watch::channel(window).1,
-            inbox,
+            ..GuardHandle::detached(g, inbox)
         };
-        (target, received)
+        (handle, received)
     }
 
     #[tokio::test]
     async fn a_round_signals_only_the_guards_with_an_open_window() {
-        let (closed, mut closed_inbox) = target("closed", None);
+        let (closed, mut closed_inbox) = guard("closed", None);
         let window = Polling {
             version: "v2".into(),
             previous: "v1".into(),
+            checks: Arc::new([]),
         };
-        let (open, mut open_inbox) = target("open", Some(window));
+        let (open, mut open_inbox) = guard("open", Some(window));
         // Nothing listens here; with no checks, the round asks Prometheus nothing.
         let url = Url::parse("http://127.0.0.1:9").unwrap();
         let poller = Poller {
-            targets: vec![closed, open],
+            guards: crate::fleet::fixed(vec![closed, open]),
             prometheus: Prometheus::new(&url, Duration::from_secs(1)).unwrap(),
             metrics: Metrics::new().unwrap(),
             interval: Duration::from_secs(1),
             wake: Arc::default(),
             health: Arc::default(),
+            configs: None,
         };
         poller.round(Timestamp::now()).await;
         let got = closed_inbox.try_recv();

@@ -4,6 +4,7 @@
 //! (breach, no data, worst of several series) is decided in [`crate::decision`]. It never retries:
 //! the next poll is the retry, and an error is never a breach.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -12,8 +13,13 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-/// A check's query with its `{{version}}` / `{{previous_version}}` placeholders located. Read
-/// from config as a string, and refused there if it does not parse.
+/// A check's query with its placeholders located. Read from config as a string, and refused
+/// there if it does not parse.
+///
+/// Two kinds of placeholder: the window's versions (`{{version}}`, `{{previous_version}}`),
+/// filled at every poll, and the guarded Service's own ([`Placeholder`]), filled once when the
+/// guard is bound to its Service ([`Template::bind`]). A query with a Service placeholder left
+/// unfilled is never sent ([`Template::render`] refuses it).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Template {
@@ -33,13 +39,93 @@ enum Part {
     Text(String),
     Version,
     PreviousVersion,
+    Service(Placeholder),
+}
+
+/// A placeholder filled from the guarded Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placeholder {
+    /// `{{namespace}}`
+    Namespace,
+    /// `{{service}}`
+    Service,
+    /// `{{selector.KEY}}`: a key of the Service's `spec.selector`.
+    Selector(String),
+    /// `{{label.KEY}}`: a key of the Service's `metadata.labels`.
+    Label(String),
+}
+
+impl std::fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Namespace => f.write_str("{{namespace}}"),
+            Self::Service => f.write_str("{{service}}"),
+            Self::Selector(key) => write!(f, "{{{{selector.{key}}}}}"),
+            Self::Label(key) => write!(f, "{{{{label.{key}}}}}"),
+        }
+    }
+}
+
+/// What a guarded Service gives the placeholders. `selector` and `labels` are `None` until the
+/// Service has been seen.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceVars<'a> {
+    pub namespace: &'a str,
+    pub service: &'a str,
+    pub selector: Option<&'a BTreeMap<String, String>>,
+    pub labels: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Placeholder {
+    fn value<'a>(&self, vars: &ServiceVars<'a>) -> Option<&'a str> {
+        match self {
+            Self::Namespace => Some(vars.namespace),
+            Self::Service => Some(vars.service),
+            Self::Selector(key) => vars.selector?.get(key).map(String::as_str),
+            Self::Label(key) => vars.labels?.get(key).map(String::as_str),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        let key = |k: &str| {
+            let ok = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+            ok.then(|| k.to_owned())
+        };
+        match name {
+            "namespace" => Some(Self::Namespace),
+            "service" => Some(Self::Service),
+            _ => {
+                if let Some(k) = name.strip_prefix("selector.") {
+                    key(k).map(Self::Selector)
+                } else {
+                    key(name.strip_prefix("label.")?).map(Self::Label)
+                }
+            }
+        }
+    }
+}
+
+/// Where a template is written, which decides the placeholders it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Context {
+    /// A check's query: the window's versions and the Service's placeholders.
+    Query,
+    /// An `alerts.match` value: the Service's placeholders only (the alert's version is matched
+    /// by `version_label`).
+    Label,
 }
 
 impl Template {
     /// Splits `query` at its placeholders; an unknown `{{name}}` is an error, as it is a typo.
     pub fn parse(query: &str) -> std::result::Result<Self, String> {
+        Self::parse_in(query, Context::Query)
+    }
+
+    fn parse_in(text: &str, context: Context) -> std::result::Result<Self, String> {
         let mut parts = Vec::new();
-        let mut rest = query;
+        let mut rest = text;
         while let Some(start) = rest.find("{{") {
             let Some(len) = rest[start..].find("}}") else {
                 return Err("unclosed `{{` in query".into());
@@ -47,13 +133,21 @@ impl Template {
             if start > 0 {
                 parts.push(Part::Text(rest[..start].to_owned()));
             }
-            parts.push(match rest[start + 2..start + len].trim() {
-                "version" => Part::Version,
-                "previous_version" => Part::PreviousVersion,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder {{{{{other}}}}}; use {{{{version}}}} or {{{{previous_version}}}}"
-                    ));
+            let name = rest[start + 2..start + len].trim();
+            parts.push(match (name, context) {
+                ("version", Context::Query) => Part::Version,
+                ("previous_version", Context::Query) => Part::PreviousVersion,
+                _ => {
+                    let Some(p) = Placeholder::parse(name) else {
+                        let versions = match context {
+                            Context::Query => "{{version}}, {{previous_version}}, ",
+                            Context::Label => "",
+                        };
+                        return Err(format!(
+                            "unknown placeholder {{{{{name}}}}}; use {versions}{{{{namespace}}}}, {{{{service}}}}, {{{{selector.KEY}}}} or {{{{label.KEY}}}}"
+                        ));
+                    };
+                    Part::Service(p)
                 }
             });
             rest = &rest[start + len + 2..];
@@ -64,19 +158,126 @@ impl Template {
         Ok(Self { parts })
     }
 
+    /// The Service placeholders filled from `vars` (escaped for a PromQL string, as in
+    /// [`Template::render`]); those `vars` lack stay, and the first is returned with it.
+    #[must_use]
+    pub fn bind(&self, vars: &ServiceVars<'_>) -> (Self, Option<Placeholder>) {
+        self.bind_with(vars, escape_into)
+    }
+
+    fn bind_with(
+        &self,
+        vars: &ServiceVars<'_>,
+        fill: fn(&mut String, &str),
+    ) -> (Self, Option<Placeholder>) {
+        let mut parts: Vec<Part> = Vec::with_capacity(self.parts.len());
+        let mut missing = None;
+        for part in &self.parts {
+            let text = match part {
+                Part::Service(p) => {
+                    let Some(value) = p.value(vars) else {
+                        missing.get_or_insert_with(|| p.clone());
+                        parts.push(part.clone());
+                        continue;
+                    };
+                    let mut t = String::new();
+                    fill(&mut t, value);
+                    t
+                }
+                Part::Text(t) => t.clone(),
+                Part::Version | Part::PreviousVersion => {
+                    parts.push(part.clone());
+                    continue;
+                }
+            };
+            // Adjacent text merges, so a bound template renders as fast as a plain one.
+            if let Some(Part::Text(last)) = parts.last_mut() {
+                last.push_str(&text);
+            } else {
+                parts.push(Part::Text(text));
+            }
+        }
+        (Self { parts }, missing)
+    }
+
+    /// The first Service placeholder not yet filled, if any.
+    #[must_use]
+    pub fn unbound(&self) -> Option<&Placeholder> {
+        self.parts.iter().find_map(|p| match p {
+            Part::Service(p) => Some(p),
+            _ => None,
+        })
+    }
+
     /// The query for a window from `previous` to `version`, with both values escaped as the
     /// contents of a PromQL string literal, so a label value can never change the query's shape.
-    #[must_use]
-    pub fn render(&self, version: &str, previous: &str) -> String {
+    /// A Service placeholder left unbound is an error: that query is never sent.
+    pub fn render(&self, version: &str, previous: &str) -> std::result::Result<String, Unbound> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Version => escape_into(&mut out, version),
                 Part::PreviousVersion => escape_into(&mut out, previous),
+                Part::Service(p) => return Err(Unbound(p.clone())),
             }
         }
-        out
+        Ok(out)
+    }
+}
+
+/// A query that cannot be sent: the guarded Service lacks what this placeholder needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("placeholder {0} missing: the service has no such key")]
+pub struct Unbound(pub Placeholder);
+
+/// An `alerts.match` value: text with the Service's placeholders, compared as it is (no
+/// escaping: an alert's labels are matched, not parsed).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LabelTemplate(Template);
+
+impl TryFrom<String> for LabelTemplate {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        Template::parse_in(&text, Context::Label).map(Self)
+    }
+}
+
+impl LabelTemplate {
+    /// A value with no placeholders.
+    #[must_use]
+    pub fn literal_of(value: String) -> Self {
+        Self(Template {
+            parts: vec![Part::Text(value)],
+        })
+    }
+
+    /// The value, if it has no placeholder left to fill.
+    #[must_use]
+    pub fn literal(&self) -> Option<&str> {
+        match self.0.parts.as_slice() {
+            [] => Some(""),
+            [Part::Text(t)] => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The value with every placeholder filled from `vars`, or the first one `vars` lack.
+    pub fn fill(&self, vars: &ServiceVars<'_>) -> std::result::Result<String, Placeholder> {
+        let (bound, missing) = self.0.bind_with(vars, String::push_str);
+        if let Some(p) = missing {
+            return Err(p);
+        }
+        Ok(bound
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                _ => "",
+            })
+            .collect())
     }
 }
 
@@ -106,6 +307,8 @@ pub enum QueryError {
     Status,
     /// Prometheus answered 2xx but the body was not a query result we understand.
     Body,
+    /// Never sent: the query has a placeholder its Service lacks.
+    Unbound,
 }
 
 /// Why a query gave no values: its kind (the closed set of the metric's `reason` label) and
@@ -124,7 +327,13 @@ impl QueryFailure {
 }
 
 impl QueryError {
-    pub const ALL: [Self; 4] = [Self::Timeout, Self::Connect, Self::Status, Self::Body];
+    pub const ALL: [Self; 5] = [
+        Self::Timeout,
+        Self::Connect,
+        Self::Status,
+        Self::Body,
+        Self::Unbound,
+    ];
 
     #[must_use]
     pub fn as_label(self) -> &'static str {
@@ -133,6 +342,7 @@ impl QueryError {
             Self::Connect => "connect",
             Self::Status => "status",
             Self::Body => "body",
+            Self::Unbound => "unbound",
         }
     }
 }
@@ -398,12 +608,72 @@ mod tests {
     fn placeholders_are_replaced_and_escaped() {
         let t =
             Template::parse(r#"x{version="{{version}}",old="{{ previous_version }}"}"#).unwrap();
-        assert_eq!(t.render("v2", "v1"), r#"x{version="v2",old="v1"}"#);
+        assert_eq!(t.render("v2", "v1").unwrap(), r#"x{version="v2",old="v1"}"#);
         assert_eq!(
-            t.render(r#"v2"} or vector(1) #"#, "v1"),
+            t.render(r#"v2"} or vector(1) #"#, "v1").unwrap(),
             r#"x{version="v2\" or vector(1) #",old="v1"}"#
         );
-        assert_eq!(t.render(r"a\b", "v1"), r#"x{version="a\\b",old="v1"}"#);
+        assert_eq!(
+            t.render(r"a\b", "v1").unwrap(),
+            r#"x{version="a\\b",old="v1"}"#
+        );
+    }
+
+    fn vars<'a>(
+        selector: &'a BTreeMap<String, String>,
+        labels: &'a BTreeMap<String, String>,
+    ) -> ServiceVars<'a> {
+        ServiceVars {
+            namespace: "shop",
+            service: "cart",
+            selector: Some(selector),
+            labels: Some(labels),
+        }
+    }
+
+    #[test]
+    fn service_placeholders_are_bound_once_and_escaped_and_versions_stay_for_each_poll() {
+        let t = Template::parse(
+            r#"x{ns="{{namespace}}",svc="{{service}}",app="{{selector.app}}",team="{{label.team}}",v="{{version}}"}"#,
+        )
+        .unwrap();
+        let selector = BTreeMap::from([("app".to_owned(), r#"a"b"#.to_owned())]);
+        let labels = BTreeMap::from([("team".to_owned(), "pay".to_owned())]);
+        let (bound, missing) = t.bind(&vars(&selector, &labels));
+        assert_eq!(missing, None);
+        assert_eq!(bound.unbound(), None);
+        assert_eq!(
+            bound.render("v2", "v1").unwrap(),
+            r#"x{ns="shop",svc="cart",app="a\"b",team="pay",v="v2"}"#
+        );
+    }
+
+    #[test]
+    fn a_placeholder_the_service_lacks_is_named_and_its_query_is_never_rendered() {
+        let t = Template::parse(r#"x{app="{{selector.app}}",v="{{version}}"}"#).unwrap();
+        let empty = BTreeMap::new();
+        let (bound, missing) = t.bind(&vars(&empty, &empty));
+        assert_eq!(missing, Some(Placeholder::Selector("app".into())));
+        let err = bound.render("v2", "v1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "placeholder {{selector.app}} missing: the service has no such key"
+        );
+    }
+
+    #[test]
+    fn alert_match_values_take_service_placeholders_unescaped_but_not_versions() {
+        let l = LabelTemplate::try_from("{{label.team}}-{{service}}".to_owned()).unwrap();
+        let labels = BTreeMap::from([("team".to_owned(), "pay".to_owned())]);
+        let empty = BTreeMap::new();
+        assert_eq!(l.fill(&vars(&empty, &labels)).unwrap(), "pay-cart");
+        assert_eq!(
+            l.fill(&vars(&empty, &empty)),
+            Err(Placeholder::Label("team".into()))
+        );
+        let e = LabelTemplate::try_from("{{version}}".to_owned()).unwrap_err();
+        assert!(e.contains("unknown placeholder {{version}}"), "{e}");
+        assert_eq!(LabelTemplate::literal_of("x".into()).literal(), Some("x"));
     }
 
     #[test]

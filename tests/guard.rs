@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use axum::http::{Request, Response};
 use cutover_watchdog::config::Config;
+use cutover_watchdog::coverage::Source;
 use cutover_watchdog::decision::{Decision, Outcome, Persisted, Phase, Sample, Signal};
 use cutover_watchdog::executor::Command;
-use cutover_watchdog::guard::{Clock, Ends, GuardTask, Input, Polling};
+use cutover_watchdog::guard::{Clock, Ends, GuardHandle, GuardTask, Input, Polling};
 use cutover_watchdog::metrics::Metrics;
-use cutover_watchdog::poller::{PollTarget, Poller, PrometheusHealth};
+use cutover_watchdog::poller::{Poller, PrometheusHealth};
 use cutover_watchdog::promql::Prometheus;
 use cutover_watchdog::service::{ServiceHandle, annotations};
 use k8s_openapi::api::core::v1::Service;
@@ -54,7 +55,14 @@ fn start() -> Running {
     let wake = Arc::new(Notify::new());
     let clock = Clock::tokio();
     let metrics = Metrics::new().unwrap();
-    let (task, ends) = GuardTask::new(config, service, metrics, wake.clone(), clock.clone());
+    let (task, ends) = GuardTask::new(
+        config,
+        Source::Config,
+        service,
+        metrics,
+        wake.clone(),
+        clock.clone(),
+    );
     let stop = CancellationToken::new();
     tokio::spawn(task.run(stop.clone()));
     Running {
@@ -79,7 +87,7 @@ impl Running {
             "spec": {"selector": {"app": "shop", "version": version}},
         }))
         .unwrap();
-        self.send(Input::Service(Box::new(svc))).await;
+        self.send(Input::Service(Arc::new(svc))).await;
     }
 
     /// One poll of the error-rate check, scheduled now.
@@ -90,7 +98,15 @@ impl Running {
             at: self.clock.now(),
         };
         let errors = vec![None];
-        self.send(Input::Polled { signal, errors }).await;
+        // The checks the open window polls: a poll of any others is dropped as stale.
+        let polling = self.ends.handle.polling.borrow().clone();
+        let checks = polling.expect("an open window to poll").checks;
+        self.send(Input::Polled {
+            signal,
+            errors,
+            checks,
+        })
+        .await;
     }
 
     /// The next decision handed to the executor lane.
@@ -143,12 +159,18 @@ async fn a_cutover_the_watch_sees_opens_a_window_and_wakes_the_poller_at_once() 
         .await
         .expect("the poller woken")
         .unwrap();
-    let polling = g.ends.polling.borrow().clone();
-    let window = Polling {
-        version: "v2".into(),
-        previous: "v1".into(),
-    };
-    assert_eq!(polling, Some(window));
+    let polling = g
+        .ends
+        .handle
+        .polling
+        .borrow()
+        .clone()
+        .expect("a window to poll");
+    assert_eq!(
+        (polling.version.as_str(), polling.previous.as_str()),
+        ("v2", "v1")
+    );
+    assert_eq!(polling.checks.len(), 1, "the guard's one check");
 }
 
 #[tokio::test(start_paused = true)]
@@ -178,7 +200,10 @@ async fn a_breach_held_for_for_rolls_back_once_and_the_window_closes_when_it_lan
     };
     command.reply.send(done).await.unwrap();
     g.status(|s| s.state == Some(Phase::RolledBack)).await;
-    assert!(g.ends.polling.borrow().is_none(), "nothing left to poll");
+    assert!(
+        g.ends.handle.polling.borrow().is_none(),
+        "nothing left to poll"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,12 +216,15 @@ async fn a_clean_window_is_stable_after_stabilization_and_closes_at_its_end() {
     advance(Duration::from_mins(1)).await;
     g.poll(OK).await;
     assert!(matches!(g.decision().await.decision, Decision::Stable(_)));
-    assert!(g.ends.polling.borrow().is_some(), "checks go on to the end");
+    assert!(
+        g.ends.handle.polling.borrow().is_some(),
+        "checks go on to the end"
+    );
     advance(Duration::from_mins(5)).await;
     g.poll(OK).await; // a poll past the end closes the window
     g.status(|s| s.window.as_ref().is_some_and(|w| !w.open))
         .await;
-    assert!(g.ends.polling.borrow().is_none());
+    assert!(g.ends.handle.polling.borrow().is_none());
     g.no_decision().await;
 }
 
@@ -246,17 +274,24 @@ async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken(
     let window = Polling {
         version: "v2".into(),
         previous: "v1".into(),
+        checks: Arc::new([]),
     };
     let (_window, polling) = tokio::sync::watch::channel(Some(window));
+    let g = Arc::new(config.guards[0].clone());
+    let handle = GuardHandle {
+        polling,
+        ..GuardHandle::detached(g, inbox)
+    };
     let wake = Arc::new(Notify::new());
     let poller = Poller {
         // A guard with no checks: each round asks Prometheus nothing, and still signals.
-        targets: vec![PollTarget::new(&config.guards[0], polling, inbox)],
+        guards: cutover_watchdog::fleet::fixed(vec![handle]),
         prometheus: Prometheus::new(&config.prometheus.url, Duration::from_secs(1)).unwrap(),
         metrics: Metrics::new().unwrap(),
         interval: Duration::from_secs(10),
         wake: wake.clone(),
         health: Arc::new(PrometheusHealth::default()),
+        configs: None,
     };
     let stop = CancellationToken::new();
     let started = tokio::time::Instant::now();

@@ -126,11 +126,16 @@ fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
                 .is_some_and(|v| !v.starts_with("monitoring.coreos.com"))
         })
         .collect();
-    // The HA variant differs from the base only in its Deployment.
+    // The HA variant differs from the base only in its Deployment, the cluster-wide one only in
+    // its RBAC: a ClusterRole, its ClusterRoleBinding and the Role cut down to the Lease.
     let ha = documents(&kustomize("examples/ha"));
+    let cluster_wide = documents(&kustomize("examples/cluster-wide"));
     let builtin: Vec<Value> = builtin
         .into_iter()
         .chain(ha.into_iter().filter(|d| d["kind"] == "Deployment"))
+        .chain(cluster_wide.into_iter().filter(|d| {
+            ["ClusterRole", "ClusterRoleBinding", "Role"].contains(&d["kind"].as_str().unwrap())
+        }))
         .collect();
     let text = builtin
         .iter()
@@ -187,8 +192,17 @@ fn the_deployed_config_is_valid_and_its_ports_match_the_service_and_image() {
     );
 }
 
+fn verbs(rule: &Value) -> Vec<String> {
+    rule["verbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
-fn the_role_grants_exactly_the_verbs_the_watchdog_uses_on_the_guarded_services() {
+fn the_role_watches_services_namespace_wide_and_gets_and_patches_only_the_guarded_ones() {
     let role = yaml("manifests/role.yaml");
     let rules = role["rules"].as_array().unwrap();
     let grant = |group: &str, resource: &str| {
@@ -197,23 +211,37 @@ fn the_role_grants_exactly_the_verbs_the_watchdog_uses_on_the_guarded_services()
             .find(|r| r["apiGroups"][0] == group && r["resources"][0] == resource)
             .unwrap_or_else(|| panic!("no rule for {group}/{resource}"))
     };
-    let verbs = |r: &Value| {
-        r["verbs"]
-            .as_array()
-            .unwrap()
+    let services: Vec<&Value> = rules
+        .iter()
+        .filter(|r| r["resources"][0] == "services")
+        .collect();
+    assert_eq!(
+        services.len(),
+        2,
+        "list+watch namespace-wide, get+patch by name"
+    );
+    assert!(
+        services
             .iter()
-            .map(|v| v.as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
-    let services = grant("", "services");
-    assert_eq!(verbs(services), ["get", "list", "watch", "patch"]);
+            .all(|r| r["apiGroups"] == serde_json::json!([""]))
+    );
+    // The shared list+watch covers the whole namespace, which resourceNames cannot express.
+    let shared = services
+        .iter()
+        .find(|r| r.get("resourceNames").is_none())
+        .expect("a services rule without resourceNames");
+    assert_eq!(verbs(shared), ["list", "watch"]);
+    let by_name = services
+        .iter()
+        .find(|r| r.get("resourceNames").is_some())
+        .expect("a services rule with resourceNames");
+    assert_eq!(verbs(by_name), ["get", "patch"]);
     let config = yaml("manifests/config.yaml");
+    let names = by_name["resourceNames"].as_array().unwrap();
+    assert!(!names.is_empty());
     for guard in config["guards"].as_array().unwrap() {
         assert!(
-            services["resourceNames"]
-                .as_array()
-                .unwrap()
-                .contains(&guard["service"]),
+            names.contains(&guard["service"]),
             "the Role names every guarded service"
         );
     }
@@ -229,7 +257,70 @@ fn the_role_grants_exactly_the_verbs_the_watchdog_uses_on_the_guarded_services()
     assert_eq!(leases[0]["resourceNames"][0], *lease_name);
     assert_eq!(verbs(leases[0]), ["get", "update"]);
     assert_eq!(verbs(leases[1]), ["create"]);
-    assert_eq!(rules.len(), 5, "nothing else");
+    assert_eq!(rules.len(), 6, "nothing else");
+}
+
+#[test]
+fn the_cluster_wide_overlay_grants_services_cluster_wide_and_leaves_the_role_only_the_lease() {
+    let rendered = documents(&kustomize("examples/cluster-wide"));
+    let only = |kind: &str| {
+        let found: Vec<&Value> = rendered.iter().filter(|d| d["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0]
+    };
+    let cluster_role = only("ClusterRole");
+    assert_eq!(
+        cluster_role["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ]),
+        "exactly what templates across namespaces need, nothing else"
+    );
+    let account = only("ServiceAccount");
+    let namespace = &yaml("manifests/kustomization.yaml")["namespace"];
+    assert_eq!(account["metadata"]["namespace"], *namespace);
+    let binding = only("ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": cluster_role["metadata"]["name"],
+        })
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": namespace,
+        }])
+    );
+    // The Lease stays in the watchdog's namespace, granted by the base's own Lease rules.
+    let role = only("Role");
+    assert_eq!(role["metadata"]["namespace"], *namespace);
+    let base = yaml("manifests/role.yaml");
+    let lease_rules: Vec<&Value> = base["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"][0] == "leases")
+        .collect();
+    let rules: Vec<&Value> = role["rules"].as_array().unwrap().iter().collect();
+    assert_eq!(
+        rules, lease_rules,
+        "the namespaced Role holds only the Lease"
+    );
+    let role_binding = only("RoleBinding");
+    assert_eq!(role_binding["roleRef"]["name"], role["metadata"]["name"]);
+    // The base alone asks for nothing cluster-wide.
+    let base = documents(&kustomize("manifests"));
+    assert!(
+        base.iter()
+            .all(|d| d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding")
+    );
 }
 
 #[test]

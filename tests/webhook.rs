@@ -19,7 +19,7 @@ use common::secrets::{
 };
 use cutover_watchdog::config::Config;
 use cutover_watchdog::decision::{self, Decision, Signal};
-use cutover_watchdog::guard::{self, AlertLog, GuardHandle, Input};
+use cutover_watchdog::guard::{AlertLog, GuardHandle, Input};
 use cutover_watchdog::http::{AppState, REQUEST_TIMEOUT, router};
 use cutover_watchdog::leader::Fence;
 use cutover_watchdog::metrics::Metrics;
@@ -27,7 +27,7 @@ use cutover_watchdog::webhook::Webhook;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -57,20 +57,17 @@ fn state(
     for (g, queue) in config.guards.iter().zip(queues) {
         let g = Arc::new(g.clone());
         let (inbox_tx, inbox) = mpsc::channel(*queue);
-        let (_, status) = watch::channel(guard::initial_status(&g));
         let log = Arc::new(AlertLog::default());
         handles.push(GuardHandle {
-            config: g,
-            inbox: inbox_tx,
-            status,
             ready: Arc::new(AtomicBool::new(true)),
             alerts: log.clone(),
+            ..GuardHandle::detached(g, inbox_tx)
         });
         inboxes.push(inbox);
         logs.push(log);
     }
     let state = AppState {
-        guards: handles.into(),
+        guards: cutover_watchdog::fleet::fixed(handles),
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
         leader: Fence::open(),

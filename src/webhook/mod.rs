@@ -16,7 +16,7 @@ mod payload;
 mod routing;
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -32,10 +32,10 @@ use serde_json::json;
 pub use self::credentials::Credentials;
 pub use self::payload::{Payload, PayloadAlert, PayloadError};
 pub use self::routing::QueueFull;
-use self::routing::Routes;
+pub(crate) use self::routing::Routes;
 use crate::config::WebhookConfig;
 use crate::error::Result;
-use crate::guard::GuardHandle;
+use crate::fleet::Registry;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 
@@ -45,8 +45,6 @@ pub struct Webhook {
     credentials: Option<Arc<Credentials>>,
     max_body: usize,
     limiter: DefaultDirectRateLimiter,
-    /// Built on the first request from the guards, which are fixed for the process.
-    routes: OnceLock<Routes>,
 }
 
 impl Webhook {
@@ -59,7 +57,6 @@ impl Webhook {
             credentials,
             max_body: config.max_body_bytes,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
-            routes: OnceLock::new(),
         })
     }
 
@@ -109,8 +106,8 @@ impl Webhook {
 /// so the webhook does not depend on the rest of the HTTP side.
 #[derive(Clone)]
 pub struct WebhookState {
-    /// Every guard, in config order: [`Routes`] indexes into this.
-    pub guards: Arc<[GuardHandle]>,
+    /// The guards running now, with their alert routes.
+    pub guards: Registry,
     pub webhook: Arc<Webhook>,
     pub metrics: Metrics,
     /// Only the leader's guards run, so only the leader takes alerts.
@@ -216,8 +213,8 @@ pub async fn alertmanager(
     require_json(&headers)?;
     let bytes = read_body(body, webhook.max_body, &headers).await?;
     let payload = Payload::parse(&bytes)?;
-    let index = webhook.routes.get_or_init(|| Routes::new(&state.guards));
-    let routed = routing::dispatch(&state.guards, index, &state.metrics, &payload)?;
+    let guards = state.guards.borrow().clone();
+    let routed = routing::dispatch(&guards, &state.metrics, &payload)?;
     Ok(Json(Accepted {
         alerts: payload.alerts.len(),
         routed,

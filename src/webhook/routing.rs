@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::payload::Payload;
 use crate::decision::Alert;
+use crate::fleet::GuardSet;
 use crate::guard::{AlertSeen, GuardHandle, Input};
 use crate::metrics::Metrics;
 
@@ -20,26 +21,27 @@ use crate::metrics::Metrics;
 /// each guard is filed under the first label of its `alerts.match`, which any alert it matches
 /// must carry. With a thousand guards the scan was most of a request's cost.
 #[derive(Default)]
-pub(super) struct Routes {
+pub(crate) struct Routes {
     /// label key -> label value -> guard indices, ascending.
     by: HashMap<String, HashMap<String, Vec<usize>>>,
 }
 
 impl Routes {
-    pub(super) fn new(guards: &[GuardHandle]) -> Self {
+    pub(crate) fn new(guards: &[GuardHandle]) -> Self {
         let mut routes = Self::default();
         for (i, g) in guards.iter().enumerate() {
             let first = g
                 .config
                 .alerts
                 .as_ref()
-                .and_then(|a| a.match_labels.iter().next());
+                .and_then(|a| a.match_labels.iter().next())
+                .and_then(|(key, value)| Some((key, value.literal()?)));
             if let Some((key, value)) = first {
                 routes
                     .by
                     .entry(key.clone())
                     .or_default()
-                    .entry(value.clone())
+                    .entry(value.to_owned())
                     .or_default()
                     .push(i);
             }
@@ -72,11 +74,11 @@ pub struct QueueFull {
 /// Routes each alert of `payload` to the guards it matches, to all of them or to none, and
 /// returns how many deliveries that may act were queued.
 pub(super) fn dispatch(
-    guards: &[GuardHandle],
-    index: &Routes,
+    set: &GuardSet,
     metrics: &Metrics,
     payload: &Payload,
 ) -> Result<usize, QueueFull> {
+    let (guards, index) = (&set.guards, &set.routes);
     let now = Timestamp::now();
     let mut deliveries: Vec<(&GuardHandle, Input)> = Vec::new();
     let mut records: Vec<(&GuardHandle, AlertSeen)> = Vec::new();

@@ -30,6 +30,9 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate a config file and exit: non-zero, naming the key, if it is invalid.
     CheckConfig(ConfigArg),
+    /// List every Service in the config's namespaces (from the cluster in KUBECONFIG, else
+    /// in-cluster), its serving version, and the guard that covers it, or why none does.
+    Discover(DiscoverArgs),
     /// Play the runbook's story on a local sandbox (no cluster needed): cutover, a fault in v2,
     /// detection, the revert. Needs the Debian packages prometheus and prometheus-alertmanager.
     #[cfg(feature = "sandbox")]
@@ -49,14 +52,32 @@ pub const DEMO_NOT_BUILT: &str = "the demo is not built into this binary (the im
      run it from a checkout of cutover-watchdog: cargo run --release --features sandbox -- demo";
 
 impl Command {
-    /// The demo narrates on stdout: only warnings from the watchdog inside it are worth showing.
+    /// The default log level: `info`, or `warn` for commands whose output is on stdout.
     #[must_use]
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Self::Demo { .. } => "warn",
+            // The demo's and discover's output is their story or table; the log only says what
+            // went wrong.
+            Self::Demo { .. } | Self::Discover(_) => "warn",
             Self::Serve(_) | Self::CheckConfig(_) => "info",
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiscoverArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// `text`: an aligned table; `json`: the same rows as a JSON array.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// How `discover` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1033,6 +1033,102 @@ guards:
         assert!(e.contains("webhook.tls") && e.contains("cert"), "{e}");
     }
 
+    const TEMPLATE: &str = r#"
+prometheus: {url: "http://127.0.0.1:9090"}
+templates:
+- name: backend
+  namespaces: [shop, payments]
+  service_selector: tier=backend,app.kubernetes.io/part-of in (shop)
+  window: 5m
+  stabilization: 1m
+  checks:
+  - name: errors
+    query: 'x{service="{{service}}",version="{{version}}"}'
+    above: 0.02
+"#;
+
+    #[test]
+    fn a_template_takes_every_guard_key_and_guards_may_then_be_empty() {
+        let c = Config::from_yaml(TEMPLATE).unwrap();
+        assert!(c.guards.is_empty());
+        let t = &c.templates[0];
+        assert_eq!(t.namespaces, ["shop", "payments"]);
+        assert!(t.covers("shop") && !t.covers("web") && !t.all_namespaces());
+        assert_eq!(
+            t.service_selector.to_string(),
+            "app.kubernetes.io/part-of in (shop),tier=backend"
+        );
+        assert_eq!(t.guard.window, Duration::from_mins(5));
+        assert_eq!(t.guard.version_label, "version");
+        assert_eq!(c.config_reload_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn template_mistakes_are_named_by_key() {
+        let table: &[(&str, &str, &str)] = &[
+            (
+                "namespaces: [shop, payments]",
+                "namespaces: []",
+                "templates[0].namespaces",
+            ),
+            (
+                "namespaces: [shop, payments]",
+                "namespaces: ['*', shop]",
+                "list it alone",
+            ),
+            (
+                "namespaces: [shop, payments]",
+                "namespaces: [Shop]",
+                "templates[0].namespaces[0]",
+            ),
+            (
+                "service_selector: tier=backend,",
+                "service_selector: tier in (),",
+                "templates[0].service_selector",
+            ),
+            ("- name: backend", "- name: back/end", "templates[0].name"),
+            (
+                "stabilization: 1m",
+                "stabilization: 10m",
+                "templates[0].stabilization",
+            ),
+            ("{{service}}", "{{servce}}", "templates[0].checks[0].query"),
+            (
+                "  window: 5m\n",
+                "  window: 5m\n  service: x\n",
+                "unknown field `service`",
+            ),
+        ];
+        for (from, to, want) in table {
+            let e = error_of(&TEMPLATE.replace(from, to));
+            assert!(e.contains(want), "{to}: {e}");
+        }
+        let twice = TEMPLATE.to_owned() + "- {name: backend, namespaces: [x]}\n";
+        assert!(error_of(&twice).contains("duplicate template name"));
+        let e = error_of("prometheus: {url: 'http://127.0.0.1:9090'}\n");
+        assert!(
+            e.contains("guards: at least one guard, or one template"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_restart_only_keys_and_names_those_that_changed() {
+        let old = Config::from_yaml(MINIMAL).unwrap();
+        let text = MINIMAL.to_owned()
+            + "listen: 0.0.0.0:1\nkube_timeout: 1s\npoll_interval: 1s\nwebhook: {max_body_bytes: 10}\n";
+        let new = Config::from_yaml(&text).unwrap();
+        assert_eq!(
+            old.restart_keys_changed(&new),
+            ["listen", "kube_timeout", "webhook"]
+        );
+        let in_force = old.reloaded(new);
+        assert_eq!(in_force.listen, old.listen);
+        assert_eq!(in_force.kube_timeout, old.kube_timeout);
+        assert_eq!(in_force.webhook, old.webhook);
+        assert_eq!(in_force.poll_interval, Duration::from_secs(1), "live");
+    }
+
     #[test]
     fn stabilization_longer_than_window_is_refused() {
         let e = error_of(&MINIMAL.replace(

@@ -941,6 +941,47 @@ mod tests {
     }
 
     #[test]
+    fn a_reconfigured_window_keeps_its_clock_and_the_progress_of_unchanged_checks_only() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        assert!(poll(&mut g, "v2", 20, BAD, FAST).is_empty());
+        let ends_at = g.window().unwrap().ends_at;
+        // The error-rate check stays (kept at new index 1); latency is replaced by a new check.
+        let mut policy = g.policy().clone();
+        policy.checks = vec![
+            check(
+                "saturation",
+                Threshold::Above(0.9),
+                60,
+                NoDataPolicy::Ignore,
+            ),
+            policy.checks[0].clone(),
+        ];
+        g.reconfigure(policy, &[None, Some(0)]);
+        let w = g.window().unwrap();
+        assert_eq!(w.ends_at, ends_at, "the window keeps its clock");
+        assert_eq!(
+            w.checks[1].breach_since,
+            Some(at(20)),
+            "error_rate keeps its `for`"
+        );
+        assert_eq!(w.checks[0].breach_since, None, "a new check starts afresh");
+        // error_rate trips 120s after its first breach, as if nothing had changed.
+        let d = g.handle(
+            Signal::Polled {
+                version: "v2".into(),
+                samples: vec![OK, BAD],
+                at: at(140),
+            },
+            at(140),
+        );
+        assert_eq!(
+            rollback_target(&d),
+            Some(("v1".into(), "error_rate".into(), true))
+        );
+    }
+
+    #[test]
     fn for_trips_only_after_continuous_breach_and_resets_on_any_gap() {
         // (error-rate sample at t, expect rollback?)
         type Row<'a> = (&'a [(i64, Sample)], Option<i64>);

@@ -40,6 +40,15 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
+    #[error("failed to list {what} in {scope}")]
+    List {
+        what: &'static str,
+        /// `namespace shop`, or `all namespaces`.
+        scope: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
     #[error("timed out after {seconds}s trying to {verb} {namespace}/{name}")]
     KubeTimeout {
         verb: &'static str,
@@ -58,7 +67,7 @@ pub enum Error {
     },
 
     #[error(
-        "missing Kubernetes permissions: {}; grant them in the watchdog's Role (manifests/role.yaml) bound to its ServiceAccount",
+        "missing Kubernetes permissions: {}; grant them in the watchdog's Role (manifests/role.yaml) or, for templates across namespaces, its ClusterRole (manifests/components/cluster-wide), bound to its ServiceAccount",
         missing.join(", ")
     )]
     Forbidden { missing: Vec<String> },

@@ -69,7 +69,7 @@ pub fn fixed(guards: Vec<GuardHandle>) -> Registry {
 
 /// What one watch covers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Scope {
+pub(crate) enum Scope {
     All,
     Namespace(String),
 }
@@ -84,6 +84,14 @@ impl std::fmt::Display for Scope {
 }
 
 impl Scope {
+    /// The Services in this scope.
+    pub(crate) fn services(&self, client: &Client) -> Api<Service> {
+        match self {
+            Self::All => Api::all(client.clone()),
+            Self::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+
     fn covers(&self, namespace: &str) -> bool {
         match self {
             Self::All => true,
@@ -93,7 +101,7 @@ impl Scope {
 
     /// The watches `config` needs: one cluster-wide if any template covers every namespace,
     /// else one per namespace a guard or template names.
-    fn needed(config: &Config) -> BTreeSet<Self> {
+    pub(crate) fn needed(config: &Config) -> BTreeSet<Self> {
         if config.templates.iter().any(TemplateConfig::all_namespaces) {
             return BTreeSet::from([Self::All]);
         }
@@ -295,10 +303,7 @@ impl Fleet {
     fn start_watch(&mut self, scope: Scope) {
         self.generations += 1;
         let generation = self.generations;
-        let api: Api<Service> = match &scope {
-            Scope::All => Api::all(self.parts.client.clone()),
-            Scope::Namespace(ns) => Api::namespaced(self.parts.client.clone(), ns),
-        };
+        let api = scope.services(&self.parts.client);
         let stop = self.stop.child_token();
         self.tasks.spawn(watch_services(
             api,

@@ -13,6 +13,7 @@ pub mod coverage;
 pub mod decision;
 #[cfg(feature = "sandbox")]
 pub mod demo;
+pub mod discover;
 pub mod error;
 pub mod executor;
 pub mod fleet;

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cutover_watchdog::cli::{Cli, Command};
-use cutover_watchdog::{app, config::Config, telemetry};
+use cutover_watchdog::cli::{Cli, Command, Output};
+use cutover_watchdog::{app, config::Config, discover, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,10 +24,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config)?;
             println!(
-                "{}: ok, {} guard(s)",
+                "{}: ok, {} guard(s), {} template(s)",
                 args.config.display(),
-                config.guards.len()
+                config.guards.len(),
+                config.templates.len()
             );
+        }
+        Command::Discover(args) => {
+            let config = Config::load(&args.config.config)?;
+            let rows = discover::discover(&config, &app::kube_client().await?).await?;
+            match args.output {
+                Output::Text => print!("{}", discover::table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
         }
         Command::Serve(args) => {
             app::run(args.config, app::shutdown_on_signal()?).await?;

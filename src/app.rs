@@ -398,7 +398,7 @@ fn workers(
     ));
     let wake = Arc::new(Notify::new());
     let (configs, in_force) = watch::channel(Arc::new(config.clone()));
-    let (publish, registry) = watch::channel(Arc::new(GuardSet::empty()));
+    let (publish, registry) = watch::channel(Arc::new(GuardSet::starting()));
     let fleet = Fleet::new(
         Parts {
             client: client.clone(),

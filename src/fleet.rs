@@ -35,6 +35,9 @@ use crate::webhook::Routes;
 pub struct GuardSet {
     /// `guards[]` first, in file order, then template guards by namespace and name.
     pub guards: Vec<GuardHandle>,
+    /// The Service watches not listed yet (`namespace shop`), or the fleet not started: until
+    /// they are, a Service may be unguarded only because it has not been seen.
+    pub waiting: Vec<String>,
     pub(crate) routes: Routes,
 }
 
@@ -42,13 +45,20 @@ impl GuardSet {
     #[must_use]
     pub fn new(guards: Vec<GuardHandle>) -> Self {
         let routes = Routes::new(&guards);
-        Self { guards, routes }
+        Self {
+            guards,
+            waiting: Vec::new(),
+            routes,
+        }
     }
 
-    /// No guards: a follower's, or before the first list.
+    /// No guards yet: the fleet has not started (a follower's, or a leader's first moment).
     #[must_use]
-    pub fn empty() -> Self {
-        Self::new(Vec::new())
+    pub fn starting() -> Self {
+        Self {
+            waiting: vec!["the guards to start".into()],
+            ..Self::new(Vec::new())
+        }
     }
 
     /// The guard named `name`, of either kind (`checkout`, `shop/cart`).
@@ -282,7 +292,8 @@ impl Fleet {
                 self.start_watch(scope);
             }
         }
-        self.retire_if_listed();
+        // Whatever it returns is among the guards' keys below.
+        let _ = self.retire_if_listed();
         let keys: BTreeSet<Key> = self
             .guards
             .keys()
@@ -324,15 +335,21 @@ impl Fleet {
         );
     }
 
-    /// Drops the previous config's watches once every current one has listed.
-    fn retire_if_listed(&mut self) {
+    /// Drops the previous config's watches once every current one has listed; returns the
+    /// guards no current watch covers, to be brought in line.
+    fn retire_if_listed(&mut self) -> Vec<Key> {
         if self.retiring.is_empty() || !self.watches.values().all(|w| w.listed) {
-            return;
+            return Vec::new();
         }
         for (scope, w) in std::mem::take(&mut self.retiring) {
             w.stop.cancel();
             debug!(%scope, "service watch stopped");
         }
+        self.guards
+            .keys()
+            .filter(|k| !self.watches.keys().any(|s| s.covers(&k.0)))
+            .cloned()
+            .collect()
     }
 
     fn all_services(&self) -> impl Iterator<Item = (&Key, &Arc<Service>)> {
@@ -379,12 +396,12 @@ impl Fleet {
                 let old = std::mem::replace(&mut w.services, fresh);
                 let relisted = std::mem::replace(&mut w.listed, true);
                 let count = w.services.len();
-                let keys: BTreeSet<Key> = old
+                let mut keys: BTreeSet<Key> = old
                     .into_keys()
                     .chain(w.services.keys().cloned())
                     .chain(self.guards.keys().filter(|k| scope.covers(&k.0)).cloned())
                     .collect();
-                self.retire_if_listed();
+                keys.extend(self.retire_if_listed());
                 // Every Service is fed again: whatever changed while the watch was down is the
                 // current state now.
                 for key in keys {
@@ -406,6 +423,7 @@ impl Fleet {
                     info!(%scope, services = count, "service watch re-listed");
                 } else {
                     info!(%scope, services = count, "service watch established");
+                    self.dirty = true;
                 }
             }
             watcher::Event::Apply(svc) => {
@@ -576,7 +594,16 @@ impl Fleet {
             .map(|(_, h)| h)
             .chain(templated)
             .collect();
-        self.publish.send_replace(Arc::new(GuardSet::new(guards)));
+        let waiting = self
+            .watches
+            .iter()
+            .filter(|(_, w)| !w.listed)
+            .map(|(scope, _)| format!("the service watch of {scope}"))
+            .collect();
+        self.publish.send_replace(Arc::new(GuardSet {
+            waiting,
+            ..GuardSet::new(guards)
+        }));
     }
 }
 

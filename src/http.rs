@@ -164,6 +164,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
+/// Guards `/readyz` names at most: with thousands of guards behind one watch, its line stays a
+/// line.
+const NAMED: usize = 10;
+
 /// `/readyz`'s answer: 200 or 503, and plain text saying why, for the probe's output.
 struct Readiness {
     ready: bool,
@@ -191,13 +195,26 @@ async fn readyz(State(state): State<AppState>) -> Readiness {
             text: "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
         };
     }
+    // The watches first: a guard waits only on its watch.
     let guards = state.guards.borrow().clone();
-    let waiting: Vec<&str> = guards
-        .guards
-        .iter()
-        .filter(|g| !g.ready.load(Ordering::Relaxed))
-        .map(|g| g.config.name.as_str())
-        .collect();
+    let mut waiting: Vec<String> = guards.waiting.clone();
+    if waiting.is_empty() {
+        let unready: Vec<&str> = guards
+            .guards
+            .iter()
+            .filter(|g| !g.ready.load(Ordering::Relaxed))
+            .map(|g| g.config.name.as_str())
+            .collect();
+        waiting.extend(
+            unready
+                .iter()
+                .take(NAMED)
+                .map(|g| format!("the service watch of guard {g}")),
+        );
+        if unready.len() > NAMED {
+            waiting.push(format!("{} more guards", unready.len() - NAMED));
+        }
+    }
     let prometheus = state.prometheus.describe();
     if waiting.is_empty() {
         Readiness {
@@ -207,10 +224,7 @@ async fn readyz(State(state): State<AppState>) -> Readiness {
     } else {
         Readiness {
             ready: false,
-            text: format!(
-                "waiting for the service watch of: {}\n{prometheus}\n",
-                waiting.join(", ")
-            ),
+            text: format!("waiting for {}\n{prometheus}\n", waiting.join(", ")),
         }
     }
 }

@@ -1,10 +1,13 @@
-//! The command line. Doc comments here are the `--help` text.
+//! The command line, and what each command does. Doc comments here are the `--help` text.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::telemetry::LogFormat;
+use crate::{app, discover};
 
 /// Automatic safety net after a blue-green Service cutover: watches version-labelled metrics
 /// and Alertmanager alerts, and reverts the Service selector to blue when green misbehaves.
@@ -52,6 +55,46 @@ pub const DEMO_NOT_BUILT: &str = "the demo is not built into this binary (the im
      run it from a checkout of cutover-watchdog: cargo run --release --features sandbox -- demo";
 
 impl Command {
+    /// Runs the command to its end; what it prints goes to stdout.
+    pub async fn run(self) -> Result<()> {
+        match self {
+            Self::CheckConfig(args) => {
+                let config = Config::load(&args.config)?;
+                println!(
+                    "{}: ok, {} guard(s), {} template(s)",
+                    args.config.display(),
+                    config.guards.len(),
+                    config.templates.len()
+                );
+            }
+            Self::Serve(args) => app::run(args.config, app::shutdown_on_signal()?).await?,
+            Self::Discover(args) => {
+                let config = Config::load(&args.config.config)?;
+                let rows = discover::discover(&config, &app::kube_client().await?).await?;
+                match args.output {
+                    Output::Text => print!("{}", discover::table(&rows)),
+                    Output::Json => {
+                        let json = serde_json::to_string_pretty(&rows)
+                            .map_err(|e| Error::Unusable(format!("discover's rows as JSON: {e}")))?;
+                        println!("{json}");
+                    }
+                }
+            }
+            #[cfg(feature = "sandbox")]
+            Self::Demo(options) => {
+                let ended = crate::demo::run(&options, app::shutdown_on_signal()?).await?;
+                if !ended {
+                    return Err(Error::Sandbox(
+                        "the story did not end as the scenario expects".into(),
+                    ));
+                }
+            }
+            #[cfg(not(feature = "sandbox"))]
+            Self::Demo { .. } => return Err(Error::Unusable(DEMO_NOT_BUILT.into())),
+        }
+        Ok(())
+    }
+
     /// The default log level: `info`, or `warn` for commands whose output is on stdout.
     #[must_use]
     pub fn default_log_level(&self) -> &'static str {

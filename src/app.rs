@@ -80,9 +80,15 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
 /// Runs the watchdog on the config file at `path` until `shutdown` is cancelled, reading the
 /// file again when it changes and on SIGHUP.
 pub async fn run(path: PathBuf, shutdown: CancellationToken) -> Result<()> {
-    let config = Config::load(&path)?;
+    let (config, text) = Config::load_text(&path)?;
     let client = kube_client().await?;
-    serve_with(config, Some(path), client, shutdown).await
+    serve_with(config, Some(ConfigFile { path, text }), client, shutdown).await
+}
+
+/// The config file a watchdog follows, and the text its config was read from.
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 /// Runs the watchdog with a given client and a config that never changes (tests and the demo
@@ -95,14 +101,14 @@ pub async fn serve(
     serve_with(config, None, client, shutdown).await
 }
 
-/// Runs the watchdog with a given client; with `reload`, the config file to follow.
+/// Runs the watchdog with a given client; with `file`, the config file to follow.
 ///
 /// With leader election on, the listeners serve at once (`/readyz` says "not the leader"), but
 /// the guards start only once this replica leads: a follower neither watches nor polls nor
 /// writes, and a new leader resumes every open window from the Service's annotations.
 pub async fn serve_with(
     config: Config,
-    reload: Option<PathBuf>,
+    file: Option<ConfigFile>,
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -142,9 +148,10 @@ pub async fn serve_with(
     let mut tasks = JoinSet::new();
     let reloader = reloader(&webhook, certs, &metrics, config.webhook.reload_interval);
     tasks.spawn(reloader.run(shutdown.clone()));
-    if let Some(path) = reload {
+    if let Some(ConfigFile { path, text }) = file {
         let live = ConfigReloader::new(
             path,
+            &text,
             config.clone(),
             configs,
             metrics.clone(),

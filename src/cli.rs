@@ -74,8 +74,9 @@ impl Command {
                 match args.output {
                     Output::Text => print!("{}", discover::table(&rows)),
                     Output::Json => {
-                        let json = serde_json::to_string_pretty(&rows)
-                            .map_err(|e| Error::Unusable(format!("discover's rows as JSON: {e}")))?;
+                        let json = serde_json::to_string_pretty(&rows).map_err(|e| {
+                            Error::Unusable(format!("discover's rows as JSON: {e}"))
+                        })?;
                         println!("{json}");
                     }
                 }

@@ -548,11 +548,17 @@ impl std::fmt::Display for Threshold {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_text(path).map(|(config, _)| config)
+    }
+
+    /// Reads and validates the file at `path`; returns the text read too, the baseline a
+    /// reload compares the file with.
+    pub fn load_text(path: &Path) -> Result<(Self, String)> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        Ok((Self::parse(&text, path)?, text))
     }
 
     /// Parses and validates `text`; `path` only labels errors.

@@ -563,6 +563,7 @@ impl Fleet {
             return;
         };
         r.stop.cancel();
+        r.handle.retired.store(true, Ordering::SeqCst);
         let metrics = &self.parts.metrics;
         metrics.remove_guard(&r.config);
         metrics.guards.with_label_values(&[kind(&r.source)]).dec();

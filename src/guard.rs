@@ -201,6 +201,9 @@ pub struct GuardHandle {
     pub polling: watch::Receiver<Option<Polling>>,
     pub ready: Arc<AtomicBool>,
     pub alerts: Arc<AlertLog>,
+    /// Set when the guard is stopped for good, before its metric series are deleted: from
+    /// then on nothing writes them again.
+    pub retired: Arc<AtomicBool>,
 }
 
 impl GuardHandle {
@@ -215,7 +218,14 @@ impl GuardHandle {
             polling: watch::channel(None).1,
             ready: Arc::default(),
             alerts: Arc::default(),
+            retired: Arc::default(),
         }
+    }
+
+    /// Whether the guard has been stopped for good.
+    #[must_use]
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 }
 
@@ -249,6 +259,7 @@ pub struct GuardTask {
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     alerts: Arc<AlertLog>,
+    retired: Arc<AtomicBool>,
     /// Wakes the poller when a window opens.
     wake: Arc<tokio::sync::Notify>,
     clock: Clock,
@@ -285,6 +296,7 @@ impl GuardTask {
         let (lane_config, lane_config_rx) = watch::channel(config.clone());
         let ready = Arc::new(AtomicBool::new(false));
         let alerts = Arc::new(AlertLog::default());
+        let retired = Arc::new(AtomicBool::new(false));
         let ends = Ends {
             handle: GuardHandle {
                 config: config.clone(),
@@ -293,6 +305,7 @@ impl GuardTask {
                 polling: polling_rx,
                 ready: ready.clone(),
                 alerts: alerts.clone(),
+                retired: retired.clone(),
             },
             commands,
             config: lane_config_rx,
@@ -312,6 +325,7 @@ impl GuardTask {
             metrics,
             ready,
             alerts,
+            retired,
             wake,
             clock,
         };
@@ -447,6 +461,10 @@ impl GuardTask {
     }
 
     fn publish(&self, memory: &Memory) {
+        // A stopped guard's series are deleted; writing one now would bring it back for good.
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         let guard = self.config.name.as_str();
         let window = self.core.window();
         let open = self.core.open_window();

@@ -33,19 +33,35 @@ pub struct ConfigReloader {
     configs: watch::Sender<Arc<Config>>,
     metrics: Metrics,
     client: kube::Client,
+    /// SIGHUP, listened for from construction: a SIGHUP's default action ends the process, so
+    /// the listener must be in place before the watchdog serves (and says it is ready), not
+    /// whenever the task first runs.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl ConfigReloader {
-    /// Follows the file at `path`, whose contents gave `in_force`; publishes to `configs`.
+    /// Follows the file at `path`, whose contents `loaded` gave `in_force`; publishes to
+    /// `configs`. Listens for SIGHUP from here on, so it must be called inside the runtime.
     #[must_use]
     pub fn new(
         path: PathBuf,
+        loaded: &str,
         in_force: Config,
         configs: watch::Sender<Arc<Config>>,
         metrics: Metrics,
         client: kube::Client,
     ) -> Self {
         let watched = Arc::new(Watched::new(vec![("config", path.clone())]));
+        // What was loaded is the baseline, not what the file holds when the task first runs: an
+        // edit in between is then a change like any other.
+        watched.seed(&[loaded.as_bytes().to_vec()]);
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; the config file is still checked every config_reload_interval");
+                None
+            }
+        };
         Self {
             path,
             watched,
@@ -53,21 +69,13 @@ impl ConfigReloader {
             configs,
             metrics,
             client,
+            hangup,
         }
     }
 
     /// Checks every `config_reload_interval`, and at each SIGHUP, until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
-        // What was loaded at start-up is the baseline: a first check finds it unchanged.
-        let _ = self.read(false).await;
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGHUP; the config file is still checked every config_reload_interval");
-                None
-            }
-        };
+        let mut hangup = self.hangup.take();
         let mut interval = self.in_force.config_reload_interval;
         let mut ticks = ticker(interval);
         loop {

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::{CheckConfig, Config};
 use crate::decision::{Sample, Signal};
@@ -195,6 +196,10 @@ impl Poller {
         let mut results = results.into_iter();
         // Only guards with an open window were polled; the others have nothing to end.
         for (guard, w) in windows {
+            // Stopped while its queries were out: its series are gone, and must stay gone.
+            if guard.is_retired() {
+                continue;
+            }
             let name = guard.config.name.as_str();
             let (samples, errors) = w
                 .checks
@@ -221,8 +226,12 @@ impl Poller {
                 checks: w.checks,
             };
             // Never wait on one guard: a poll it misses only delays its next sample.
-            if guard.inbox.try_send(input).is_err() {
-                warn!(guard = name, "guard is busy; skipped one poll");
+            match guard.inbox.try_send(input) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    warn!(guard = name, "guard is busy; skipped one poll");
+                }
+                Err(TrySendError::Closed(_)) => debug!(guard = name, "guard stopped; poll dropped"),
             }
         }
         self.metrics

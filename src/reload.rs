@@ -129,6 +129,12 @@ impl Watched {
         changed
     }
 
+    /// Takes `contents`, read elsewhere, as the last seen: the next [`Watched::poll`] reports a
+    /// change only if the files differ from them.
+    pub fn seed(&self, contents: &[Vec<u8>]) {
+        self.remember(Seen::Contents(Self::digest(contents)));
+    }
+
     /// Reads every file now, as at startup, where an unreadable file is an error.
     pub fn read(&self) -> Result<Vec<Vec<u8>>> {
         let contents = self.read_all().map_err(|(_, e)| e)?;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::coverage::{self, Coverage};
 use crate::error::{Error, Result};
-use crate::fleet::Scope;
+use crate::fleet::{Scope, key_of};
 
 /// One Service and what covers it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,11 +49,7 @@ pub async fn discover(config: &Config, client: &kube::Client) -> Result<Vec<Row>
                 source: Box::new(e),
             })?;
         for svc in list.items {
-            let key = (
-                svc.metadata.namespace.clone().unwrap_or_default(),
-                svc.metadata.name.clone().unwrap_or_default(),
-            );
-            services.insert(key, svc);
+            services.insert(key_of(&svc), svc);
         }
     }
     Ok(rows(config, &services))

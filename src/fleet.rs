@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, GuardConfig, TemplateConfig};
 use crate::coverage::{self, Coverage, Source};
 use crate::executor::{Executor, Target};
-use crate::guard::{Clock, GuardHandle, GuardTask, Input};
+use crate::guard::{Bound, Clock, GuardHandle, GuardTask};
 use crate::metrics::Metrics;
 use crate::service::ServiceHandle;
 use crate::webhook::Routes;
@@ -122,9 +122,9 @@ impl Scope {
 }
 
 /// A Service's namespace and name.
-type Key = (String, String);
+pub(crate) type Key = (String, String);
 
-fn key_of(svc: &Service) -> Key {
+pub(crate) fn key_of(svc: &Service) -> Key {
     (
         svc.metadata.namespace.clone().unwrap_or_default(),
         svc.metadata.name.clone().unwrap_or_default(),
@@ -150,7 +150,12 @@ struct Running {
     source: Source,
     config: Arc<GuardConfig>,
     handle: GuardHandle,
+    /// Stops the guard's task.
     stop: CancellationToken,
+    /// Stops its executor lane, after the command in hand.
+    lane_stop: CancellationToken,
+    bind: watch::Sender<Bound>,
+    observe: watch::Sender<Option<Arc<Service>>>,
 }
 
 /// Events from the watches waiting for the fleet; the watches wait when it is full.
@@ -204,13 +209,13 @@ impl Fleet {
     #[must_use]
     pub fn new(
         parts: Parts,
-        configs: watch::Receiver<Arc<Config>>,
+        mut configs: watch::Receiver<Arc<Config>>,
         publish: watch::Sender<Arc<GuardSet>>,
         stop: CancellationToken,
         shutdown: CancellationToken,
     ) -> Self {
         let (events, inbox) = mpsc::channel(EVENTS);
-        let config = configs.borrow().clone();
+        let config = configs.borrow_and_update().clone();
         Self {
             parts,
             config,
@@ -233,7 +238,7 @@ impl Fleet {
     /// Runs until `stop`; returns the tasks still to wind down.
     pub async fn run(mut self) -> Remains {
         let config = self.config.clone();
-        self.apply(config).await;
+        self.apply(config);
         self.publish_now();
         let mut configs_open = true;
         loop {
@@ -245,17 +250,17 @@ impl Fleet {
                         continue;
                     }
                     let config = self.configs.borrow_and_update().clone();
-                    self.apply(config).await;
+                    self.apply(config);
                 }
                 Some((scope, generation, event)) = self.inbox.recv() => {
-                    self.on_event(&scope, generation, event).await;
+                    self.on_event(&scope, generation, event);
                     // Take what else is queued before publishing, so a list of thousands of
                     // Services publishes a few times, not once per Service.
                     for _ in 0..PUBLISH_EVERY {
                         let Ok((scope, generation, event)) = self.inbox.try_recv() else {
                             break;
                         };
-                        self.on_event(&scope, generation, event).await;
+                        self.on_event(&scope, generation, event);
                     }
                 }
             }
@@ -273,7 +278,7 @@ impl Fleet {
     }
 
     /// Puts `config` in force: the watches it needs, then every guard it implies.
-    async fn apply(&mut self, config: Arc<Config>) {
+    fn apply(&mut self, config: Arc<Config>) {
         self.config = config;
         let needed = Scope::needed(&self.config);
         let gone: Vec<Scope> = self
@@ -288,7 +293,13 @@ impl Fleet {
             }
         }
         for scope in needed {
-            if !self.watches.contains_key(&scope) {
+            if self.watches.contains_key(&scope) {
+                continue;
+            }
+            // Back before it was retired: it is still watching, and has listed.
+            if let Some(w) = self.retiring.remove(&scope) {
+                self.watches.insert(scope, w);
+            } else {
                 self.start_watch(scope);
             }
         }
@@ -307,7 +318,7 @@ impl Fleet {
             )
             .collect();
         for key in keys {
-            self.reconcile(&key, false).await;
+            self.reconcile(&key, false);
         }
     }
 
@@ -333,23 +344,23 @@ impl Fleet {
                 listed: false,
             },
         );
+        // Not listed yet: `/readyz` says so until it is.
+        self.dirty = true;
     }
 
-    /// Drops the previous config's watches once every current one has listed; returns the
-    /// guards no current watch covers, to be brought in line.
+    /// Drops the previous config's watches once every current one has listed; returns what
+    /// to bring in line then: every guard, and every Service the dropped watches held.
     fn retire_if_listed(&mut self) -> Vec<Key> {
         if self.retiring.is_empty() || !self.watches.values().all(|w| w.listed) {
             return Vec::new();
         }
+        let mut keys: Vec<Key> = self.guards.keys().cloned().collect();
         for (scope, w) in std::mem::take(&mut self.retiring) {
             w.stop.cancel();
             debug!(%scope, "service watch stopped");
+            keys.extend(w.services.into_keys());
         }
-        self.guards
-            .keys()
-            .filter(|k| !self.watches.keys().any(|s| s.covers(&k.0)))
-            .cloned()
-            .collect()
+        keys
     }
 
     fn all_services(&self) -> impl Iterator<Item = (&Key, &Arc<Service>)> {
@@ -359,13 +370,22 @@ impl Fleet {
             .flat_map(|w| w.services.iter())
     }
 
-    /// The Service at `key`, from a watch that has listed its namespace.
+    /// The Service at `key`: from a current watch that has listed its namespace; else, while
+    /// a reload's new watches list, from whichever watch holds it.
     fn service(&self, key: &Key) -> Option<Arc<Service>> {
-        self.watches
-            .values()
-            .chain(self.retiring.values())
-            .find_map(|w| w.services.get(key))
-            .cloned()
+        let listed = self
+            .watches
+            .iter()
+            .find(|(scope, w)| w.listed && scope.covers(&key.0));
+        match listed {
+            Some((_, w)) => w.services.get(key).cloned(),
+            None => self
+                .watches
+                .values()
+                .chain(self.retiring.values())
+                .find_map(|w| w.services.get(key))
+                .cloned(),
+        }
     }
 
     /// Whether a listed watch covers `namespace`.
@@ -376,10 +396,12 @@ impl Fleet {
             .any(|(scope, w)| w.listed && scope.covers(namespace))
     }
 
-    async fn on_event(&mut self, scope: &Scope, generation: u64, event: watcher::Event<Service>) {
+    fn on_event(&mut self, scope: &Scope, generation: u64, event: watcher::Event<Service>) {
+        // A retiring watch still counts until the new ones have listed.
         let Some(w) = self
             .watches
             .get_mut(scope)
+            .or_else(|| self.retiring.get_mut(scope))
             .filter(|w| w.generation == generation)
         else {
             return;
@@ -405,7 +427,7 @@ impl Fleet {
                 // Every Service is fed again: whatever changed while the watch was down is the
                 // current state now.
                 for key in keys {
-                    self.reconcile(&key, true).await;
+                    self.reconcile(&key, true);
                 }
                 for (key, r) in &self.guards {
                     if scope.covers(&key.0) {
@@ -430,7 +452,7 @@ impl Fleet {
                 let key = key_of(&svc);
                 w.services.insert(key.clone(), Arc::new(svc));
                 if w.listed {
-                    self.reconcile(&key, true).await;
+                    self.reconcile(&key, true);
                 }
             }
             watcher::Event::Delete(svc) => {
@@ -439,7 +461,7 @@ impl Fleet {
                 if let Some(r) = self.guards.get(&key).filter(|r| r.source == Source::Config) {
                     warn!(guard = %r.config.name, namespace = %key.0, service = %key.1, "guarded service was deleted");
                 }
-                self.reconcile(&key, false).await;
+                self.reconcile(&key, false);
             }
         }
     }
@@ -472,55 +494,46 @@ impl Fleet {
         }
     }
 
-    /// Brings the guard of the Service at `key` in line: starts, reconfigures or stops it.
-    /// `feed` gives a running guard the Service as it is now; a new guard always gets it.
-    async fn reconcile(&mut self, key: &Key, feed: bool) {
+    /// Brings the guard of the Service at `key` in line: starts, rebinds or stops it. `feed`
+    /// hands a running guard the Service as it is now; a new guard always gets it. Never waits
+    /// on a guard: both go through the guard's own `watch` channels, newest wins.
+    fn reconcile(&mut self, key: &Key, feed: bool) {
         let svc = self.service(key);
         let desired = self.desired(key, svc.as_deref());
-        let running = self.guards.get_mut(key);
-        let new = match (running, desired) {
-            (None, None) => return,
-            (Some(_), None) => {
-                self.stop_guard(key);
-                return;
-            }
-            (Some(r), Some((guard, source, warning)))
-                if r.config.name == guard.name
-                    && r.config.version_label == guard.version_label
-                    && r.source == source =>
-            {
-                if *r.config != guard {
-                    if let Some(warning) = warning {
-                        warn!(guard = %guard.name, "{warning}");
-                    }
-                    let config = Arc::new(guard);
-                    r.config = config.clone();
-                    r.handle.config = config.clone();
-                    self.dirty = true;
-                    let _ = r.handle.inbox.send(Input::Reconfigure(config)).await;
-                }
-                if feed && let Some(svc) = svc {
-                    let _ = r.handle.inbox.send(Input::Service(svc)).await;
-                }
-                return;
-            }
-            (Some(_), Some(desired)) => {
-                self.stop_guard(key);
-                desired
-            }
-            (None, Some(desired)) => desired,
+        let Some((guard, source, warning)) = desired else {
+            self.stop_guard(key);
+            return;
         };
-        let (guard, source, warning) = new;
-        if let Some(warning) = warning {
-            warn!(guard = %guard.name, "{warning}");
+        let same = self.guards.get(key).is_some_and(|r| {
+            r.config.name == guard.name && r.config.version_label == guard.version_label
+        });
+        if !same {
+            self.stop_guard(key);
+            if let Some(warning) = &warning {
+                warn!(guard = %guard.name, "{warning}");
+            }
+            self.start_guard(key.clone(), guard, source);
+        } else if let Some(r) = self.guards.get_mut(key)
+            && (*r.config != guard || r.source != source)
+        {
+            if let Some(warning) = &warning {
+                warn!(guard = %guard.name, "{warning}");
+            }
+            let config = Arc::new(guard);
+            r.config = config.clone();
+            r.handle.config = config.clone();
+            r.source = source.clone();
+            r.bind.send_replace(Bound { config, source });
+            self.dirty = true;
+        } else if !feed {
+            return;
         }
-        let inbox = self.start_guard(key.clone(), guard, source);
-        if let Some(svc) = svc {
-            let _ = inbox.send(Input::Service(svc)).await;
+        if let (Some(r), Some(svc)) = (self.guards.get(key), svc) {
+            r.observe.send_replace(Some(svc));
         }
     }
 
-    fn start_guard(&mut self, key: Key, guard: GuardConfig, source: Source) -> mpsc::Sender<Input> {
+    fn start_guard(&mut self, key: Key, guard: GuardConfig, source: Source) {
         let config = Arc::new(guard);
         let p = &self.parts;
         let service = ServiceHandle::new(&p.client, &config);
@@ -533,18 +546,18 @@ impl Fleet {
             p.clock.clone(),
         );
         let stop = self.stop.child_token();
+        let lane_stop = self.shutdown.child_token();
         self.tasks.spawn(task.run(stop.clone()));
         self.lanes.spawn(p.executor.clone().run_lane(
             Target::live(ends.config, service),
             ends.commands,
-            self.shutdown.clone(),
+            lane_stop.clone(),
         ));
         ends.handle
             .ready
             .store(self.listed(&key.0), Ordering::Relaxed);
         p.metrics.guards.with_label_values(&[kind(&source)]).inc();
         info!(guard = %config.name, source = %source, namespace = %key.0, service = %key.1, "guard started");
-        let inbox = ends.handle.inbox.clone();
         self.guards.insert(
             key,
             Running {
@@ -552,20 +565,28 @@ impl Fleet {
                 config,
                 handle: ends.handle,
                 stop,
+                lane_stop,
+                bind: ends.bind,
+                observe: ends.observe,
             },
         );
         self.dirty = true;
-        inbox
     }
 
     fn stop_guard(&mut self, key: &Key) {
         let Some(r) = self.guards.remove(key) else {
             return;
         };
+        // The lane finishes the write in hand, if any, and takes no other: the guard that
+        // decided them is gone, and the Service may no longer be its to write.
         r.stop.cancel();
+        r.lane_stop.cancel();
         r.handle.retired.store(true, Ordering::SeqCst);
         let metrics = &self.parts.metrics;
-        metrics.remove_guard(&r.config);
+        // Another guard by that name (its Service renamed in the config) keeps the series.
+        if !self.guards.values().any(|g| g.config.name == r.config.name) {
+            metrics.remove_guard(&r.config);
+        }
         metrics.guards.with_label_values(&[kind(&r.source)]).dec();
         info!(guard = %r.config.name, source = %r.source, "guard stopped");
         self.dirty = true;
@@ -573,16 +594,21 @@ impl Fleet {
 
     fn publish_now(&mut self) {
         self.dirty = false;
+        let order: std::collections::HashMap<&str, usize> = self
+            .config
+            .guards
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.as_str(), i))
+            .collect();
         let mut explicit: Vec<(usize, GuardHandle)> = Vec::new();
         let mut templated = Vec::new();
         for r in self.guards.values() {
             match r.source {
                 Source::Config => {
-                    let at = self
-                        .config
-                        .guards
-                        .iter()
-                        .position(|g| g.name == r.config.name)
+                    let at = order
+                        .get(r.config.name.as_str())
+                        .copied()
                         .unwrap_or(usize::MAX);
                     explicit.push((at, r.handle.clone()));
                 }
@@ -640,7 +666,8 @@ async fn watch_services(
                 continue;
             }
         };
-        // Nothing here reads managedFields, often the largest part of a Service.
+        // Nothing here reads managedFields or kubectl's last-applied copy, often the largest
+        // parts of a Service, and every Service in scope is kept.
         let event = match event {
             watcher::Event::Apply(svc) => watcher::Event::Apply(slim(svc)),
             watcher::Event::InitApply(svc) => watcher::Event::InitApply(slim(svc)),
@@ -659,5 +686,8 @@ async fn watch_services(
 
 fn slim(mut svc: Service) -> Service {
     svc.metadata.managed_fields = None;
+    if let Some(a) = &mut svc.metadata.annotations {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
     svc
 }

@@ -60,9 +60,6 @@ impl Clock {
 pub enum Input {
     /// The Service as the watch saw it.
     Service(Arc<Service>),
-    /// The guard's config changed (a reload, or its Service's labels): the new checks apply
-    /// from the next poll, and the open window keeps its clock.
-    Reconfigure(Arc<GuardConfig>),
     Signal(Signal),
     /// A poll of the guard's checks ([`Signal::Polled`]), with why each check's query failed,
     /// if it did, in check order. The core needs only the samples; the reasons are for status.
@@ -77,6 +74,15 @@ pub enum Input {
         alert: decision::Alert,
         seen: AlertSeen,
     },
+}
+
+/// A guard's config and where it comes from, as the fleet binds them. A new one (a reload,
+/// its Service's labels, another template) applies from the next poll, and the open window
+/// keeps its clock.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub config: Arc<GuardConfig>,
+    pub source: Source,
 }
 
 /// The last alerts seen for a guard, for `/v1/guards`. The webhook records alerts that cannot
@@ -247,6 +253,11 @@ pub struct GuardTask {
     checks: Arc<[CheckConfig]>,
     /// The config in force, for the guard's executor lane.
     lane_config: watch::Sender<Arc<GuardConfig>>,
+    /// The fleet's binding of the guard: a change reconfigures it.
+    bound: watch::Receiver<Bound>,
+    /// The Service as the fleet's watch last saw it: only the newest counts, and the fleet
+    /// never waits on a busy guard to hand it over.
+    observed: watch::Receiver<Option<Arc<Service>>>,
     core: decision::Guard,
     service: ServiceHandle,
     inbox: mpsc::Receiver<Input>,
@@ -273,6 +284,10 @@ pub struct Ends {
     pub commands: mpsc::Receiver<Command>,
     /// The guard's config in force, for its executor lane.
     pub config: watch::Receiver<Arc<GuardConfig>>,
+    /// Where the fleet rebinds the guard.
+    pub bind: watch::Sender<Bound>,
+    /// Where the fleet hands over its Service as watched.
+    pub observe: watch::Sender<Option<Arc<Service>>>,
 }
 
 impl GuardTask {
@@ -291,9 +306,14 @@ impl GuardTask {
         let (inbox_tx, inbox) = mpsc::channel(INBOX);
         let (reply, replies) = mpsc::channel(4);
         let (executor, commands) = mpsc::channel(LANE_QUEUE);
-        let (status, status_rx) = watch::channel(initial_status(&config, source));
+        let (status, status_rx) = watch::channel(initial_status(&config, source.clone()));
         let (polling, polling_rx) = watch::channel(None);
         let (lane_config, lane_config_rx) = watch::channel(config.clone());
+        let (bind, bound) = watch::channel(Bound {
+            config: config.clone(),
+            source,
+        });
+        let (observe, observed) = watch::channel(None);
         let ready = Arc::new(AtomicBool::new(false));
         let alerts = Arc::new(AlertLog::default());
         let retired = Arc::new(AtomicBool::new(false));
@@ -309,11 +329,15 @@ impl GuardTask {
             },
             commands,
             config: lane_config_rx,
+            bind,
+            observe,
         };
         let task = Self {
             core: decision::Guard::new(decision::Policy::from(config.as_ref())),
             checks: config.checks.clone().into(),
             lane_config,
+            bound,
+            observed,
             config,
             service,
             inbox,
@@ -339,6 +363,18 @@ impl GuardTask {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(reply) = self.replies.recv() => Input::Signal(reply),
+                Ok(()) = self.bound.changed() => {
+                    let bound = self.bound.borrow_and_update().clone();
+                    self.reconfigure(bound, &mut memory);
+                    self.publish(&memory);
+                    continue;
+                }
+                Ok(()) = self.observed.changed() => {
+                    let Some(svc) = self.observed.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    Input::Service(svc)
+                }
                 input = self.inbox.recv() => match input {
                     Some(input) => input,
                     None => break,
@@ -365,10 +401,6 @@ impl GuardTask {
                 }
                 Input::Service(svc) => self.observe(&svc, &mut memory, now),
                 Input::Alert { alert, seen } => self.alert(alert, seen, now),
-                Input::Reconfigure(config) => {
-                    self.reconfigure(config, &mut memory);
-                    Vec::new()
-                }
             };
             if !self.execute(decisions, &mut memory, now).await {
                 return;
@@ -397,7 +429,7 @@ impl GuardTask {
 
     /// Puts `config` in force. A check that is unchanged (same name, query, threshold, `for`
     /// and no-data policy) keeps its progress in the open window; any other starts afresh.
-    fn reconfigure(&mut self, config: Arc<GuardConfig>, memory: &mut Memory) {
+    fn reconfigure(&mut self, Bound { config, source }: Bound, memory: &mut Memory) {
         let keep: Vec<Option<usize>> = config
             .checks
             .iter()
@@ -407,11 +439,14 @@ impl GuardTask {
             .iter()
             .map(|k| k.and_then(|i| memory.poll_errors.get(i).cloned().flatten()))
             .collect();
-        self.metrics.retire_checks(&self.config, &config);
+        if !self.retired.load(Ordering::SeqCst) {
+            self.metrics.retire_checks(&self.config, &config);
+        }
         self.core
             .reconfigure(decision::Policy::from(config.as_ref()), &keep);
         self.checks = config.checks.clone().into();
         self.lane_config.send_replace(config.clone());
+        self.status.send_modify(|s| s.source = source);
         info!(guard = %config.name, checks = config.checks.len(), "guard reconfigured");
         self.config = config;
     }

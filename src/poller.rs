@@ -130,12 +130,15 @@ impl Poller {
         }
     }
 
-    /// Puts a reloaded `poll_interval` and `prometheus.*` in force.
+    /// Puts a reloaded `poll_interval` and `prometheus.*` in force; the client (and its open
+    /// connections) is replaced only when `prometheus.*` changed.
     fn reconfigure(&mut self, config: &Config, ticker: &mut tokio::time::Interval) {
-        match Prometheus::new(&config.prometheus.url, config.prometheus.timeout) {
-            Ok(p) => self.prometheus = p,
-            Err(e) => {
-                warn!(error = %crate::error::chain(&e), "cannot use the reloaded prometheus settings; keeping the previous ones");
+        if self.prometheus.settings() != (&config.prometheus.url, config.prometheus.timeout) {
+            match Prometheus::new(&config.prometheus.url, config.prometheus.timeout) {
+                Ok(p) => self.prometheus = p,
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "cannot use the reloaded prometheus settings; keeping the previous ones");
+                }
             }
         }
         if config.poll_interval != self.interval {
@@ -178,39 +181,34 @@ impl Poller {
             .into_iter()
             .map(|r| match r {
                 Some(failure) => Err(failure),
-                None => answers.next().unwrap_or_else(|| {
-                    Err(QueryFailure {
-                        kind: QueryError::Body,
-                        message: "missing batch result".to_owned(),
-                    })
-                }),
+                None => answers.next().unwrap_or_else(|| Err(missing())),
             })
             .collect();
+        // A query never sent is the Service's doing, not Prometheus's: it does not count here.
+        let error = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .find(|f| f.kind != QueryError::Unbound)
+            .map(ToString::to_string);
         if !queries.is_empty() {
-            let error = results
-                .iter()
-                .find_map(|r| r.as_ref().err())
-                .map(ToString::to_string);
             self.health.record(Timestamp::now(), error);
         }
         let mut results = results.into_iter();
         // Only guards with an open window were polled; the others have nothing to end.
         for (guard, w) in windows {
-            // Stopped while its queries were out: its series are gone, and must stay gone.
-            if guard.is_retired() {
+            let polled: Vec<_> = results.by_ref().take(w.checks.len()).collect();
+            // Stopped, or given other checks, while its queries were out: its series for these
+            // checks are gone, and must stay gone.
+            let current = guard.polling.borrow().as_ref().map(|p| p.checks.clone());
+            if guard.is_retired() || !current.is_some_and(|c| Arc::ptr_eq(&c, &w.checks)) {
                 continue;
             }
             let name = guard.config.name.as_str();
             let (samples, errors) = w
                 .checks
                 .iter()
-                .map(|check| {
-                    let result = results.next().unwrap_or_else(|| {
-                        Err(QueryFailure {
-                            kind: QueryError::Body,
-                            message: "missing batch result".to_owned(),
-                        })
-                    });
+                .zip(polled)
+                .map(|(check, result)| {
                     let error = result.as_ref().err().map(ToString::to_string);
                     (self.sample(name, check, result), error)
                 })
@@ -312,6 +310,14 @@ impl Poller {
             Sample::Error => {}
         }
         sample
+    }
+}
+
+/// A batch answer with fewer results than queries: never from a Prometheus that answered.
+fn missing() -> QueryFailure {
+    QueryFailure {
+        kind: QueryError::Body,
+        message: "missing batch result".to_owned(),
     }
 }
 

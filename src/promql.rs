@@ -327,13 +327,9 @@ impl QueryFailure {
 }
 
 impl QueryError {
-    pub const ALL: [Self; 5] = [
-        Self::Timeout,
-        Self::Connect,
-        Self::Status,
-        Self::Body,
-        Self::Unbound,
-    ];
+    /// The kinds a request can fail with: the metric's label set. [`QueryError::Unbound`] is
+    /// never a request, and never counted.
+    pub const ALL: [Self; 4] = [Self::Timeout, Self::Connect, Self::Status, Self::Body];
 
     #[must_use]
     pub fn as_label(self) -> &'static str {
@@ -352,6 +348,9 @@ impl QueryError {
 pub struct Prometheus {
     http: reqwest::Client,
     endpoint: Url,
+    /// What it was built from, to tell whether a reload changes it.
+    base: Url,
+    timeout: Duration,
 }
 
 impl Prometheus {
@@ -367,7 +366,18 @@ impl Prometheus {
             .map_err(|()| Error::Unusable(format!("prometheus.url {base} cannot be a base URL")))?
             .pop_if_empty()
             .extend(["api", "v1", "query"]);
-        Ok(Self { http, endpoint })
+        Ok(Self {
+            http,
+            endpoint,
+            base: base.clone(),
+            timeout,
+        })
+    }
+
+    /// The base URL and timeout it was built from.
+    #[must_use]
+    pub fn settings(&self) -> (&Url, Duration) {
+        (&self.base, self.timeout)
     }
 
     /// Runs `query` as an instant query and returns every series' value (NaN included), with

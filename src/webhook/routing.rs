@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::debug;
 
 use super::payload::Payload;
@@ -141,17 +142,25 @@ pub(super) fn dispatch(
         }
     }
     let mut permits = Vec::with_capacity(deliveries.len());
-    for (guard, _) in &deliveries {
+    let mut taken = Vec::with_capacity(deliveries.len());
+    for (guard, input) in deliveries {
         // Dropping the permits taken so far, on return, gives their room back.
-        let Ok(permit) = guard.inbox.try_reserve() else {
-            return Err(QueueFull {
-                guard: guard.config.name.clone(),
-            });
-        };
-        permits.push(permit);
+        match guard.inbox.try_reserve() {
+            Ok(permit) => {
+                permits.push(permit);
+                taken.push(input);
+            }
+            // Stopped since the set was read (its Service went away): nothing left to act on.
+            Err(TrySendError::Closed(())) => {}
+            Err(TrySendError::Full(())) => {
+                return Err(QueueFull {
+                    guard: guard.config.name.clone(),
+                });
+            }
+        }
     }
-    let routed = deliveries.len();
-    for (permit, (_, input)) in permits.into_iter().zip(deliveries) {
+    let routed = taken.len();
+    for (permit, input) in permits.into_iter().zip(taken) {
         permit.send(input);
     }
     for (guard, seen) in records {

@@ -533,6 +533,35 @@ async fn an_invalid_edit_keeps_the_old_config_and_sets_the_metric() {
 }
 
 #[tokio::test]
+async fn a_reload_adding_a_namespace_without_its_permissions_is_refused_naming_them() {
+    let cluster = Cluster::start().await;
+    let setup = Setup {
+        top: "config_reload_interval: 200ms\n",
+        ..Setup::default()
+    };
+    let w = Watchdog::start(&cluster, &setup).await;
+    let valid = std::fs::read_to_string(&w.config).unwrap();
+    // Granted at start-up for `default`; the Role for `pay` lacks it.
+    cluster.api.deny("list", "pods");
+    let with_pay =
+        format!("{valid}templates:\n- {{name: backend, namespaces: [pay], checks: []}}\n");
+    write_atomically(&w.config, &with_pay);
+    wait_metric_is(&w, RELOAD_OK, 0.0, Duration::from_secs(10)).await;
+    let refused = log_lines(&w, &[REFUSED]);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(
+        refused[0].contains("list pods in pay"),
+        "the warning names the permission: {}",
+        refused[0]
+    );
+    assert_eq!(
+        names_and_sources(&w).await.unwrap(),
+        [("checkout".to_owned(), "config".to_owned())],
+        "the old config stays"
+    );
+}
+
+#[tokio::test]
 async fn sighup_reloads_the_config() {
     let cluster = Cluster::start().await;
     // Only a SIGHUP can make this watchdog read its config again within the test.

@@ -18,15 +18,9 @@ use std::time::{Duration, Instant};
 use common::{APP, Cluster, SecretVolume, Setup, Watchdog};
 use cutover_watchdog::sandbox::apiserver::{self, ApiServer};
 use cutover_watchdog::sandbox::free_port;
-use cutover_watchdog::sandbox::processes::{self, ChildServer, PrometheusSetup};
-use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
+use cutover_watchdog::sandbox::traffic::Behaviour;
 use serde_json::{Value, json};
 
-const HEALTHY: Behaviour = Behaviour {
-    rps: 100.0,
-    error_ratio: 0.001,
-    latency_seconds: 0.05,
-};
 const FAILING: Behaviour = Behaviour {
     rps: 100.0,
     error_ratio: 0.05,
@@ -237,25 +231,10 @@ fn event_reasons(api: &ApiServer, ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// The synthetic app at 100 rps on both versions and the real Prometheus scraping it, warmed up.
-async fn app_and_prometheus() -> (TrafficApp, ChildServer) {
-    let app = TrafficApp::start(APP, &[("v1", HEALTHY), ("v2", HEALTHY)])
-        .await
-        .unwrap();
-    let prometheus = processes::prometheus(&PrometheusSetup {
-        targets: vec![app.addr()],
-        ..PrometheusSetup::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    common::warm_up(&prometheus.url()).await;
-    (app, prometheus)
-}
-
 #[tokio::test]
 async fn a_template_over_three_namespaces_guards_a_service_created_after_start_and_rolls_it_back() {
     let cluster = Cluster::start().await;
-    let (app, prometheus) = app_and_prometheus().await;
+    let (app, prometheus) = common::app_and_prometheus().await;
     let url = prometheus.url();
     let w = start_on(&cluster, |main, admin| {
         template_config(main, admin, &url, &TEAMS)

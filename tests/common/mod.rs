@@ -597,6 +597,26 @@ use cutover_watchdog::sandbox::faulty::FaultyProxy;
 use cutover_watchdog::sandbox::processes::{self, ChildServer, PrometheusSetup};
 use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
 
+/// Healthy v1 and v2 of the synthetic app at 100 rps, and the real Prometheus scraping it,
+/// warmed up.
+pub async fn app_and_prometheus() -> (TrafficApp, ChildServer) {
+    let healthy = Behaviour {
+        rps: 100.0,
+        ..Behaviour::HEALTHY
+    };
+    let app = TrafficApp::start(APP, &[("v1", healthy), ("v2", healthy)])
+        .await
+        .unwrap();
+    let prometheus = processes::prometheus(&PrometheusSetup {
+        targets: vec![app.addr()],
+        ..PrometheusSetup::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    warm_up(&prometheus.url()).await;
+    (app, prometheus)
+}
+
 /// A whole sandbox: cluster, synthetic app, real Prometheus scraping it, and the watchdog.
 pub struct Stack {
     pub cluster: Cluster,
@@ -621,20 +641,7 @@ impl Stack {
     }
 
     async fn build(cluster: Cluster, setup: Setup<'_>, proxied: bool) -> Self {
-        let healthy = Behaviour {
-            rps: 100.0,
-            ..Behaviour::HEALTHY
-        };
-        let app = TrafficApp::start(APP, &[("v1", healthy), ("v2", healthy)])
-            .await
-            .unwrap();
-        let prometheus = processes::prometheus(&PrometheusSetup {
-            targets: vec![app.addr()],
-            ..PrometheusSetup::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        warm_up(&prometheus.url()).await;
+        let (app, prometheus) = app_and_prometheus().await;
         let proxy = if proxied {
             Some(FaultyProxy::start(prometheus.addr).await.unwrap())
         } else {

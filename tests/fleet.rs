@@ -95,6 +95,12 @@ fn backend(ns: &str, name: &str, tier: &str) -> Value {
 }
 
 impl Running {
+    /// The inbox of the running guard `name`: the same channel means the same guard, not
+    /// restarted.
+    fn inbox_of(&self, name: &str) -> tokio::sync::mpsc::Sender<cutover_watchdog::guard::Input> {
+        self.guards.borrow().get(name).unwrap().inbox.clone()
+    }
+
     /// The running guards' names and sources, once every watch has listed.
     fn names(&self) -> Vec<(String, String)> {
         let set = self.guards.borrow().clone();
@@ -132,13 +138,7 @@ async fn a_reload_from_listed_namespaces_to_every_namespace_and_back_keeps_and_e
     fleet.api.apply(backend("shop", "cart", "backend")).unwrap();
     fleet.api.apply(backend("web", "site", "backend")).unwrap();
     fleet.wait_names(&[("shop/cart", "template:backend")]).await;
-    let before = fleet
-        .guards
-        .borrow()
-        .get("shop/cart")
-        .unwrap()
-        .inbox
-        .clone();
+    let before = fleet.inbox_of("shop/cart");
 
     let everywhere = BACKEND.replace("[shop, pay]", "['*']");
     fleet.configs.send_replace(config(&everywhere, "[]"));
@@ -148,13 +148,7 @@ async fn a_reload_from_listed_namespaces_to_every_namespace_and_back_keeps_and_e
             ("web/site", "template:backend"),
         ])
         .await;
-    let after = fleet
-        .guards
-        .borrow()
-        .get("shop/cart")
-        .unwrap()
-        .inbox
-        .clone();
+    let after = fleet.inbox_of("shop/cart");
     assert!(
         before.same_channel(&after),
         "the guard of a Service both configs cover kept running"
@@ -177,13 +171,7 @@ async fn another_template_picked_by_annotation_rebinds_the_guard_without_restart
     let fleet = start(config(&two, "[]")).await;
     fleet.api.apply(backend("shop", "cart", "backend")).unwrap();
     fleet.wait_names(&[("shop/cart", "template:backend")]).await;
-    let before = fleet
-        .guards
-        .borrow()
-        .get("shop/cart")
-        .unwrap()
-        .inbox
-        .clone();
+    let before = fleet.inbox_of("shop/cart");
     let mut svc = backend("shop", "cart", "backend");
     svc["metadata"]["annotations"] = serde_json::json!({"cutover-watchdog.io/template": "other"});
     fleet.api.apply(svc).unwrap();

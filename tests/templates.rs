@@ -462,8 +462,9 @@ async fn adding_a_guard_by_swapping_the_config_symlink_guards_it_within_the_inte
     assert_eq!(w.readyz().await.0, 200);
 }
 
-#[tokio::test]
-async fn an_invalid_edit_keeps_the_old_config_and_sets_the_metric() {
+/// The suite's default watchdog, reading its config file again every 200 ms, and that file's
+/// text as written.
+async fn reloading_every_200ms() -> (Cluster, Watchdog, String) {
     let cluster = Cluster::start().await;
     let setup = Setup {
         top: "config_reload_interval: 200ms\n",
@@ -471,6 +472,12 @@ async fn an_invalid_edit_keeps_the_old_config_and_sets_the_metric() {
     };
     let w = Watchdog::start(&cluster, &setup).await;
     let valid = std::fs::read_to_string(&w.config).unwrap();
+    (cluster, w, valid)
+}
+
+#[tokio::test]
+async fn an_invalid_edit_keeps_the_old_config_and_sets_the_metric() {
+    let (_cluster, w, valid) = reloading_every_200ms().await;
     assert!(valid.contains("    for: 3s\n"));
     wait_guard(&w, "checkout", "for 3 s", Duration::from_secs(10), |g| {
         g["checks"][0]["for_seconds"] == 3.0
@@ -513,13 +520,7 @@ async fn an_invalid_edit_keeps_the_old_config_and_sets_the_metric() {
 
 #[tokio::test]
 async fn a_reload_adding_a_namespace_without_its_permissions_is_refused_naming_them() {
-    let cluster = Cluster::start().await;
-    let setup = Setup {
-        top: "config_reload_interval: 200ms\n",
-        ..Setup::default()
-    };
-    let w = Watchdog::start(&cluster, &setup).await;
-    let valid = std::fs::read_to_string(&w.config).unwrap();
+    let (cluster, w, valid) = reloading_every_200ms().await;
     // Granted at start-up for `default`; the Role for `pay` lacks it.
     cluster.api.deny("list", "pods");
     let with_pay =

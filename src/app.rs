@@ -19,8 +19,8 @@ use tracing::{info, warn};
 use crate::access;
 use crate::config::{Config, WebhookConfig};
 use crate::error::{Error, Result};
-use crate::executor::Executor;
-use crate::fleet::{Fleet, GuardSet, Parts, Registry, Remains};
+use crate::executor::{Executor, Lanes};
+use crate::fleet::{Fleet, GuardSet, Parts, Registry};
 use crate::guard::Clock;
 use crate::http::{self, AppState};
 use crate::leader::{Elector, Fence};
@@ -134,6 +134,7 @@ pub async fn serve_with(
     let Workers {
         fleet,
         poller,
+        lanes,
         registry,
         health,
         configs,
@@ -207,19 +208,11 @@ pub async fn serve_with(
         Some(served) => served,
         None => servers.join_next().await.unwrap_or(Ok(Ok(()))),
     };
-    // The fleet stops on `shutdown` and hands over its lanes, still finishing their writes.
-    let lanes = match fleets.join_next().await {
-        Some(Ok(Remains {
-            lanes,
-            tasks: guards,
-        })) => {
-            drop(guards); // aborted: the guard tasks and the watches
-            lanes
-        }
-        _ => JoinSet::new(),
-    };
+    // The fleet stops on `shutdown`, its guard tasks and watches with it; the lanes go on
+    // finishing their writes.
+    let _ = fleets.join_next().await;
     let grace = config.kube_timeout + Duration::from_secs(2);
-    let lost = stop_in_order(lanes, tasks, grace, &release, elected, lost).await;
+    let lost = stop_in_order(&lanes, tasks, grace, &release, elected, lost).await;
     info!("cutover-watchdog stopped");
     lost.and(flatten("listeners", served))
 }
@@ -235,19 +228,16 @@ fn flatten(what: &'static str, joined: Result<Result<()>, tokio::task::JoinError
 /// new leader can act while that write may land. Returns the elector's error if the Lease was
 /// lost (`lost`, when it already ended).
 async fn stop_in_order(
-    mut lanes: JoinSet<()>,
+    lanes: &Lanes,
     mut tasks: JoinSet<()>,
     grace: Duration,
     release: &CancellationToken,
     mut elected: JoinSet<Result<()>>,
     lost: Option<Result<Result<()>, tokio::task::JoinError>>,
 ) -> Result<()> {
-    let drained = tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} })
-        .await
-        .is_ok();
+    let drained = lanes.drain(grace).await;
     if !drained {
         warn!("executor did not finish within the shutdown deadline; leaving the lease to expire");
-        lanes.shutdown().await;
     }
     tasks.shutdown().await;
     if let Some(lost) = lost {
@@ -379,6 +369,7 @@ fn serve_main(
 struct Workers {
     fleet: Fleet,
     poller: Poller,
+    lanes: Lanes,
     /// The running guards, as the fleet publishes them.
     registry: Registry,
     health: Arc<PrometheusHealth>,
@@ -397,12 +388,12 @@ fn workers(
         controller: "cutover-watchdog".into(),
         instance: Some(identity.chars().take(128).collect()),
     };
-    let executor = Arc::new(Executor::new(
+    let lanes = Lanes::new(Arc::new(Executor::new(
         Recorder::new(client.clone(), reporter),
         metrics.clone(),
         config.kube_timeout,
         fence.clone(),
-    ));
+    )));
     let wake = Arc::new(Notify::new());
     let (configs, in_force) = watch::channel(Arc::new(config.clone()));
     let (publish, registry) = watch::channel(Arc::new(GuardSet::starting()));
@@ -410,7 +401,7 @@ fn workers(
         Parts {
             client: client.clone(),
             metrics: metrics.clone(),
-            executor,
+            lanes: lanes.clone(),
             wake: wake.clone(),
             clock: Clock::wall(),
         },
@@ -432,6 +423,7 @@ fn workers(
     Workers {
         fleet,
         poller,
+        lanes,
         registry,
         health,
         configs,

@@ -3,7 +3,8 @@
 //! Every Service patch, annotation and Event goes through an [`Executor`]. It runs one lane per
 //! guard: a guard's commands are carried out one at a time, in order, so two triggers (a check
 //! and an alert) can never race two patches on one Service; lanes run side by side, so a slow
-//! API answer for one Service holds up no other. It does not decide *whether* to act (that is
+//! API answer for one Service holds up no other. A lane starts at its guard's first command
+//! ([`Lanes`]): most guards never act, and an idle lane would cost more memory than its guard. It does not decide *whether* to act (that is
 //! [`crate::decision`]); it decides *how*, safely: the selector must still name the green
 //! version, the target must have Ready pods, the patch carries a `resourceVersion`
 //! precondition, and no write starts unless the [`Fence`] allows it (this replica leads). On
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 // Tokio's clock, the same in production, lets fast tests run the budget in paused time.
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::GuardConfig;
@@ -32,6 +34,9 @@ const CONFLICT_RETRIES: usize = 5;
 /// Backoff between retries of a transient API error: doubling from the first to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Commands waiting in a guard's lane: a handful per window at most.
+const LANE_QUEUE: usize = 16;
 
 /// One decision to carry out for one guard.
 pub struct Command {
@@ -105,6 +110,65 @@ enum RollbackResult {
     NotApplicable {
         selector: Option<String>,
     },
+}
+
+/// Opens a guard's lane for a target and returns its queue; called at the guard's first command.
+pub type OpenLane = Box<dyn Fn(Target) -> mpsc::Sender<Command> + Send + Sync>;
+
+/// Where the lanes run, each started by its guard at its first command.
+#[derive(Clone)]
+pub struct Lanes {
+    executor: Arc<Executor>,
+    tracker: TaskTracker,
+    /// Ends the lanes still writing at the shutdown deadline.
+    abort: CancellationToken,
+}
+
+impl Lanes {
+    #[must_use]
+    pub fn new(executor: Arc<Executor>) -> Self {
+        Self {
+            executor,
+            tracker: TaskTracker::new(),
+            abort: CancellationToken::new(),
+        }
+    }
+
+    /// The opener of one guard's lane, which carries out its commands until `stop`, finishing
+    /// the one in hand.
+    #[must_use]
+    pub fn opener(&self, stop: CancellationToken) -> OpenLane {
+        let lanes = self.clone();
+        Box::new(move |target| {
+            let (queue, commands) = mpsc::channel(LANE_QUEUE);
+            let lane = lanes
+                .executor
+                .clone()
+                .run_lane(target, commands, stop.clone());
+            let abort = lanes.abort.clone();
+            lanes.tracker.spawn(async move {
+                tokio::select! {
+                    () = lane => {}
+                    () = abort.cancelled() => {}
+                }
+            });
+            queue
+        })
+    }
+
+    /// Waits up to `grace` for every lane to finish (their `stop` cancelled), then ends the
+    /// rest, mid-write if need be. True if every lane finished in time.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        let drained = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+        drained
+    }
 }
 
 impl Executor {

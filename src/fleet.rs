@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, GuardConfig, TemplateConfig};
 use crate::coverage::{self, Coverage, Source};
-use crate::executor::{Executor, Target};
+use crate::executor::Lanes;
 use crate::guard::{Bound, Clock, GuardHandle, GuardTask};
 use crate::metrics::Metrics;
 use crate::service::ServiceHandle;
@@ -167,7 +167,8 @@ const PUBLISH_EVERY: usize = 512;
 pub struct Parts {
     pub client: Client,
     pub metrics: Metrics,
-    pub executor: Arc<Executor>,
+    /// Where the guards' executor lanes run.
+    pub lanes: Lanes,
     /// Notified when a window opens, for the poller.
     pub wake: Arc<Notify>,
     pub clock: Clock,
@@ -188,19 +189,11 @@ pub struct Fleet {
     events: mpsc::Sender<Tagged>,
     inbox: mpsc::Receiver<Tagged>,
     tasks: JoinSet<()>,
-    lanes: JoinSet<()>,
     /// Guard tasks and watches stop on this.
     stop: CancellationToken,
     /// Executor lanes stop on this, after the command in hand.
     shutdown: CancellationToken,
     dirty: bool,
-}
-
-/// What the fleet leaves when it stops: its executor lanes, to drain within a deadline, and
-/// its other tasks.
-pub struct Remains {
-    pub lanes: JoinSet<()>,
-    pub tasks: JoinSet<()>,
 }
 
 impl Fleet {
@@ -228,15 +221,15 @@ impl Fleet {
             events,
             inbox,
             tasks: JoinSet::new(),
-            lanes: JoinSet::new(),
             stop,
             shutdown,
             dirty: false,
         }
     }
 
-    /// Runs until `stop`; returns the tasks still to wind down.
-    pub async fn run(mut self) -> Remains {
+    /// Runs until `stop`. Its guard tasks and watches end with it; the executor lanes the
+    /// guards opened go on in [`Lanes`], to finish their writes.
+    pub async fn run(mut self) {
         let config = self.config.clone();
         self.apply(config);
         self.publish_now();
@@ -267,13 +260,8 @@ impl Fleet {
             if self.dirty {
                 self.publish_now();
             }
-            // Lanes of stopped guards end on their own; collect them so they do not pile up.
-            while self.lanes.try_join_next().is_some() {}
+            // Tasks of stopped guards end on their own; collect them so they do not pile up.
             while self.tasks.try_join_next().is_some() {}
-        }
-        Remains {
-            lanes: self.lanes,
-            tasks: self.tasks,
         }
     }
 
@@ -537,22 +525,18 @@ impl Fleet {
         let config = Arc::new(guard);
         let p = &self.parts;
         let service = ServiceHandle::new(&p.client, &config);
+        let lane_stop = self.shutdown.child_token();
         let (task, ends) = GuardTask::new(
             config.clone(),
             source.clone(),
-            service.clone(),
+            service,
+            p.lanes.opener(lane_stop.clone()),
             p.metrics.clone(),
             p.wake.clone(),
             p.clock.clone(),
         );
         let stop = self.stop.child_token();
-        let lane_stop = self.shutdown.child_token();
         self.tasks.spawn(task.run(stop.clone()));
-        self.lanes.spawn(p.executor.clone().run_lane(
-            Target::live(ends.config, service),
-            ends.commands,
-            lane_stop.clone(),
-        ));
         ends.handle
             .ready
             .store(self.listed(&key.0), Ordering::Relaxed);

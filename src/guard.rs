@@ -21,14 +21,14 @@ use tracing::{debug, info, warn};
 use crate::config::{CheckConfig, GuardConfig};
 use crate::coverage::Source;
 use crate::decision::{self, Decision, Sample, Signal};
-use crate::executor::Command;
+use crate::executor::{Command, OpenLane, Target};
 use crate::metrics::Metrics;
 use crate::service::{self, ServiceHandle};
 
 /// How many inputs may wait for a guard before senders wait.
 pub const INBOX: usize = 1024;
-/// Commands waiting for the guard's executor lane: a handful per window at most.
-const LANE_QUEUE: usize = 16;
+/// Executor replies waiting for the guard: one per rollback, so very few.
+const REPLIES: usize = 4;
 
 /// Where a guard's task reads the time: the wall clock in production; in tests, tokio's clock
 /// anchored once, so that paused time drives windows, `for` and stabilization.
@@ -55,7 +55,8 @@ impl Clock {
     }
 }
 
-/// An input to a guard's task.
+/// An input to a guard's task. Its inbox carries them boxed: a channel allocates a block of 32
+/// slots up front, and thousands of idle guards should not each hold 32 of these.
 #[derive(Debug)]
 pub enum Input {
     /// The Service as the watch saw it.
@@ -201,7 +202,7 @@ pub struct AlertSeen {
 #[derive(Clone)]
 pub struct GuardHandle {
     pub config: Arc<GuardConfig>,
-    pub inbox: mpsc::Sender<Input>,
+    pub inbox: mpsc::Sender<Box<Input>>,
     pub status: watch::Receiver<GuardStatus>,
     /// The open window, for the poller, which sends its samples to `inbox`.
     pub polling: watch::Receiver<Option<Polling>>,
@@ -216,7 +217,7 @@ impl GuardHandle {
     /// A handle with no task behind it: for tools and tests that drive a guard's inbox
     /// themselves. Not ready, no window to poll.
     #[must_use]
-    pub fn detached(config: Arc<GuardConfig>, inbox: mpsc::Sender<Input>) -> Self {
+    pub fn detached(config: Arc<GuardConfig>, inbox: mpsc::Sender<Box<Input>>) -> Self {
         Self {
             status: watch::channel(initial_status(&config, Source::Config)).1,
             config,
@@ -260,11 +261,12 @@ pub struct GuardTask {
     observed: watch::Receiver<Option<Arc<Service>>>,
     core: decision::Guard,
     service: ServiceHandle,
-    inbox: mpsc::Receiver<Input>,
-    /// For executor replies.
-    reply: mpsc::Sender<Signal>,
-    replies: mpsc::Receiver<Signal>,
-    executor: mpsc::Sender<Command>,
+    inbox: mpsc::Receiver<Box<Input>>,
+    open_lane: OpenLane,
+    /// The executor lane, once the first command opened it.
+    lane: Option<Lane>,
+    /// Executor replies, once the lane is open.
+    replies: Option<mpsc::Receiver<Signal>>,
     status: watch::Sender<GuardStatus>,
     polling: watch::Sender<Option<Polling>>,
     metrics: Metrics,
@@ -280,10 +282,6 @@ pub struct GuardTask {
 pub struct Ends {
     /// For the fleet, the webhook, the poller and `/v1/guards`.
     pub handle: GuardHandle,
-    /// The guard's commands, for its executor lane.
-    pub commands: mpsc::Receiver<Command>,
-    /// The guard's config in force, for its executor lane.
-    pub config: watch::Receiver<Arc<GuardConfig>>,
     /// Where the fleet rebinds the guard.
     pub bind: watch::Sender<Bound>,
     /// Where the fleet hands over its Service as watched.
@@ -292,23 +290,23 @@ pub struct Ends {
 
 impl GuardTask {
     /// A guard's task and its channels: the task to run, and the ends the webhook, the poller
-    /// and the executor hold. `wake` is notified when a window opens, for the poller.
+    /// and the executor hold. `open_lane` starts the guard's executor lane at its first
+    /// command. `wake` is notified when a window opens, for the poller.
     #[must_use]
     pub fn new(
         config: Arc<GuardConfig>,
         source: Source,
         service: ServiceHandle,
+        open_lane: OpenLane,
         metrics: Metrics,
         wake: Arc<tokio::sync::Notify>,
         clock: Clock,
     ) -> (Self, Ends) {
         metrics.init_guard(&config);
         let (inbox_tx, inbox) = mpsc::channel(INBOX);
-        let (reply, replies) = mpsc::channel(4);
-        let (executor, commands) = mpsc::channel(LANE_QUEUE);
         let (status, status_rx) = watch::channel(initial_status(&config, source.clone()));
         let (polling, polling_rx) = watch::channel(None);
-        let (lane_config, lane_config_rx) = watch::channel(config.clone());
+        let lane_config = watch::Sender::new(config.clone());
         let (bind, bound) = watch::channel(Bound {
             config: config.clone(),
             source,
@@ -327,8 +325,6 @@ impl GuardTask {
                 alerts: alerts.clone(),
                 retired: retired.clone(),
             },
-            commands,
-            config: lane_config_rx,
             bind,
             observe,
         };
@@ -341,9 +337,9 @@ impl GuardTask {
             config,
             service,
             inbox,
-            reply,
-            replies,
-            executor,
+            open_lane,
+            lane: None,
+            replies: None,
             status,
             polling,
             metrics,
@@ -362,7 +358,7 @@ impl GuardTask {
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(reply) = self.replies.recv() => Input::Signal(reply),
+                Some(reply) = reply(self.replies.as_mut()) => Input::Signal(reply),
                 Ok(()) = self.bound.changed() => {
                     let bound = self.bound.borrow_and_update().clone();
                     self.reconfigure(bound, &mut memory);
@@ -376,7 +372,7 @@ impl GuardTask {
                     Input::Service(svc)
                 }
                 input = self.inbox.recv() => match input {
-                    Some(input) => input,
+                    Some(input) => *input,
                     None => break,
                 },
             };
@@ -470,8 +466,14 @@ impl GuardTask {
     }
 
     /// Hands decisions to the executor; false once the executor is gone (shutdown).
-    async fn execute(&self, decisions: Vec<Decision>, memory: &mut Memory, now: Timestamp) -> bool {
-        let guard = self.config.name.as_str();
+    async fn execute(
+        &mut self,
+        decisions: Vec<Decision>,
+        memory: &mut Memory,
+        now: Timestamp,
+    ) -> bool {
+        let config = self.config.clone();
+        let guard = config.name.as_str();
         for d in decisions {
             memory.last_decision = Some(describe(&d, now));
             if let Decision::Resumed(state) = &d {
@@ -481,18 +483,31 @@ impl GuardTask {
             let Some(reference) = memory.reference.clone() else {
                 continue;
             };
+            let lane = self.lane();
             let command = Command {
                 decision: d,
                 reference,
                 decided_at: Instant::now(),
-                reply: self.reply.clone(),
+                reply: lane.reply.clone(),
             };
-            if self.executor.send(command).await.is_err() {
+            if lane.commands.send(command).await.is_err() {
                 debug!(guard, "executor gone; shutting down");
                 return false;
             }
         }
         true
+    }
+
+    fn lane(&mut self) -> &Lane {
+        self.lane.get_or_insert_with(|| {
+            let (reply, replies) = mpsc::channel(REPLIES);
+            self.replies = Some(replies);
+            let target = Target::live(self.lane_config.subscribe(), self.service.clone());
+            Lane {
+                commands: (self.open_lane)(target),
+                reply,
+            }
+        })
     }
 
     fn publish(&self, memory: &Memory) {
@@ -570,6 +585,21 @@ impl GuardTask {
             s.checks = checks;
             s.last_decision.clone_from(&memory.last_decision);
         });
+    }
+}
+
+/// A guard's open executor lane.
+struct Lane {
+    commands: mpsc::Sender<Command>,
+    /// Where the lane replies: the guard's `replies`.
+    reply: mpsc::Sender<Signal>,
+}
+
+/// The next executor reply; none ever before the lane opens.
+async fn reply(replies: Option<&mut mpsc::Receiver<Signal>>) -> Option<Signal> {
+    match replies {
+        Some(replies) => replies.recv().await,
+        None => std::future::pending().await,
     }
 }
 

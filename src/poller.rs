@@ -218,11 +218,11 @@ impl Poller {
                 version: w.version,
                 at,
             };
-            let input = Input::Polled {
+            let input = Box::new(Input::Polled {
                 signal,
                 errors,
                 checks: w.checks,
-            };
+            });
             // Never wait on one guard: a poll it misses only delays its next sample.
             match guard.inbox.try_send(input) {
                 Ok(()) => {}
@@ -342,7 +342,7 @@ mod tests {
     use crate::config::GuardConfig;
     use crate::guard::Polling;
 
-    fn guard(name: &str, window: Option<Polling>) -> (GuardHandle, mpsc::Receiver<Input>) {
+    fn guard(name: &str, window: Option<Polling>) -> (GuardHandle, mpsc::Receiver<Box<Input>>) {
         let (inbox, received) = mpsc::channel(4);
         let config = crate::config::Config::from_yaml(&format!(
             "prometheus: {{url: 'http://127.0.0.1:9090'}}\nguards:\n- {{name: {name}, service: svc}}\n"
@@ -380,7 +380,7 @@ mod tests {
         let got = closed_inbox.try_recv();
         assert!(got.is_err(), "a guard with no open window was sent {got:?}");
         // The open window's poll is what closes it once its time is up.
-        let got = open_inbox.try_recv();
+        let got = open_inbox.try_recv().map(|input| *input);
         assert!(
             matches!(&got, Ok(Input::Polled { signal: Signal::Polled { version, .. }, .. }) if version == "v2"),
             "{got:?}"

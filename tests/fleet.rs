@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::wait_until;
 use cutover_watchdog::config::Config;
-use cutover_watchdog::executor::Executor;
+use cutover_watchdog::executor::{Executor, Lanes};
 use cutover_watchdog::fleet::{Fleet, GuardSet, Parts, Registry};
 use cutover_watchdog::guard::Clock;
 use cutover_watchdog::leader::Fence;
@@ -56,12 +56,12 @@ async fn start(initial: Arc<Config>) -> Running {
         controller: "cutover-watchdog".into(),
         instance: Some("fleet-test".into()),
     };
-    let executor = Arc::new(Executor::new(
+    let lanes = Lanes::new(Arc::new(Executor::new(
         Recorder::new(client.clone(), reporter),
         metrics.clone(),
         Duration::from_secs(5),
         Fence::open(),
-    ));
+    )));
     let (configs, in_force) = watch::channel(initial);
     let (publish, guards) = watch::channel(Arc::new(GuardSet::starting()));
     let stop = CancellationToken::new();
@@ -69,7 +69,7 @@ async fn start(initial: Arc<Config>) -> Running {
         Parts {
             client,
             metrics: metrics.clone(),
-            executor,
+            lanes,
             wake: Arc::new(Notify::new()),
             clock: Clock::wall(),
         },
@@ -97,7 +97,10 @@ fn backend(ns: &str, name: &str, tier: &str) -> Value {
 impl Running {
     /// The inbox of the running guard `name`: the same channel means the same guard, not
     /// restarted.
-    fn inbox_of(&self, name: &str) -> tokio::sync::mpsc::Sender<cutover_watchdog::guard::Input> {
+    fn inbox_of(
+        &self,
+        name: &str,
+    ) -> tokio::sync::mpsc::Sender<Box<cutover_watchdog::guard::Input>> {
         self.guards.borrow().get(name).unwrap().inbox.clone()
     }
 

@@ -42,6 +42,8 @@ const OK: Sample = Sample::Value(0.001);
 /// A running guard task on a virtual clock, and the ends the rest of the watchdog would hold.
 struct Running {
     ends: Ends,
+    /// What the guard hands its executor lane.
+    commands: mpsc::Receiver<Command>,
     clock: Clock,
     wake: Arc<Notify>,
     _stop: CancellationToken,
@@ -55,10 +57,13 @@ fn start() -> Running {
     let wake = Arc::new(Notify::new());
     let clock = Clock::tokio();
     let metrics = Metrics::new().unwrap();
+    // The lane is this test: it takes the commands, and replies itself.
+    let (lane, commands) = mpsc::channel(16);
     let (task, ends) = GuardTask::new(
         config,
         Source::Config,
         service,
+        Box::new(move |_| lane.clone()),
         metrics,
         wake.clone(),
         clock.clone(),
@@ -67,6 +72,7 @@ fn start() -> Running {
     tokio::spawn(task.run(stop.clone()));
     Running {
         ends,
+        commands,
         clock,
         wake,
         _stop: stop,
@@ -75,7 +81,7 @@ fn start() -> Running {
 
 impl Running {
     async fn send(&self, input: Input) {
-        self.ends.handle.inbox.send(input).await.unwrap();
+        self.ends.handle.inbox.send(Box::new(input)).await.unwrap();
     }
 
     /// The watch showing the Service's selector on `version`, with `record` on it.
@@ -111,13 +117,13 @@ impl Running {
 
     /// The next decision handed to the executor lane.
     async fn decision(&mut self) -> Command {
-        let next = tokio::time::timeout(Duration::from_secs(1), self.ends.commands.recv());
+        let next = tokio::time::timeout(Duration::from_secs(1), self.commands.recv());
         next.await.expect("a decision").expect("the task alive")
     }
 
     /// No decision comes from what was sent so far.
     async fn no_decision(&mut self) {
-        let next = tokio::time::timeout(Duration::from_secs(1), self.ends.commands.recv());
+        let next = tokio::time::timeout(Duration::from_secs(1), self.commands.recv());
         if let Ok(Some(command)) = next.await {
             panic!("unexpected decision: {:?}", command.decision);
         }
@@ -298,7 +304,7 @@ async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken(
     tokio::spawn(poller.run(stop.clone()));
     let mut next_at = async || {
         let input = tokio::time::timeout(Duration::from_mins(1), rounds.recv());
-        match input.await.unwrap().unwrap() {
+        match *input.await.unwrap().unwrap() {
             Input::Polled {
                 signal: Signal::Polled { at, .. },
                 ..

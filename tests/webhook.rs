@@ -30,6 +30,9 @@ use proptest::prelude::*;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
+/// What a guard's task reads its inputs from.
+type Inbox = mpsc::Receiver<Box<Input>>;
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/alertmanager/{name}",
@@ -41,16 +44,13 @@ fn fixture(name: &str) -> Vec<u8> {
 struct Harness {
     state: AppState,
     log: Arc<AlertLog>,
-    inbox: mpsc::Receiver<Input>,
+    inbox: Inbox,
     _dir: tempfile::TempDir,
 }
 
 /// The router's state for `config`'s guards, the i-th with room for `queues[i]` inputs; the
 /// receiving end of each guard's queue and its alert log, in config order.
-fn state(
-    config: &Config,
-    queues: &[usize],
-) -> (AppState, Vec<mpsc::Receiver<Input>>, Vec<Arc<AlertLog>>) {
+fn state(config: &Config, queues: &[usize]) -> (AppState, Vec<Inbox>, Vec<Arc<AlertLog>>) {
     let mut handles = Vec::new();
     let mut inboxes = Vec::new();
     let mut logs = Vec::new();
@@ -107,7 +107,7 @@ fn harness(extra_webhook: &str, queue: usize) -> Harness {
 
 /// A webhook taking basic auth as [`BASIC_USER`] with [`PASSWORD`], and one guard; the guard's
 /// queue, and the temp dir holding the password file.
-fn basic_auth_state() -> (AppState, mpsc::Receiver<Input>, tempfile::TempDir) {
+fn basic_auth_state() -> (AppState, Inbox, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
@@ -149,7 +149,7 @@ fn authorized(body: Vec<u8>) -> Request<Body> {
 fn drain(h: &mut Harness) -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     while let Ok(input) = h.inbox.try_recv() {
-        if let Input::Alert { seen, .. } = input {
+        if let Input::Alert { seen, .. } = *input {
             out.push((seen.alertname, seen.status, true));
         }
     }
@@ -554,7 +554,7 @@ async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
         send(router(state), authorized(body)).await.0,
         StatusCode::OK
     );
-    let Ok(Input::Alert { alert, .. }) = inboxes[0].try_recv() else {
+    let Ok(Input::Alert { alert, .. }) = inboxes[0].try_recv().map(|input| *input) else {
         panic!("the warning alert was not delivered");
     };
 

@@ -81,7 +81,7 @@ pub(super) fn dispatch(
 ) -> Result<usize, QueueFull> {
     let (guards, index) = (&set.guards, &set.routes);
     let now = Timestamp::now();
-    let mut deliveries: Vec<(&GuardHandle, Input)> = Vec::new();
+    let mut deliveries: Vec<(&GuardHandle, Box<Input>)> = Vec::new();
     let mut records: Vec<(&GuardHandle, AlertSeen)> = Vec::new();
     for alert in &payload.alerts {
         let status = match alert.status.as_str() {
@@ -128,7 +128,7 @@ pub(super) fn dispatch(
                 records.push((guard, seen));
                 continue;
             }
-            let input = Input::Alert {
+            let input = Box::new(Input::Alert {
                 alert: Alert {
                     alertname: alertname.clone(),
                     // Present: only a listed severity acts.
@@ -137,7 +137,7 @@ pub(super) fn dispatch(
                     starts_at: alert.starts_at,
                 },
                 seen,
-            };
+            });
             deliveries.push((guard, input));
         }
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{Notify, mpsc, watch};
@@ -668,8 +668,15 @@ async fn watch_services(
     }
 }
 
+/// The Service as kept: its metadata and selector, all that coverage and the guards read. Of
+/// a real Service, the rest of the spec, the status and the managed fields are most of it.
 fn slim(mut svc: Service) -> Service {
     svc.metadata.managed_fields = None;
+    svc.spec = svc.spec.map(|spec| ServiceSpec {
+        selector: spec.selector,
+        ..ServiceSpec::default()
+    });
+    svc.status = None;
     if let Some(a) = &mut svc.metadata.annotations {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }

@@ -398,7 +398,7 @@ impl GuardTask {
                 Input::Service(svc) => self.observe(&svc, &mut memory, now),
                 Input::Alert { alert, seen } => self.alert(alert, seen, now),
             };
-            if !self.execute(decisions, &mut memory, now).await {
+            if !Box::pin(self.execute(decisions, &mut memory, now)).await {
                 return;
             }
             self.publish(&memory);

@@ -13,22 +13,26 @@ use crate::error::Result;
 use crate::promql::QueryError;
 use crate::reload::SecretKind;
 
+pub mod family;
+
+use family::Family;
+
 const PREFIX: &str = "cutover_watchdog";
 
 /// Every metric the watchdog exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub window_active: IntGaugeVec,
-    pub cutovers_total: IntCounterVec,
-    pub rollbacks_total: IntCounterVec,
-    pub rollback_blocked_total: IntCounterVec,
-    pub rollback_failures_total: IntCounterVec,
-    pub dry_run_rollbacks_total: IntCounterVec,
-    pub check_value: prometheus::GaugeVec,
-    pub check_threshold: prometheus::GaugeVec,
-    pub check_breached: IntGaugeVec,
-    pub check_no_data_total: IntCounterVec,
+    pub window_active: Family<family::IntGauge>,
+    pub cutovers_total: Family<family::Counter>,
+    pub rollbacks_total: Family<family::Counter>,
+    pub rollback_blocked_total: Family<family::Counter>,
+    pub rollback_failures_total: Family<family::Counter>,
+    pub dry_run_rollbacks_total: Family<family::Counter>,
+    pub check_value: Family<family::Gauge>,
+    pub check_threshold: Family<family::Gauge>,
+    pub check_breached: Family<family::IntGauge>,
+    pub check_no_data_total: Family<family::Counter>,
     pub prometheus_query_duration_seconds: Histogram,
     pub prometheus_query_errors_total: IntCounterVec,
     pub rollback_duration_seconds: Histogram,
@@ -37,7 +41,7 @@ pub struct Metrics {
     pub webhook_requests_total: IntCounterVec,
     pub alerts_received_total: IntCounterVec,
     pub leader: IntGauge,
-    pub service_relists_total: IntCounterVec,
+    pub service_relists_total: Family<family::Counter>,
     pub secret_reload_errors_total: IntCounterVec,
     /// 1 if the last read of the config file was put in force, 0 if it was refused.
     pub config_last_reload_successful: IntGauge,
@@ -57,92 +61,62 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let m = Self {
-            window_active: reg(
+            window_active: family(
                 r,
-                IntGaugeVec::new(
-                    opts("window_active", "1 while a post-cutover window is open."),
-                    &["guard"],
-                )?,
+                "window_active",
+                "1 while a post-cutover window is open.",
+                &["guard"],
             )?,
-            cutovers_total: reg(
+            cutovers_total: family(r, "cutovers_total", "Cutovers detected.", &["guard"])?,
+            rollbacks_total: family(
                 r,
-                IntCounterVec::new(opts("cutovers_total", "Cutovers detected."), &["guard"])?,
+                "rollbacks_total",
+                "Selector reverts that landed (the API accepted the patch, or a patch whose \
+                 answer was lost was seen landed), by guard and trigger (a check's name, or \
+                 alert).",
+                &["guard", "trigger"],
             )?,
-            rollbacks_total: reg(
+            rollback_blocked_total: family(
                 r,
-                IntCounterVec::new(
-                    opts(
-                        "rollbacks_total",
-                        "Selector reverts that landed (the API accepted the patch, or a patch whose \
-                         answer was lost was seen landed), by guard and trigger (a check's name, \
-                         or alert).",
-                    ),
-                    &["guard", "trigger"],
-                )?,
+                "rollback_blocked_total",
+                "Rollback episodes refused because the target had too few Ready pods.",
+                &["guard"],
             )?,
-            rollback_blocked_total: reg(
+            rollback_failures_total: family(
                 r,
-                IntCounterVec::new(
-                    opts(
-                        "rollback_blocked_total",
-                        "Rollback episodes refused because the target had too few Ready pods.",
-                    ),
-                    &["guard"],
-                )?,
+                "rollback_failures_total",
+                "Rollbacks the Kubernetes API failed or refused.",
+                &["guard"],
             )?,
-            rollback_failures_total: reg(
+            dry_run_rollbacks_total: family(
                 r,
-                IntCounterVec::new(
-                    opts(
-                        "rollback_failures_total",
-                        "Rollbacks the Kubernetes API failed or refused.",
-                    ),
-                    &["guard"],
-                )?,
+                "dry_run_rollbacks_total",
+                "Rollbacks a dry-run guard would have made.",
+                &["guard", "trigger"],
             )?,
-            dry_run_rollbacks_total: reg(
+            check_value: family(
                 r,
-                IntCounterVec::new(
-                    opts(
-                        "dry_run_rollbacks_total",
-                        "Rollbacks a dry-run guard would have made.",
-                    ),
-                    &["guard", "trigger"],
-                )?,
+                "check_value",
+                "A check's last value.",
+                &["guard", "check"],
             )?,
-            check_value: reg(
+            check_threshold: family(
                 r,
-                prometheus::GaugeVec::new(
-                    opts("check_value", "A check's last value."),
-                    &["guard", "check"],
-                )?,
+                "check_threshold",
+                "A check's configured threshold.",
+                &["guard", "check"],
             )?,
-            check_threshold: reg(
+            check_breached: family(
                 r,
-                prometheus::GaugeVec::new(
-                    opts("check_threshold", "A check's configured threshold."),
-                    &["guard", "check"],
-                )?,
+                "check_breached",
+                "1 while a check's last poll was breached.",
+                &["guard", "check"],
             )?,
-            check_breached: reg(
+            check_no_data_total: family(
                 r,
-                IntGaugeVec::new(
-                    opts(
-                        "check_breached",
-                        "1 while a check's last poll was breached.",
-                    ),
-                    &["guard", "check"],
-                )?,
-            )?,
-            check_no_data_total: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "check_no_data_total",
-                        "Polls where a check's query returned no data or NaN.",
-                    ),
-                    &["guard", "check"],
-                )?,
+                "check_no_data_total",
+                "Polls where a check's query returned no data or NaN.",
+                &["guard", "check"],
             )?,
             prometheus_query_duration_seconds: reg(
                 r,
@@ -227,15 +201,11 @@ impl Metrics {
                     "1 while this replica may write: it holds the leader lease, or election is off.",
                 ))?,
             )?,
-            service_relists_total: reg(
+            service_relists_total: family(
                 r,
-                IntCounterVec::new(
-                    opts(
-                        "service_relists_total",
-                        "Times a guard's Service watch listed again from scratch (after 410 Gone).",
-                    ),
-                    &["guard"],
-                )?,
+                "service_relists_total",
+                "Times a guard's Service watch listed again from scratch (after 410 Gone).",
+                &["guard"],
             )?,
             secret_reload_errors_total: reg(
                 r,
@@ -388,6 +358,19 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A per-guard family, registered.
+fn family<V: family::Value>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<Family<V>> {
+    reg(
+        registry,
+        Family::new(&format!("{PREFIX}_{name}"), help, labels)?,
+    )
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> Result<C> {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{Request, Response};
@@ -44,6 +45,8 @@ struct Running {
     ends: Ends,
     /// What the guard hands its executor lane.
     commands: mpsc::Receiver<Command>,
+    /// How many times the guard opened its lane.
+    lanes_opened: Arc<AtomicUsize>,
     clock: Clock,
     wake: Arc<Notify>,
     _stop: CancellationToken,
@@ -59,11 +62,16 @@ fn start() -> Running {
     let metrics = Metrics::new().unwrap();
     // The lane is this test: it takes the commands, and replies itself.
     let (lane, commands) = mpsc::channel(16);
+    let lanes_opened = Arc::new(AtomicUsize::new(0));
+    let opened = lanes_opened.clone();
     let (task, ends) = GuardTask::new(
         config,
         Source::Config,
         service,
-        Box::new(move |_| lane.clone()),
+        Box::new(move |_| {
+            opened.fetch_add(1, Ordering::SeqCst);
+            lane.clone()
+        }),
         metrics,
         wake.clone(),
         clock.clone(),
@@ -73,6 +81,7 @@ fn start() -> Running {
     Running {
         ends,
         commands,
+        lanes_opened,
         clock,
         wake,
         _stop: stop,
@@ -177,6 +186,32 @@ async fn a_cutover_the_watch_sees_opens_a_window_and_wakes_the_poller_at_once() 
         ("v2", "v1")
     );
     assert_eq!(polling.checks.len(), 1, "the guard's one check");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_executor_lane_opens_at_the_first_decision_and_only_once() {
+    let mut g = start();
+    g.watch_sees("v1", None).await;
+    g.status(|s| s.selector_version.as_deref() == Some("v1"))
+        .await;
+    assert_eq!(
+        g.lanes_opened.load(Ordering::SeqCst),
+        0,
+        "an idle guard has no lane"
+    );
+    g.cut_over().await;
+    g.poll(BAD).await;
+    advance(Duration::from_mins(2)).await;
+    g.poll(BAD).await;
+    assert!(matches!(
+        g.decision().await.decision,
+        Decision::RollBack { .. }
+    ));
+    assert_eq!(
+        g.lanes_opened.load(Ordering::SeqCst),
+        1,
+        "one lane for every decision"
+    );
 }
 
 #[tokio::test(start_paused = true)]

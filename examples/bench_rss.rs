@@ -237,6 +237,7 @@ async fn measure(
         .with_context(|| format!("starting {}", args.binary.display()))?;
     let pid = child.id().context("the watchdog has no pid")?;
     let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    cutover_watchdog::tls::ring_as_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;

@@ -115,7 +115,12 @@ pub async fn serve_with(
     let metrics = Metrics::new()?;
     let (webhook, certs) = load_secrets(&config.webhook)?;
     let acceptor = certs.as_ref().map(CertStore::acceptor).transpose()?;
-    let prometheus = Prometheus::new(&config.prometheus.url, config.prometheus.timeout)?;
+    let prometheus = Prometheus::new(&config.prometheus)?;
+    if config.prometheus.tls.insecure_skip_verify {
+        warn!(
+            "prometheus.tls.insecure_skip_verify is on: any certificate is accepted for prometheus.url"
+        );
+    }
     access::check(
         &client,
         access::needed(&config, &client),

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::promql::Prometheus;
 use crate::telemetry::LogFormat;
 use crate::{app, discover};
 
@@ -32,7 +33,7 @@ pub enum Command {
     /// Watch the guarded Services and revert them when a check trips.
     Serve(ConfigArg),
     /// Validate a config file and exit: non-zero, naming the key, if it is invalid.
-    CheckConfig(ConfigArg),
+    CheckConfig(CheckConfigArgs),
     /// List every Service in the config's namespaces (from the cluster in KUBECONFIG, else
     /// in-cluster), its serving version, and the guard that covers it, or why none does.
     Discover(DiscoverArgs),
@@ -57,15 +58,29 @@ pub const DEMO_NOT_BUILT: &str = "the demo is not built into this binary (the im
 impl Command {
     /// Runs the command to its end; what it prints goes to stdout.
     pub async fn run(self) -> Result<()> {
+        crate::tls::ring_as_default();
         match self {
             Self::CheckConfig(args) => {
-                let config = Config::load(&args.config)?;
+                let path = &args.config.config;
+                let config = Config::load(path)?;
                 println!(
                     "{}: ok, {} guard(s), {} template(s)",
-                    args.config.display(),
+                    path.display(),
                     config.guards.len(),
                     config.templates.len()
                 );
+                if args.connect {
+                    let url = &config.prometheus.url;
+                    let prometheus = Prometheus::new(&config.prometheus)?;
+                    let version = prometheus.probe().await.map_err(|source| Error::Connect {
+                        url: url.to_string(),
+                        source,
+                    })?;
+                    println!(
+                        "{url}: ok, vector(1) answered; Prometheus {}",
+                        version.as_deref().unwrap_or("version unknown")
+                    );
+                }
             }
             Self::Serve(args) => app::run(args.config, app::shutdown_on_signal()?).await?,
             Self::Discover(args) => {
@@ -106,6 +121,16 @@ impl Command {
             Self::Serve(_) | Self::CheckConfig(_) => "info",
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also send one query (`vector(1)`) to `prometheus.url` with the configured TLS,
+    /// credentials and headers, and say what happened.
+    #[arg(long)]
+    pub connect: bool,
 }
 
 #[derive(Debug, clap::Args)]

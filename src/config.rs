@@ -181,7 +181,7 @@ impl WebhookConfig {
     }
 }
 
-/// HTTP basic auth for the webhook.
+/// HTTP basic auth: the webhook's, or the one sent to Prometheus.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthConfig {
@@ -250,15 +250,140 @@ impl AlertsConfig {
     }
 }
 
-/// The Prometheus HTTP API the checks are sent to.
+/// The Prometheus HTTP API the checks are sent to, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
-    /// Base URL, e.g. `http://prometheus.monitoring:9090`; http only for now.
+    /// Base URL, http or https, e.g. `http://prometheus.monitoring:9090`. A path is kept as a
+    /// prefix: `https://mimir/prometheus` queries `https://mimir/prometheus/api/v1/query`.
     pub url: Url,
     /// Per-query timeout; a query that takes longer counts as an error, never as a breach.
     #[serde(default = "defaults::prometheus_timeout", with = "duration")]
     pub timeout: Duration,
+    /// File holding a bearer token (e.g. a projected `ServiceAccount` token), re-read when it
+    /// changes.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Alternatively, HTTP basic auth, its password from a file.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Headers sent with every query, e.g. `X-Scope-OrgID`: plain values, so not for secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tls: PrometheusTlsConfig,
+    /// How often the token, password and TLS files are checked for new contents.
+    #[serde(default = "defaults::reload_interval", with = "duration")]
+    pub reload_interval: Duration,
+}
+
+/// How https to Prometheus is verified, and the client certificate, if one is required.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusTlsConfig {
+    /// PEM certificates to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM, leaf first) for mTLS, with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name to send (SNI) and verify the certificate against, if not the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any certificate. Warned about at start-up and in `/readyz`.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl PrometheusConfig {
+    fn validate(&self) -> Checked {
+        match self.url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(refuse(
+                    "prometheus.url".into(),
+                    format!("must be http or https, got {other}"),
+                ));
+            }
+        }
+        if self.url.cannot_be_a_base() || self.url.host().is_none() {
+            return Err(refuse(
+                "prometheus.url".into(),
+                "must be an absolute http(s) URL with a host".into(),
+            ));
+        }
+        if !self.url.username().is_empty() || self.url.password().is_some() {
+            return Err(refuse(
+                "prometheus.url".into(),
+                "must not carry credentials: use prometheus.basic_auth with a password_file".into(),
+            ));
+        }
+        nonzero("prometheus.timeout", self.timeout)?;
+        nonzero("prometheus.reload_interval", self.reload_interval)?;
+        if self.bearer_token_file.is_some() && self.basic_auth.is_some() {
+            return Err(refuse(
+                "prometheus".into(),
+                "set either `bearer_token_file` or `basic_auth`, not both".into(),
+            ));
+        }
+        for (name, value) in &self.headers {
+            let at = format!("prometheus.headers.{name}");
+            if name.eq_ignore_ascii_case("authorization") {
+                return Err(refuse(
+                    at,
+                    "credentials do not go in headers: use prometheus.bearer_token_file or \
+                     prometheus.basic_auth, which read them from files"
+                        .into(),
+                ));
+            }
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(refuse(at, "is not a valid HTTP header name".into()));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(refuse(
+                    at,
+                    "must be visible ASCII (no control characters)".into(),
+                ));
+            }
+        }
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(refuse(
+                    "prometheus.tls.key_file".into(),
+                    "is required when prometheus.tls.cert_file is set".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(refuse(
+                    "prometheus.tls.cert_file".into(),
+                    "is required when prometheus.tls.key_file is set".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(name) = &tls.server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err(refuse(
+                "prometheus.tls.server_name".into(),
+                format!("{name:?} is not a DNS name or IP address"),
+            ));
+        }
+        let tls_set = tls.ca_file.is_some()
+            || tls.cert_file.is_some()
+            || tls.server_name.is_some()
+            || tls.insecure_skip_verify;
+        if tls_set && self.url.scheme() != "https" {
+            return Err(refuse(
+                "prometheus.tls".into(),
+                "applies only to an https prometheus.url".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl LeaderElectionConfig {
@@ -591,27 +716,8 @@ impl Config {
     }
 
     fn validate(&self) -> Checked {
-        match self.prometheus.url.scheme() {
-            "http" => {}
-            // Said at start-up, not found out at the first poll: the Prometheus client is
-            // built without TLS (the ring-only TLS stack serves the webhook listener).
-            "https" => {
-                return Err(refuse(
-                    "prometheus.url".into(),
-                    "https is not supported yet: use http (an in-cluster Prometheus Service), \
-                     or a TLS-terminating proxy beside the watchdog"
-                        .into(),
-                ));
-            }
-            other => {
-                return Err(refuse(
-                    "prometheus.url".into(),
-                    format!("must be http, got {other}"),
-                ));
-            }
-        }
+        self.prometheus.validate()?;
         nonzero("poll_interval", self.poll_interval)?;
-        nonzero("prometheus.timeout", self.prometheus.timeout)?;
         nonzero("kube_timeout", self.kube_timeout)?;
         self.webhook.validate()?;
         if let Some(le) = &self.leader_election {
@@ -952,13 +1058,69 @@ guards:
         assert!(e.contains("prometheus.url"), "{e}");
     }
 
+    /// MINIMAL with `prometheus:` replaced by `prometheus` (a YAML flow mapping).
+    fn with_prometheus(prometheus: &str) -> String {
+        MINIMAL.replace(r#"{url: "http://127.0.0.1:9090"}"#, prometheus)
+    }
+
     #[test]
-    fn an_https_prometheus_is_refused_at_start_up_not_at_the_first_poll() {
-        let e = error_of(&MINIMAL.replace("http://127.0.0.1:9090", "https://prometheus:9090"));
-        assert!(
-            e.contains("prometheus.url: https is not supported yet"),
-            "{e}"
-        );
+    fn an_https_prometheus_takes_credentials_headers_and_tls_from_files() {
+        let c = Config::from_yaml(&with_prometheus(
+            "{url: 'https://mimir.example/prometheus', bearer_token_file: /t, \
+             headers: {X-Scope-OrgID: tenant-a}, \
+             tls: {ca_file: /ca, cert_file: /c, key_file: /k, server_name: prom.svc}}",
+        ))
+        .unwrap();
+        let p = &c.prometheus;
+        assert_eq!(p.url.path(), "/prometheus");
+        assert_eq!(p.headers["X-Scope-OrgID"], "tenant-a");
+        assert_eq!(p.tls.server_name.as_deref(), Some("prom.svc"));
+        assert_eq!(p.reload_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn prometheus_connection_mistakes_are_refused_naming_the_key() {
+        for (prometheus, expected) in [
+            (
+                "{url: 'ftp://p'}",
+                "prometheus.url: must be http or https, got ftp",
+            ),
+            (
+                "{url: 'http://u:pw@p:9090'}",
+                "prometheus.url: must not carry credentials",
+            ),
+            (
+                "{url: 'http://p', bearer_token_file: /t, basic_auth: {username: u, password_file: /p}}",
+                "prometheus: set either `bearer_token_file` or `basic_auth`, not both",
+            ),
+            (
+                "{url: 'http://p', headers: {authorization: 'Bearer x'}}",
+                "prometheus.headers.authorization: credentials do not go in headers",
+            ),
+            (
+                "{url: 'http://p', headers: {'bad name': x}}",
+                "prometheus.headers.bad name: is not a valid HTTP header name",
+            ),
+            (
+                "{url: 'https://p', tls: {cert_file: /c}}",
+                "prometheus.tls.key_file: is required when prometheus.tls.cert_file is set",
+            ),
+            (
+                "{url: 'https://p', tls: {server_name: 'not a name'}}",
+                "prometheus.tls.server_name: \"not a name\" is not a DNS name or IP address",
+            ),
+            (
+                "{url: 'http://p', tls: {ca_file: /ca}}",
+                "prometheus.tls: applies only to an https prometheus.url",
+            ),
+            (
+                "{url: 'http://p', reload_interval: 0s}",
+                "prometheus.reload_interval",
+            ),
+        ] {
+            let e = error_of(&with_prometheus(prometheus));
+            assert!(e.contains(expected), "{prometheus}: {e}");
+        }
     }
 
     #[test]

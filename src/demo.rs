@@ -291,7 +291,7 @@ async fn start_sandbox(options: &DemoOptions, narrator: &Narrator) -> Result<San
         rules: (options.scenario == Scenario::CriticalAlert).then(|| rules().to_owned()),
         alertmanagers: vec![alertmanager.addr],
         binary: Some(prometheus_bin),
-        port: None,
+        ..PrometheusSetup::default()
     })
     .await?;
     narrator.say(&format!(
@@ -368,6 +368,7 @@ enum Ending {
 /// Runs the demo until its story ends and `exit_after` passes, or `shutdown`. Returns whether
 /// the story ended as the scenario says it should.
 pub async fn run(options: &DemoOptions, shutdown: CancellationToken) -> Result<bool> {
+    crate::tls::ring_as_default();
     let mut narrator = Narrator::new();
     narrator.say(&format!(
         "cutover-watchdog demo, scenario {}",

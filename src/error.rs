@@ -114,6 +114,14 @@ pub enum Error {
     #[error("failed to build HTTP client")]
     HttpClient(#[source] reqwest::Error),
 
+    /// `check-config --connect`: the query failed; the source says why, with its reason.
+    #[error("failed to query prometheus at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: crate::promql::QueryFailure,
+    },
+
     #[error("failed to set up logging: {0}")]
     Telemetry(String),
 

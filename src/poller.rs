@@ -27,6 +27,7 @@ use crate::fleet::Registry;
 use crate::guard::{GuardHandle, Input, Polling};
 use crate::metrics::Metrics;
 use crate::promql::{BatchFailure, Prometheus, QueryError, QueryFailure, QueryResult};
+use crate::reload::Reloader;
 
 /// Queries per request. Prometheus evaluates a batch's queries one after another, so this
 /// bounds one request's latency as well as its size.
@@ -61,6 +62,8 @@ struct Health {
     failing_since: Option<Timestamp>,
     failed_rounds: u64,
     last_error: String,
+    /// `prometheus.tls.insecure_skip_verify` is on.
+    insecure: bool,
 }
 
 impl PrometheusHealth {
@@ -85,19 +88,34 @@ impl PrometheusHealth {
     }
 
     /// One line: answering, failing since when and why, or not asked yet.
+    /// Says in [`PrometheusHealth::describe`] that any certificate is accepted, or no longer.
+    pub fn set_insecure(&self, insecure: bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insecure = insecure;
+    }
+
     #[must_use]
     pub fn describe(&self) -> String {
         let h = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (h.failing_since, h.last_ok) {
+        let state = match (h.failing_since, h.last_ok) {
             (Some(since), _) => format!(
                 "prometheus queries failing since {since} ({} poll rounds in a row; never a breach): {}",
                 h.failed_rounds, h.last_error
             ),
             (None, Some(ok)) => format!("prometheus answering: last poll round answered at {ok}"),
             (None, None) => "prometheus not queried yet: no window open".into(),
+        };
+        if h.insecure {
+            format!(
+                "{state}\nwarning: prometheus.tls.insecure_skip_verify is on: any certificate is accepted"
+            )
+        } else {
+            state
         }
     }
 }
@@ -110,6 +128,7 @@ impl Poller {
         // Poll times come from the schedule, so breaches are timed in whole intervals whatever
         // the query latency.
         let origin = (Instant::now(), Timestamp::now());
+        let mut rotation = self.rotate(&shutdown);
         loop {
             let scheduled = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -119,8 +138,11 @@ impl Poller {
                     Instant::now()
                 }
                 changed = next_config(&mut configs) => {
-                    if let Some(config) = changed {
-                        self.reconfigure(&config, &mut ticker);
+                    if let Some(config) = changed
+                        && self.reconfigure(&config, &mut ticker)
+                    {
+                        rotation.cancel();
+                        rotation = self.rotate(&shutdown);
                     }
                     continue;
                 }
@@ -130,12 +152,31 @@ impl Poller {
         }
     }
 
+    /// Re-reads the Prometheus client's secret files every `prometheus.reload_interval`,
+    /// until the returned token (a child of `shutdown`) is cancelled.
+    fn rotate(&self, shutdown: &CancellationToken) -> CancellationToken {
+        self.health
+            .set_insecure(self.prometheus.settings().tls.insecure_skip_verify);
+        let stop = shutdown.child_token();
+        let reloader = Reloader {
+            targets: self.prometheus.rotation(),
+            metrics: self.metrics.clone(),
+            interval: self.prometheus.settings().reload_interval,
+        };
+        tokio::spawn(reloader.run(stop.clone()));
+        stop
+    }
+
     /// Puts a reloaded `poll_interval` and `prometheus.*` in force; the client (and its open
-    /// connections) is replaced only when `prometheus.*` changed.
-    fn reconfigure(&mut self, config: &Config, ticker: &mut tokio::time::Interval) {
-        if self.prometheus.settings() != (&config.prometheus.url, config.prometheus.timeout) {
-            match Prometheus::new(&config.prometheus.url, config.prometheus.timeout) {
-                Ok(p) => self.prometheus = p,
+    /// connections) is replaced only when `prometheus.*` changed. True if it was.
+    fn reconfigure(&mut self, config: &Config, ticker: &mut tokio::time::Interval) -> bool {
+        let mut replaced = false;
+        if *self.prometheus.settings() != config.prometheus {
+            match Prometheus::new(&config.prometheus) {
+                Ok(p) => {
+                    self.prometheus = p;
+                    replaced = true;
+                }
                 Err(e) => {
                     warn!(error = %crate::error::chain(&e), "cannot use the reloaded prometheus settings; keeping the previous ones");
                 }
@@ -146,6 +187,7 @@ impl Poller {
             *ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        replaced
     }
 
     /// One round: every open window's checks, then their samples to those windows' guards.
@@ -342,6 +384,20 @@ mod tests {
     use crate::config::GuardConfig;
     use crate::guard::Polling;
 
+    #[test]
+    fn readiness_text_warns_while_any_certificate_is_accepted() {
+        let health = PrometheusHealth::default();
+        assert!(!health.describe().contains("insecure_skip_verify"));
+        health.set_insecure(true);
+        assert!(
+            health.describe().ends_with(
+                "warning: prometheus.tls.insecure_skip_verify is on: any certificate is accepted"
+            ),
+            "{}",
+            health.describe()
+        );
+    }
+
     fn guard(name: &str, window: Option<Polling>) -> (GuardHandle, mpsc::Receiver<Box<Input>>) {
         let (inbox, received) = mpsc::channel(4);
         let config = crate::config::Config::from_yaml(&format!(
@@ -369,7 +425,7 @@ mod tests {
         let url = Url::parse("http://127.0.0.1:9").unwrap();
         let poller = Poller {
             guards: crate::fleet::fixed(vec![closed, open]),
-            prometheus: Prometheus::new(&url, Duration::from_secs(1)).unwrap(),
+            prometheus: Prometheus::plain(&url, Duration::from_secs(1)).unwrap(),
             metrics: Metrics::new().unwrap(),
             interval: Duration::from_secs(1),
             wake: Arc::default(),

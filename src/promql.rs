@@ -5,13 +5,19 @@
 //! the next poll is the retry, and an error is never a breach.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use serde::Deserialize;
 use url::Url;
 
+use crate::config::PrometheusConfig;
 use crate::error::{Error, Result};
+
+pub mod connection;
+
+use connection::Connection;
 
 /// A check's query with its placeholders located. Read from config as a string, and refused
 /// there if it does not parse.
@@ -303,6 +309,10 @@ fn escape_into(out: &mut String, value: &str) {
 pub enum QueryError {
     Timeout,
     Connect,
+    /// The TLS handshake failed, or the server refused the client certificate.
+    Tls,
+    /// Prometheus (or the way to it) answered 401 or 403.
+    Auth,
     /// Prometheus answered with a non-2xx status.
     Status,
     /// Prometheus answered 2xx but the body was not a query result we understand.
@@ -329,13 +339,22 @@ impl QueryFailure {
 impl QueryError {
     /// The kinds a request can fail with: the metric's label set. [`QueryError::Unbound`] is
     /// never a request, and never counted.
-    pub const ALL: [Self; 4] = [Self::Timeout, Self::Connect, Self::Status, Self::Body];
+    pub const ALL: [Self; 6] = [
+        Self::Timeout,
+        Self::Connect,
+        Self::Tls,
+        Self::Auth,
+        Self::Status,
+        Self::Body,
+    ];
 
     #[must_use]
     pub fn as_label(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
             Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Auth => "auth",
             Self::Status => "status",
             Self::Body => "body",
             Self::Unbound => "unbound",
@@ -344,40 +363,54 @@ impl QueryError {
 }
 
 /// A Prometheus HTTP API client for instant queries.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Prometheus {
-    http: reqwest::Client,
-    endpoint: Url,
+    connection: Arc<Connection>,
     /// What it was built from, to tell whether a reload changes it.
-    base: Url,
-    timeout: Duration,
+    config: PrometheusConfig,
+}
+
+impl std::fmt::Debug for Prometheus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prometheus")
+            .field("url", &self.config.url.as_str())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Prometheus {
-    pub fn new(base: &Url, timeout: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(crate::USER_AGENT)
-            .build()
-            .map_err(Error::HttpClient)?;
-        let mut endpoint = base.clone();
-        endpoint
-            .path_segments_mut()
-            .map_err(|()| Error::Unusable(format!("prometheus.url {base} cannot be a base URL")))?
-            .pop_if_empty()
-            .extend(["api", "v1", "query"]);
+    /// A client for `config`, its secret files read now.
+    pub fn new(config: &PrometheusConfig) -> Result<Self> {
+        api_url(&config.url, "query")?;
         Ok(Self {
-            http,
-            endpoint,
-            base: base.clone(),
-            timeout,
+            connection: Connection::new(config)?,
+            config: config.clone(),
         })
     }
 
-    /// The base URL and timeout it was built from.
+    /// A client for `url` with nothing else configured: plain http, for tools and tests.
+    pub fn plain(url: &Url, timeout: Duration) -> Result<Self> {
+        Self::new(&PrometheusConfig {
+            url: url.clone(),
+            timeout,
+            bearer_token_file: None,
+            basic_auth: None,
+            headers: BTreeMap::new(),
+            tls: crate::config::PrometheusTlsConfig::default(),
+            reload_interval: Duration::from_secs(5),
+        })
+    }
+
+    /// The settings it was built from.
     #[must_use]
-    pub fn settings(&self) -> (&Url, Duration) {
-        (&self.base, self.timeout)
+    pub fn settings(&self) -> &PrometheusConfig {
+        &self.config
+    }
+
+    /// The secret files to re-read when they change (see [`crate::reload`]).
+    #[must_use]
+    pub fn rotation(&self) -> Vec<Arc<dyn crate::reload::Reload>> {
+        self.connection.rotation()
     }
 
     /// Runs `query` as an instant query and returns every series' value (NaN included), with
@@ -407,31 +440,65 @@ impl Prometheus {
         (result, started.elapsed())
     }
 
-    async fn send(&self, query: &str) -> Result<Bytes, Failure> {
-        let response = self
+    /// One instant query, `vector(1)`, and the server's version from
+    /// `/api/v1/status/buildinfo` (`None` where that answers 404, as some Prometheus-compatible
+    /// servers do): for `check-config --connect`.
+    pub async fn probe(&self) -> QueryResult<Option<String>> {
+        #[derive(Deserialize)]
+        struct BuildInfo {
+            data: Version,
+        }
+        #[derive(Deserialize)]
+        struct Version {
+            version: String,
+        }
+        let (answer, _) = self.instant("vector(1)").await;
+        answer?;
+        let current = self.connection.current();
+        let failed = |kind, message: String| QueryFailure::new(kind, message);
+        let url = api_url(&current.base, "status/buildinfo")
+            .map_err(|e| failed(QueryError::Connect, e.to_string()))?;
+        let response = current
             .http
-            .post(self.endpoint.clone())
+            .get(url)
+            .headers(current.headers.clone())
+            .send()
+            .await
+            .map_err(|e| request_failure(&e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| request_failure(&e))?;
+        if !status.is_success() {
+            return Err(failed(
+                QueryError::Status,
+                format!("buildinfo: HTTP {status}"),
+            ));
+        }
+        serde_json::from_slice::<BuildInfo>(&body)
+            .map(|b| Some(b.data.version))
+            .map_err(|_| failed(QueryError::Body, format!("buildinfo: {}", snippet(&body))))
+    }
+
+    async fn send(&self, query: &str) -> Result<Bytes, Failure> {
+        let current = self.connection.current();
+        let endpoint = api_url(&current.base, "query")
+            .map_err(|e| Failure::Failed(QueryFailure::new(QueryError::Connect, e.to_string())))?;
+        let response = current
+            .http
+            .post(endpoint)
+            .headers(current.headers.clone())
             .form(&[("query", query)])
             .send()
             .await
-            .map_err(|e| {
-                let kind = if e.is_timeout() {
-                    QueryError::Timeout
-                } else {
-                    QueryError::Connect
-                };
-                Failure::Failed(QueryFailure::new(kind, crate::error::chain(&e)))
-            })?;
+            .map_err(|e| Failure::Failed(request_failure(&e)))?;
         let status = response.status();
         // A body cut short is the connection breaking, not a body we failed to understand.
-        let body = response.bytes().await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                QueryError::Timeout
-            } else {
-                QueryError::Connect
-            };
-            Failure::Failed(QueryFailure::new(kind, crate::error::chain(&e)))
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::Failed(request_failure(&e)))?;
         if status.is_success() {
             return Ok(body);
         }
@@ -449,9 +516,34 @@ impl Prometheus {
         // (5xx, or a proxy's 4xx) is about Prometheus or the way to it.
         Err(match status.as_u16() {
             400 | 422 => Failure::Refused(message),
+            // Credentials refused or missing, a tenant header Mimir needs among them.
+            401 | 403 => Failure::Failed(QueryFailure::new(QueryError::Auth, message)),
             _ => Failure::Failed(QueryFailure::new(QueryError::Status, message)),
         })
     }
+}
+
+/// `base` with `api/v1/<endpoint>` appended to its path, which is kept as a prefix.
+fn api_url(base: &Url, endpoint: &str) -> Result<Url> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| Error::Unusable(format!("prometheus.url {base} cannot be a base URL")))?
+        .pop_if_empty()
+        .extend(["api", "v1"])
+        .extend(endpoint.split('/'));
+    Ok(url)
+}
+
+/// Why a request got no answer: out of time, TLS, or the connection.
+fn request_failure(e: &reqwest::Error) -> QueryFailure {
+    let kind = if e.is_timeout() {
+        QueryError::Timeout
+    } else if connection::is_tls(e) {
+        QueryError::Tls
+    } else {
+        QueryError::Connect
+    };
+    QueryFailure::new(kind, crate::error::chain(e))
 }
 
 /// How one request failed, before callers decide what it means.

@@ -35,11 +35,24 @@ pub enum SecretKind {
     Password,
     /// `webhook.tls.cert_file` with `webhook.tls.key_file`, as one pair.
     Tls,
+    /// `prometheus.bearer_token_file`.
+    PrometheusToken,
+    /// `prometheus.basic_auth.password_file`.
+    PrometheusPassword,
+    /// `prometheus.tls.ca_file`, `cert_file` and `key_file`, as one.
+    PrometheusTls,
 }
 
 impl SecretKind {
     /// Every label value, for metrics that start at zero.
-    pub const ALL: [Self; 3] = [Self::Token, Self::Password, Self::Tls];
+    pub const ALL: [Self; 6] = [
+        Self::Token,
+        Self::Password,
+        Self::Tls,
+        Self::PrometheusToken,
+        Self::PrometheusPassword,
+        Self::PrometheusTls,
+    ];
 
     /// The metric label value.
     #[must_use]
@@ -48,6 +61,9 @@ impl SecretKind {
             Self::Token => "token",
             Self::Password => "password",
             Self::Tls => "tls",
+            Self::PrometheusToken => "prometheus_token",
+            Self::PrometheusPassword => "prometheus_password",
+            Self::PrometheusTls => "prometheus_tls",
         }
     }
 }

@@ -229,3 +229,11 @@ async fn accept_error(e: std::io::Error) {
     error!(error = %e, "accept failed on the main listener");
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
+
+/// Makes ring the process's default rustls provider; later calls change nothing. reqwest is
+/// built without a provider of its own (no aws-lc-rs), and building any reqwest client, plain
+/// http included, needs a default one.
+pub fn ring_as_default() {
+    // An error means a default is already installed: the same ring, or one a caller chose.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

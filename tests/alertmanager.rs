@@ -212,7 +212,7 @@ async fn post_fixture(watchdog: &Watchdog, name: &str) -> reqwest::StatusCode {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
-    reqwest::Client::new()
+    common::http()
         .post(format!("{}/webhook/alertmanager", watchdog.main))
         .bearer_auth(TOKEN)
         .header("content-type", "application/json")

@@ -199,7 +199,7 @@ async fn kube_watcher_lists_then_sees_a_kubectl_cutover() {
 #[tokio::test]
 async fn events_without_required_fields_are_refused_with_422() {
     let c = Cluster::start().await;
-    let client = reqwest::Client::new();
+    let client = common::http();
     let r = client
         .post(format!(
             "{}/apis/events.k8s.io/v1/namespaces/default/events",

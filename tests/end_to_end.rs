@@ -157,7 +157,7 @@ async fn prometheus_killed_mid_window_is_never_a_breach_and_the_watchdog_stays_u
     let g = &s.watchdog.guards().await[0];
     assert_eq!(g["checks"][0]["last"]["kind"], "error");
     assert_eq!(g["checks"][0]["breached"], false);
-    let health = reqwest::get(format!("{}/healthz", s.watchdog.admin))
+    let health = common::http_get(format!("{}/healthz", s.watchdog.admin))
         .await
         .unwrap();
     assert!(health.status().is_success());

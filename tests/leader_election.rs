@@ -179,7 +179,7 @@ async fn a_paused_leader_does_not_write_after_it_wakes_once_its_lease_has_passed
     let a_main = p.a.main.clone();
     let alert = critical_alert("v2");
     let delivery = tokio::spawn(async move {
-        reqwest::Client::new()
+        common::http()
             .post(format!("{a_main}/webhook/alertmanager"))
             .header("content-type", "application/json")
             .body(alert)

@@ -493,7 +493,7 @@ fn the_dashboard_uses_variables_not_hard_coded_uids_and_ships_in_a_labelled_conf
 }
 
 async fn query(prometheus: &str, expr: &str) -> Value {
-    reqwest::Client::new()
+    common::http()
         .post(format!("{prometheus}/api/v1/query"))
         .form(&[("query", expr)])
         .send()
@@ -560,7 +560,7 @@ async fn the_watchdog_panels_return_data_in_an_end_to_end_run() {
         },
     );
     cluster.wait_selector("v1", Duration::from_secs(20)).await;
-    let webhook = reqwest::Client::new()
+    let webhook = common::http()
         .post(format!("{}/webhook/alertmanager", watchdog.main))
         .header("content-type", "application/json")
         .body(std::fs::read(path("tests/fixtures/alertmanager/firing-info-only.json")).unwrap())

@@ -13,7 +13,7 @@ async fn prometheus() -> (processes::ChildServer, Prometheus) {
     let server = processes::prometheus(&PrometheusSetup::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let client = Prometheus::new(&server.url().parse().unwrap(), Duration::from_secs(5)).unwrap();
+    let client = Prometheus::plain(&server.url().parse().unwrap(), Duration::from_secs(5)).unwrap();
     (server, client)
 }
 

@@ -110,7 +110,7 @@ async fn the_binary_serves_as_a_non_root_uid_from_a_read_only_config_and_working
     if as_root {
         assert!(uid_line.contains(NONROOT), "{uid_line}");
     }
-    let guards: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{main}/v1/guards"))
+    let guards: serde_json::Value = common::http_get(format!("http://127.0.0.1:{main}/v1/guards"))
         .await
         .unwrap()
         .json()

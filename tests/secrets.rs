@@ -49,7 +49,7 @@ async fn watchdog(cluster: &Cluster, webhook: &str) -> Watchdog {
 
 /// The webhook's answer to an info-only payload (nothing acts) with this `Authorization`.
 async fn post(watchdog: &Watchdog, authorization: &str) -> u16 {
-    reqwest::Client::new()
+    common::http()
         .post(format!("{}/webhook/alertmanager", watchdog.main))
         .header("authorization", authorization)
         .header("content-type", "application/json")
@@ -241,7 +241,7 @@ async fn the_main_listener_serves_https_with_the_configured_certificate_and_refu
     .unwrap();
     assert_eq!(alert.status, 200, "{}", alert.body);
 
-    let plain = reqwest::Client::new()
+    let plain = common::http()
         .get(format!("http://127.0.0.1:{port}/v1/guards"))
         .timeout(Duration::from_secs(5))
         .send()

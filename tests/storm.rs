@@ -64,7 +64,7 @@ fn cut_over(api: &ApiServer, i: usize) {
 
 /// (sum, count) of the executor's decision-to-patch histogram.
 async fn rollback_latency(admin: &str) -> (f64, f64) {
-    let text = reqwest::get(format!("{admin}/metrics"))
+    let text = common::http_get(format!("{admin}/metrics"))
         .await
         .unwrap()
         .text()

@@ -206,6 +206,8 @@ impl ApiServer {
     }
 
     pub async fn start_on(addr: SocketAddr) -> Result<Self> {
+        // Whoever starts the double talks HTTP to it next, with reqwest, which needs one.
+        crate::tls::ring_as_default();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind {

@@ -42,12 +42,18 @@ pub struct ChildServer {
     pub addr: SocketAddr,
     pub dir: TempDir,
     name: &'static str,
+    /// Served over https (Prometheus with a `web.config.file` that sets TLS).
+    tls: bool,
+    /// The path its routes are under (Prometheus's `--web.route-prefix`), or empty.
+    prefix: String,
 }
 
 impl ChildServer {
+    /// Where it serves: scheme, address and route prefix.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, self.prefix)
     }
 
     /// Kills the process at once (SIGKILL) and waits for it to go.
@@ -74,6 +80,8 @@ impl ChildServer {
             addr,
             dir,
             name,
+            tls: false,
+            prefix: String::new(),
         }
     }
 
@@ -89,6 +97,7 @@ impl ChildServer {
         args: Vec<String>,
         dir: TempDir,
         addr: SocketAddr,
+        (tls, prefix): (bool, String),
     ) -> Result<Self> {
         let log =
             std::fs::File::create(dir.path().join("output.log")).map_err(|source| Error::Io {
@@ -116,14 +125,18 @@ impl ChildServer {
             addr,
             dir,
             name,
+            tls,
+            prefix,
         };
         server.wait_ready().await?;
         Ok(server)
     }
 
-    /// Waits (at most 30 s) for `/-/ready` to answer 200.
+    /// Waits (at most 30 s) for `/-/ready` to answer 200; over https, for the port to accept
+    /// connections (it may want a client certificate and credentials the wait does not have).
     async fn wait_ready(&mut self) -> Result<()> {
         let url = format!("{}/-/ready", self.url());
+        crate::tls::ring_as_default();
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
@@ -134,9 +147,15 @@ impl ChildServer {
                     self.log()
                 )));
             }
-            if let Ok(r) = http.get(&url).send().await
-                && r.status().is_success()
-            {
+            let ready = if self.tls {
+                tokio::net::TcpStream::connect(self.addr).await.is_ok()
+            } else {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            };
+            if ready {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -182,6 +201,11 @@ pub struct PrometheusSetup {
     /// The loopback port to listen on, instead of a free one: to restart on the port of one
     /// that was killed, as a restarted Prometheus behind a fixed address would.
     pub port: Option<u16>,
+    /// `--web.config.file` contents (TLS, client certificates, basic auth), paths absolute.
+    /// With `tls_server_config` in it, the server is https.
+    pub web_config: Option<String>,
+    /// `--web.route-prefix`, e.g. `/prometheus`.
+    pub route_prefix: Option<String>,
 }
 
 /// Starts the real Prometheus with a 1 s scrape and evaluation interval, with an empty data dir
@@ -218,13 +242,26 @@ pub async fn prometheus(setup: &PrometheusSetup) -> Result<ChildServer> {
         );
     }
     let config_path = write(dir.path(), "prometheus.yml", &config)?;
-    let args = vec![
+    let mut args = vec![
         format!("--config.file={}", config_path.display()),
         format!("--storage.tsdb.path={}", dir.path().join("data").display()),
         format!("--web.listen-address={addr}"),
         "--log.level=warn".into(),
     ];
-    ChildServer::spawn("prometheus", &binary, args, dir, addr).await
+    let tls = setup
+        .web_config
+        .as_deref()
+        .is_some_and(|w| w.contains("tls_server_config"));
+    if let Some(web) = &setup.web_config {
+        let path = write(dir.path(), "web.yml", web)?;
+        args.push(format!("--web.config.file={}", path.display()));
+    }
+    let prefix = setup.route_prefix.clone().unwrap_or_default();
+    if !prefix.is_empty() {
+        args.push(format!("--web.route-prefix={prefix}"));
+        args.push(format!("--web.external-url=http://{addr}{prefix}"));
+    }
+    ChildServer::spawn("prometheus", &binary, args, dir, addr, (tls, prefix)).await
 }
 
 /// Starts the real Alertmanager with the given config, clustering off.
@@ -240,5 +277,13 @@ pub async fn alertmanager(config: &str, binary: Option<&Path>) -> Result<ChildSe
         "--cluster.listen-address=".into(),
         "--log.level=warn".into(),
     ];
-    ChildServer::spawn("alertmanager", &binary, args, dir, addr).await
+    ChildServer::spawn(
+        "alertmanager",
+        &binary,
+        args,
+        dir,
+        addr,
+        (false, String::new()),
+    )
+    .await
 }

@@ -331,6 +331,8 @@ pub struct Setup<'a> {
     pub extra: &'a str,
     /// Top-level keys (e.g. `webhook:`).
     pub top: &'a str,
+    /// More keys under `prometheus:` (e.g. `  tls: {...}` lines, indented two spaces).
+    pub prometheus_keys: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -346,6 +348,7 @@ impl Default for Setup<'_> {
             on_no_data: "ignore",
             extra: "",
             top: "",
+            prometheus_keys: "",
         }
     }
 }
@@ -361,7 +364,7 @@ kube_timeout: 5s
 prometheus:
   url: {prom}
   timeout: 1s
-{top}guards:
+{prom_keys}{top}guards:
 - name: checkout
   namespace: default
   service: svc-production
@@ -388,6 +391,7 @@ prometheus:
             nodata = self.on_no_data,
             extra = self.extra,
             top = self.top,
+            prom_keys = self.prometheus_keys,
         )
     }
 }
@@ -1089,6 +1093,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A client whose every request is bounded, so a stuck server fails a wait instead of hanging it.
 pub fn http() -> reqwest::Client {
+    cutover_watchdog::tls::ring_as_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -1,0 +1,314 @@
+//! The real Prometheus behind what users put in front of it: `--web.config.file` with TLS from
+//! a private CA and basic auth, client certificates, and `--web.route-prefix`. The watchdog
+//! (release binary) queries it and rolls back a sustained breach; each misconfiguration is its
+//! documented reason in `prometheus_query_errors_total` and never a breach.
+
+// Test code: a failed setup step should panic right there.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{APP, Cluster, Setup, Watchdog};
+use cutover_watchdog::sandbox::processes::{self, ChildServer, PrometheusSetup};
+use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// The basic-auth password, and its bcrypt hash (cost 4) for Prometheus's `basic_auth_users`.
+const PASSWORD: &str = "prom-test-password";
+const PASSWORD_BCRYPT: &str = "$2b$04$eE7G31hAsO5PpVoiVHAnVuOAyrO9/wbZEa/S6OHsf/9.39cAVNpri";
+
+/// A private CA and what it signed, as PEM files in one directory.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA named `name`; a server certificate for `localhost` and 127.0.0.1; a client
+    /// certificate. Files: `<name>-ca.crt`, `server.crt`/`.key`, `client.crt`/`.key`.
+    fn new(dir: &Path, name: &str) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        std::fs::write(dir.join(format!("{name}-ca.crt")), ca_cert.pem()).unwrap();
+        for (file, names) in [
+            (
+                "server",
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            ),
+            ("client", vec!["cutover-watchdog".to_owned()]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        }
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+/// Healthy v1 and v2, and the real Prometheus scraping them with `web_config` (and
+/// `route_prefix`).
+async fn app_and_prometheus(
+    web_config: Option<String>,
+    route_prefix: Option<&str>,
+) -> (TrafficApp, ChildServer) {
+    let healthy = Behaviour {
+        rps: 100.0,
+        ..Behaviour::HEALTHY
+    };
+    let app = TrafficApp::start(APP, &[("v1", healthy), ("v2", healthy)])
+        .await
+        .unwrap();
+    let prometheus = processes::prometheus(&PrometheusSetup {
+        targets: vec![app.addr()],
+        web_config,
+        route_prefix: route_prefix.map(str::to_owned),
+        ..PrometheusSetup::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    (app, prometheus)
+}
+
+/// Prometheus's web config: TLS with the server certificate, basic auth, and with `mtls`
+/// client certificates from the CA required.
+fn web_config(pki: &Pki, ca: &str, mtls: bool) -> String {
+    let client = if mtls {
+        format!(
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
+            pki.path(&format!("{ca}-ca.crt"))
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n{client}\
+         basic_auth_users:\n  watchdog: {PASSWORD_BCRYPT}\n",
+        pki.path("server.crt"),
+        pki.path("server.key")
+    )
+}
+
+/// Cuts over to a v2 that errors 10% of requests and waits for the watchdog to revert.
+async fn breach_rolls_back(cluster: &Cluster, app: &TrafficApp) {
+    cluster.cut_over("v2").await;
+    app.set(
+        "v2",
+        Behaviour {
+            rps: 100.0,
+            error_ratio: 0.10,
+            ..Behaviour::HEALTHY
+        },
+    );
+    cluster.wait_selector("v1", Duration::from_secs(30)).await;
+}
+
+fn password_file(cluster: &Cluster, password: &str) -> String {
+    let path = cluster.dir.path().join("prom-password");
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn tls_from_a_private_ca_with_basic_auth_rolls_back_a_sustained_breach() {
+    let cluster = Cluster::start().await;
+    let pki = Pki::new(cluster.dir.path(), "test");
+    let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", false)), None).await;
+    let keys = format!(
+        "  basic_auth: {{username: watchdog, password_file: {}}}\n  tls: {{ca_file: {}}}\n",
+        password_file(&cluster, PASSWORD),
+        pki.path("test-ca.crt")
+    );
+    let watchdog = Watchdog::start(
+        &cluster,
+        &Setup {
+            prometheus: &prometheus.url(),
+            prometheus_keys: &keys,
+            for_: "2s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    assert!(prometheus.url().starts_with("https://"));
+    breach_rolls_back(&cluster, &app).await;
+    let rollbacks = r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
+    assert_eq!(watchdog.metric(rollbacks).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_required_client_certificate_and_a_route_prefix_roll_back_a_sustained_breach() {
+    let cluster = Cluster::start().await;
+    let pki = Pki::new(cluster.dir.path(), "test");
+    let (app, prometheus) =
+        app_and_prometheus(Some(web_config(&pki, "test", true)), Some("/prometheus")).await;
+    let keys = format!(
+        "  basic_auth: {{username: watchdog, password_file: {}}}\n  \
+         tls: {{ca_file: {}, cert_file: {}, key_file: {}, server_name: localhost}}\n",
+        password_file(&cluster, PASSWORD),
+        pki.path("test-ca.crt"),
+        pki.path("client.crt"),
+        pki.path("client.key"),
+    );
+    let _watchdog = Watchdog::start(
+        &cluster,
+        &Setup {
+            prometheus: &prometheus.url(),
+            prometheus_keys: &keys,
+            for_: "2s",
+            ..Setup::default()
+        },
+    )
+    .await;
+    assert!(prometheus.url().ends_with("/prometheus"));
+    breach_rolls_back(&cluster, &app).await;
+}
+
+/// Each mistake, against a Prometheus with mTLS and basic auth: its reason counted, and the
+/// window's breach never acted on.
+#[tokio::test]
+async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_a_breach() {
+    let cluster = Cluster::start().await;
+    let pki = Pki::new(cluster.dir.path(), "test");
+    let other = cluster.dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let stranger = Pki::new(&other, "stranger");
+    let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", true)), None).await;
+    let good = password_file(&cluster, PASSWORD);
+    let client = format!(
+        "cert_file: {}, key_file: {}",
+        pki.path("client.crt"),
+        pki.path("client.key")
+    );
+    let cases = [
+        (
+            "tls",
+            format!(
+                "tls: {{ca_file: {}, {client}}}",
+                stranger.path("stranger-ca.crt")
+            ),
+            good.clone(),
+        ),
+        (
+            "tls",
+            format!(
+                "tls: {{ca_file: {}, {client}, server_name: wrong.example}}",
+                pki.path("test-ca.crt")
+            ),
+            good.clone(),
+        ),
+        (
+            "tls",
+            format!("tls: {{ca_file: {}}}", pki.path("test-ca.crt")),
+            good.clone(),
+        ),
+        (
+            "auth",
+            format!("tls: {{ca_file: {}, {client}}}", pki.path("test-ca.crt")),
+            password_file(&cluster, "not-the-password"),
+        ),
+    ];
+    app.set(
+        "v2",
+        Behaviour {
+            rps: 100.0,
+            error_ratio: 0.10,
+            ..Behaviour::HEALTHY
+        },
+    );
+    for (reason, tls, password) in cases {
+        let keys =
+            format!("  basic_auth: {{username: watchdog, password_file: {password}}}\n  {tls}\n");
+        let watchdog = Watchdog::start(
+            &cluster,
+            &Setup {
+                prometheus: &prometheus.url(),
+                prometheus_keys: &keys,
+                for_: "1s",
+                ..Setup::default()
+            },
+        )
+        .await;
+        // A window for each watchdog: back to v1 as it watches, then the cutover.
+        cluster.set_selector_version("v1");
+        let on_v1 = |g: &serde_json::Value| g["selector_version"] == "v1";
+        watchdog
+            .wait_status("the guard seeing v1", Duration::from_secs(10), on_v1)
+            .await;
+        cluster.cut_over("v2").await;
+        let series =
+            format!(r#"cutover_watchdog_prometheus_query_errors_total{{reason="{reason}"}}"#);
+        watchdog
+            .wait_metric(&series, 3.0, Duration::from_secs(20))
+            .await;
+        assert_eq!(
+            cluster.selector_version(),
+            "v2",
+            "{tls}: acted on a failed query"
+        );
+        let rollbacks =
+            r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
+        assert_eq!(watchdog.metric(rollbacks).await, Some(0.0), "{tls}");
+        let guard = watchdog
+            .wait_status("the check's error", Duration::from_secs(10), |g| {
+                g["checks"][0]["error"].is_string()
+            })
+            .await;
+        let error = guard["checks"][0]["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with(&format!("{reason}: ")), "{tls}: {error}");
+        drop(watchdog);
+    }
+}
+
+/// `check-config --connect` against the TLS Prometheus: its version with the right
+/// connection, the reason and exit 1 with a wrong password.
+#[tokio::test]
+async fn check_config_connect_says_the_version_or_the_reason() {
+    let cluster = Cluster::start().await;
+    let pki = Pki::new(cluster.dir.path(), "test");
+    let (_app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", false)), None).await;
+    for (password, ok, expected) in [
+        (PASSWORD, true, "ok, vector(1) answered; Prometheus 2."),
+        ("wrong", false, "auth: HTTP 401"),
+    ] {
+        let keys = format!(
+            "  basic_auth: {{username: watchdog, password_file: {}}}\n  tls: {{ca_file: {}}}\n",
+            password_file(&cluster, password),
+            pki.path("test-ca.crt")
+        );
+        let config = cluster.dir.path().join("connect.yaml");
+        let setup = Setup {
+            prometheus: &prometheus.url(),
+            prometheus_keys: &keys,
+            ..Setup::default()
+        };
+        std::fs::write(&config, setup.yaml(1, 2)).unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+            .args(["check-config", "--connect", "--config"])
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), ok, "{said}");
+        assert!(said.contains(expected), "{said}");
+    }
+}

@@ -162,22 +162,22 @@ impl WebhookConfig {
             ));
         }
         nonzero("webhook.reload_interval", w.reload_interval)?;
-        match (&w.tls.cert_file, &w.tls.key_file) {
-            (Some(_), None) => {
-                return Err(refuse(
-                    "webhook.tls.key_file".into(),
-                    "is required when webhook.tls.cert_file is set".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(refuse(
-                    "webhook.tls.cert_file".into(),
-                    "is required when webhook.tls.key_file is set".into(),
-                ));
-            }
-            _ => {}
-        }
-        Ok(())
+        pair("webhook.tls", w.tls.cert_file.as_ref(), w.tls.key_file.as_ref())
+    }
+}
+
+/// A certificate and its key under `at`: both or neither.
+fn pair(at: &str, cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Checked {
+    match (cert, key) {
+        (Some(_), None) => Err(refuse(
+            format!("{at}.key_file"),
+            format!("is required when {at}.cert_file is set"),
+        )),
+        (None, Some(_)) => Err(refuse(
+            format!("{at}.cert_file"),
+            format!("is required when {at}.key_file is set"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -349,21 +349,7 @@ impl PrometheusConfig {
             }
         }
         let tls = &self.tls;
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => {
-                return Err(refuse(
-                    "prometheus.tls.key_file".into(),
-                    "is required when prometheus.tls.cert_file is set".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(refuse(
-                    "prometheus.tls.cert_file".into(),
-                    "is required when prometheus.tls.key_file is set".into(),
-                ));
-            }
-            _ => {}
-        }
+        pair("prometheus.tls", tls.cert_file.as_ref(), tls.key_file.as_ref())?;
         if let Some(name) = &tls.server_name
             && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
         {

@@ -11,8 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{APP, Cluster, Setup, Watchdog};
-use cutover_watchdog::sandbox::processes::{self, ChildServer, PrometheusSetup};
+use common::{Cluster, Setup, Watchdog};
+use cutover_watchdog::sandbox::processes::{ChildServer, PrometheusSetup};
 use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -67,22 +67,32 @@ async fn app_and_prometheus(
     web_config: Option<String>,
     route_prefix: Option<&str>,
 ) -> (TrafficApp, ChildServer) {
-    let healthy = Behaviour {
-        rps: 100.0,
-        ..Behaviour::HEALTHY
-    };
-    let app = TrafficApp::start(APP, &[("v1", healthy), ("v2", healthy)])
-        .await
-        .unwrap();
-    let prometheus = processes::prometheus(&PrometheusSetup {
-        targets: vec![app.addr()],
+    common::app_and_prometheus_with(PrometheusSetup {
         web_config,
         route_prefix: route_prefix.map(str::to_owned),
         ..PrometheusSetup::default()
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    (app, prometheus)
+}
+
+/// The watchdog on `prometheus`, with `keys` under `prometheus:` and `for`.
+async fn watchdog(cluster: &Cluster, prometheus: &ChildServer, keys: &str, for_: &str) -> Watchdog {
+    let url = prometheus.url();
+    let setup = Setup {
+        prometheus: &url,
+        prometheus_keys: keys,
+        for_,
+        ..Setup::default()
+    };
+    Watchdog::start(cluster, &setup).await
+}
+
+/// The `prometheus:` lines for basic auth with `password` and `tls` (a flow mapping's body).
+fn keys(cluster: &Cluster, password: &str, tls: &str) -> String {
+    format!(
+        "  basic_auth: {{username: watchdog, password_file: {}}}\n  tls: {{{tls}}}\n",
+        password_file(cluster, password)
+    )
 }
 
 /// Prometheus's web config: TLS with the server certificate, basic auth, and with `mtls`
@@ -129,21 +139,8 @@ async fn tls_from_a_private_ca_with_basic_auth_rolls_back_a_sustained_breach() {
     let cluster = Cluster::start().await;
     let pki = Pki::new(cluster.dir.path(), "test");
     let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", false)), None).await;
-    let keys = format!(
-        "  basic_auth: {{username: watchdog, password_file: {}}}\n  tls: {{ca_file: {}}}\n",
-        password_file(&cluster, PASSWORD),
-        pki.path("test-ca.crt")
-    );
-    let watchdog = Watchdog::start(
-        &cluster,
-        &Setup {
-            prometheus: &prometheus.url(),
-            prometheus_keys: &keys,
-            for_: "2s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let ca = format!("ca_file: {}", pki.path("test-ca.crt"));
+    let watchdog = watchdog(&cluster, &prometheus, &keys(&cluster, PASSWORD, &ca), "2s").await;
     assert!(prometheus.url().starts_with("https://"));
     breach_rolls_back(&cluster, &app).await;
     let rollbacks = r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
@@ -156,24 +153,13 @@ async fn a_required_client_certificate_and_a_route_prefix_roll_back_a_sustained_
     let pki = Pki::new(cluster.dir.path(), "test");
     let (app, prometheus) =
         app_and_prometheus(Some(web_config(&pki, "test", true)), Some("/prometheus")).await;
-    let keys = format!(
-        "  basic_auth: {{username: watchdog, password_file: {}}}\n  \
-         tls: {{ca_file: {}, cert_file: {}, key_file: {}, server_name: localhost}}\n",
-        password_file(&cluster, PASSWORD),
+    let tls = format!(
+        "ca_file: {}, cert_file: {}, key_file: {}, server_name: localhost",
         pki.path("test-ca.crt"),
         pki.path("client.crt"),
         pki.path("client.key"),
     );
-    let _watchdog = Watchdog::start(
-        &cluster,
-        &Setup {
-            prometheus: &prometheus.url(),
-            prometheus_keys: &keys,
-            for_: "2s",
-            ..Setup::default()
-        },
-    )
-    .await;
+    let _watchdog = watchdog(&cluster, &prometheus, &keys(&cluster, PASSWORD, &tls), "2s").await;
     assert!(prometheus.url().ends_with("/prometheus"));
     breach_rolls_back(&cluster, &app).await;
 }
@@ -188,38 +174,24 @@ async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_
     std::fs::create_dir(&other).unwrap();
     let stranger = Pki::new(&other, "stranger");
     let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", true)), None).await;
-    let good = password_file(&cluster, PASSWORD);
     let client = format!(
         "cert_file: {}, key_file: {}",
         pki.path("client.crt"),
         pki.path("client.key")
     );
+    let (ours, theirs) = (pki.path("test-ca.crt"), stranger.path("stranger-ca.crt"));
     let cases = [
+        ("tls", format!("ca_file: {theirs}, {client}"), PASSWORD),
         (
             "tls",
-            format!(
-                "tls: {{ca_file: {}, {client}}}",
-                stranger.path("stranger-ca.crt")
-            ),
-            good.clone(),
+            format!("ca_file: {ours}, {client}, server_name: wrong.example"),
+            PASSWORD,
         ),
-        (
-            "tls",
-            format!(
-                "tls: {{ca_file: {}, {client}, server_name: wrong.example}}",
-                pki.path("test-ca.crt")
-            ),
-            good.clone(),
-        ),
-        (
-            "tls",
-            format!("tls: {{ca_file: {}}}", pki.path("test-ca.crt")),
-            good.clone(),
-        ),
+        ("tls", format!("ca_file: {ours}"), PASSWORD),
         (
             "auth",
-            format!("tls: {{ca_file: {}, {client}}}", pki.path("test-ca.crt")),
-            password_file(&cluster, "not-the-password"),
+            format!("ca_file: {ours}, {client}"),
+            "not-the-password",
         ),
     ];
     app.set(
@@ -231,18 +203,7 @@ async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_
         },
     );
     for (reason, tls, password) in cases {
-        let keys =
-            format!("  basic_auth: {{username: watchdog, password_file: {password}}}\n  {tls}\n");
-        let watchdog = Watchdog::start(
-            &cluster,
-            &Setup {
-                prometheus: &prometheus.url(),
-                prometheus_keys: &keys,
-                for_: "1s",
-                ..Setup::default()
-            },
-        )
-        .await;
+        let watchdog = watchdog(&cluster, &prometheus, &keys(&cluster, password, &tls), "1s").await;
         // A window for each watchdog: back to v1 as it watches, then the cutover.
         cluster.set_selector_version("v1");
         let on_v1 = |g: &serde_json::Value| g["selector_version"] == "v1";
@@ -285,10 +246,10 @@ async fn check_config_connect_says_the_version_or_the_reason() {
         (PASSWORD, true, "ok, vector(1) answered; Prometheus 2."),
         ("wrong", false, "auth: HTTP 401"),
     ] {
-        let keys = format!(
-            "  basic_auth: {{username: watchdog, password_file: {}}}\n  tls: {{ca_file: {}}}\n",
-            password_file(&cluster, password),
-            pki.path("test-ca.crt")
+        let keys = keys(
+            &cluster,
+            password,
+            &format!("ca_file: {}", pki.path("test-ca.crt")),
         );
         let config = cluster.dir.path().join("connect.yaml");
         let setup = Setup {

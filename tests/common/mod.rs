@@ -604,6 +604,14 @@ use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
 /// Healthy v1 and v2 of the synthetic app at 100 rps, and the real Prometheus scraping it,
 /// warmed up.
 pub async fn app_and_prometheus() -> (TrafficApp, ChildServer) {
+    let (app, prometheus) = app_and_prometheus_with(PrometheusSetup::default()).await;
+    warm_up(&prometheus.url()).await;
+    (app, prometheus)
+}
+
+/// As [`app_and_prometheus`], Prometheus started from `setup` (its targets filled in), and not
+/// warmed up: `warm_up` speaks plain http with no credentials.
+pub async fn app_and_prometheus_with(setup: PrometheusSetup) -> (TrafficApp, ChildServer) {
     let healthy = Behaviour {
         rps: 100.0,
         ..Behaviour::HEALTHY
@@ -613,11 +621,10 @@ pub async fn app_and_prometheus() -> (TrafficApp, ChildServer) {
         .unwrap();
     let prometheus = processes::prometheus(&PrometheusSetup {
         targets: vec![app.addr()],
-        ..PrometheusSetup::default()
+        ..setup
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    warm_up(&prometheus.url()).await;
     (app, prometheus)
 }
 

@@ -162,7 +162,11 @@ impl WebhookConfig {
             ));
         }
         nonzero("webhook.reload_interval", w.reload_interval)?;
-        pair("webhook.tls", w.tls.cert_file.as_ref(), w.tls.key_file.as_ref())
+        pair(
+            "webhook.tls",
+            w.tls.cert_file.as_ref(),
+            w.tls.key_file.as_ref(),
+        )
     }
 }
 
@@ -349,7 +353,11 @@ impl PrometheusConfig {
             }
         }
         let tls = &self.tls;
-        pair("prometheus.tls", tls.cert_file.as_ref(), tls.key_file.as_ref())?;
+        pair(
+            "prometheus.tls",
+            tls.cert_file.as_ref(),
+            tls.key_file.as_ref(),
+        )?;
         if let Some(name) = &tls.server_name
             && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
         {

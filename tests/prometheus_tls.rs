@@ -1,6 +1,7 @@
 //! The real Prometheus behind what users put in front of it: `--web.config.file` with TLS from
-//! a private CA and basic auth, client certificates, and `--web.route-prefix`. The watchdog
-//! (release binary) queries it and rolls back a sustained breach; each misconfiguration is its
+//! a private CA and basic auth, client certificates, `--web.route-prefix`, and a gateway that
+//! checks a bearer token and a tenant header (the sandbox's proxy). The watchdog (release
+//! binary) queries it and rolls back a sustained breach; each misconfiguration is its
 //! documented reason in `prometheus_query_errors_total` and never a breach.
 
 // Test code: a failed setup step should panic right there.
@@ -11,13 +12,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::secrets::{PROM_PASSWORD as PASSWORD, PROM_ROTATED_TOKEN, PROM_TOKEN};
 use common::{Cluster, Setup, Watchdog};
+use cutover_watchdog::sandbox::faulty::{FaultyProxy, Mode};
 use cutover_watchdog::sandbox::processes::{ChildServer, PrometheusSetup};
 use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-/// The basic-auth password, and its bcrypt hash (cost 4) for Prometheus's `basic_auth_users`.
-const PASSWORD: &str = "prom-test-password";
+/// The basic-auth password's bcrypt hash (cost 4), for Prometheus's `basic_auth_users`.
 const PASSWORD_BCRYPT: &str = "$2b$04$eE7G31hAsO5PpVoiVHAnVuOAyrO9/wbZEa/S6OHsf/9.39cAVNpri";
 
 /// A private CA and what it signed, as PEM files in one directory.
@@ -75,11 +77,10 @@ async fn app_and_prometheus(
     .await
 }
 
-/// The watchdog on `prometheus`, with `keys` under `prometheus:` and `for`.
-async fn watchdog(cluster: &Cluster, prometheus: &ChildServer, keys: &str, for_: &str) -> Watchdog {
-    let url = prometheus.url();
+/// The watchdog on `prometheus` (its URL), with `keys` under `prometheus:` and `for`.
+async fn watchdog(cluster: &Cluster, prometheus: &str, keys: &str, for_: &str) -> Watchdog {
     let setup = Setup {
-        prometheus: &url,
+        prometheus,
         prometheus_keys: keys,
         for_,
         ..Setup::default()
@@ -140,7 +141,13 @@ async fn tls_from_a_private_ca_with_basic_auth_rolls_back_a_sustained_breach() {
     let pki = Pki::new(cluster.dir.path(), "test");
     let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", false)), None).await;
     let ca = format!("ca_file: {}", pki.path("test-ca.crt"));
-    let watchdog = watchdog(&cluster, &prometheus, &keys(&cluster, PASSWORD, &ca), "2s").await;
+    let watchdog = watchdog(
+        &cluster,
+        &prometheus.url(),
+        &keys(&cluster, PASSWORD, &ca),
+        "2s",
+    )
+    .await;
     assert!(prometheus.url().starts_with("https://"));
     breach_rolls_back(&cluster, &app).await;
     let rollbacks = r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="error_rate"}"#;
@@ -159,7 +166,13 @@ async fn a_required_client_certificate_and_a_route_prefix_roll_back_a_sustained_
         pki.path("client.crt"),
         pki.path("client.key"),
     );
-    let _watchdog = watchdog(&cluster, &prometheus, &keys(&cluster, PASSWORD, &tls), "2s").await;
+    let _watchdog = watchdog(
+        &cluster,
+        &prometheus.url(),
+        &keys(&cluster, PASSWORD, &tls),
+        "2s",
+    )
+    .await;
     assert!(prometheus.url().ends_with("/prometheus"));
     breach_rolls_back(&cluster, &app).await;
 }
@@ -203,7 +216,13 @@ async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_
         },
     );
     for (reason, tls, password) in cases {
-        let watchdog = watchdog(&cluster, &prometheus, &keys(&cluster, password, &tls), "1s").await;
+        let watchdog = watchdog(
+            &cluster,
+            &prometheus.url(),
+            &keys(&cluster, password, &tls),
+            "1s",
+        )
+        .await;
         // A window for each watchdog: back to v1 as it watches, then the cutover.
         cluster.set_selector_version("v1");
         let on_v1 = |g: &serde_json::Value| g["selector_version"] == "v1";
@@ -272,4 +291,52 @@ async fn check_config_connect_says_the_version_or_the_reason() {
         assert_eq!(out.status.success(), ok, "{said}");
         assert!(said.contains(expected), "{said}");
     }
+}
+
+#[tokio::test]
+async fn a_bearer_token_rotated_mid_window_and_a_tenant_header_pass_a_checking_gateway() {
+    let cluster = Cluster::start().await;
+    let (app, prometheus) = common::app_and_prometheus().await;
+    let gateway = FaultyProxy::start(prometheus.addr).await.unwrap();
+    let require = |token: &str| {
+        Mode::Require(vec![
+            ("Authorization".into(), format!("Bearer {token}")),
+            ("X-Scope-OrgID".into(), "tenant-a".into()),
+        ])
+    };
+    gateway.set(require(PROM_TOKEN));
+    let token = cluster.dir.path().join("token");
+    std::fs::write(&token, format!("{PROM_TOKEN}\n")).unwrap();
+    let keys = format!(
+        "  bearer_token_file: {}\n  headers: {{X-Scope-OrgID: tenant-a}}\n  reload_interval: 200ms\n",
+        token.display()
+    );
+    let _watchdog = watchdog(&cluster, &gateway.url(), &keys, "2s").await;
+    cluster.cut_over("v2").await;
+    let passed = async || gateway.passed();
+    common::wait_until(
+        "polls through the gateway",
+        Duration::from_secs(10),
+        passed,
+        |n| *n >= 2,
+    )
+    .await;
+    // Mid-window, the gateway wants a new token and the file has it: only the reloaded token
+    // can see the breach that follows.
+    gateway.set(require(PROM_ROTATED_TOKEN));
+    std::fs::write(&token, format!("{PROM_ROTATED_TOKEN}\n")).unwrap();
+    let before = gateway.passed();
+    app.set(
+        "v2",
+        Behaviour {
+            rps: 100.0,
+            error_ratio: 0.10,
+            ..Behaviour::HEALTHY
+        },
+    );
+    cluster.wait_selector("v1", Duration::from_secs(30)).await;
+    assert!(
+        gateway.passed() > before,
+        "nothing passed with the second token"
+    );
 }

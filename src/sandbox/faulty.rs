@@ -3,7 +3,8 @@
 //! It listens on a free loopback port and, per connection, either passes the request through to
 //! the upstream Prometheus or answers with the fault a test set: an error status, a 200 with a
 //! body no Prometheus would send, no answer at all (hang), or a closed connection (reset), or
-//! reset and pass-through in turn (flapping). The mode can change at any time and applies to the
+//! reset and pass-through in turn (flapping); or it passes only requests that carry the headers
+//! it requires (a gateway checking a token and a tenant), answering 401 to the rest. The mode can change at any time and applies to the
 //! next connection. Every connection carries exactly one request, because the proxy asks both
 //! sides to close after it (`Connection: close`): otherwise a pooled keep-alive connection would
 //! carry requests past a mode change.
@@ -43,6 +44,9 @@ pub enum Mode {
     /// Reset and pass in turn, one request each, starting with whichever the request count's
     /// parity picks.
     Flapping,
+    /// Pass requests that carry every one of these headers (name, exact value), answer 401 to
+    /// the others: a gateway checking a bearer token and a tenant header.
+    Require(Vec<(String, String)>),
 }
 
 struct Shared {
@@ -180,16 +184,46 @@ async fn handle(mut client: TcpStream, mode: &Mode, shared: &Shared) -> std::io:
             read_request(&mut client).await?;
             respond(&mut client, 200, "application/json", body).await
         }
+        Mode::Require(headers) => {
+            let (head, rest) = read_head(&mut client).await?;
+            let carries = |(name, value): &(String, String)| {
+                head.split("\r\n").skip(1).any(|line| {
+                    line.split_once(':').is_some_and(|(n, v)| {
+                        n.trim().eq_ignore_ascii_case(name) && v.trim() == value
+                    })
+                })
+            };
+            if !headers.iter().all(carries) {
+                return respond(
+                    &mut client,
+                    401,
+                    "text/plain",
+                    "no valid credentials or tenant",
+                )
+                .await;
+            }
+            pass(client, &head, &rest, shared).await
+        }
         Mode::Pass => {
             let (head, rest) = read_head(&mut client).await?;
-            let mut upstream = TcpStream::connect(shared.upstream).await?;
-            upstream.write_all(&close_after(&head)).await?;
-            upstream.write_all(&rest).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-            shared.passed.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            pass(client, &head, &rest, shared).await
         }
     }
+}
+
+/// Forwards a request whose head has been read to Prometheus, and its answer back.
+async fn pass(
+    mut client: TcpStream,
+    head: &str,
+    rest: &[u8],
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let mut upstream = TcpStream::connect(shared.upstream).await?;
+    upstream.write_all(&close_after(head)).await?;
+    upstream.write_all(rest).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    shared.passed.fetch_add(1, Ordering::SeqCst);
+    Ok(())
 }
 
 /// Reads up to the end of the request head; returns the head (without the blank line) and

@@ -865,6 +865,11 @@ pub mod secrets {
     pub const ROTATED_PASSWORD: &str = "hunter3-rotated";
     /// `Basic base64("am:hunter3-rotated")`.
     pub const ROTATED_BASIC_HEADER: &str = "Basic YW06aHVudGVyMy1yb3RhdGVk";
+    /// What the watchdog sends Prometheus (`tests/prometheus_tls.rs`): a bearer token, the one
+    /// it rotates to, and a basic-auth password.
+    pub const PROM_TOKEN: &str = "prom-token-1a7e";
+    pub const PROM_ROTATED_TOKEN: &str = "prom-token-2b8f";
+    pub const PROM_PASSWORD: &str = "prom-test-password";
 
     /// Test TLS keys (P-256, PKCS#8). Fixed, so the logs can be checked for them; the
     /// certificates are made from them at test time ([`super::TestCert`]).
@@ -903,6 +908,9 @@ vME4k5Pyab3ZDFk3nDh41CkuaQahRANCAATd8HZj+1+RZQjhY8+SF3LLtLzdcqAk
             BASIC_HEADER,
             ROTATED_PASSWORD,
             ROTATED_BASIC_HEADER,
+            PROM_TOKEN,
+            PROM_ROTATED_TOKEN,
+            PROM_PASSWORD,
         ]
         .map(str::to_owned)
         .into();

@@ -118,15 +118,22 @@ fn web_config(pki: &Pki, ca: &str, mtls: bool) -> String {
 /// Cuts over to a v2 that errors 10% of requests and waits for the watchdog to revert.
 async fn breach_rolls_back(cluster: &Cluster, app: &TrafficApp) {
     cluster.cut_over("v2").await;
-    app.set(
-        "v2",
-        Behaviour {
-            rps: 100.0,
-            error_ratio: 0.10,
-            ..Behaviour::HEALTHY
-        },
-    );
+    v2_breaches(cluster, app).await;
+}
+
+/// v2, already serving, starts erroring 10% of requests; waits for the watchdog to revert.
+async fn v2_breaches(cluster: &Cluster, app: &TrafficApp) {
+    app.set("v2", failing());
     cluster.wait_selector("v1", Duration::from_secs(30)).await;
+}
+
+/// v2 erroring 10% of requests.
+fn failing() -> Behaviour {
+    Behaviour {
+        rps: 100.0,
+        error_ratio: 0.10,
+        ..Behaviour::HEALTHY
+    }
 }
 
 fn password_file(cluster: &Cluster, password: &str) -> String {
@@ -207,14 +214,7 @@ async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_
             "not-the-password",
         ),
     ];
-    app.set(
-        "v2",
-        Behaviour {
-            rps: 100.0,
-            error_ratio: 0.10,
-            ..Behaviour::HEALTHY
-        },
-    );
+    app.set("v2", failing());
     for (reason, tls, password) in cases {
         let watchdog = watchdog(
             &cluster,
@@ -326,15 +326,7 @@ async fn a_bearer_token_rotated_mid_window_and_a_tenant_header_pass_a_checking_g
     gateway.set(require(PROM_ROTATED_TOKEN));
     std::fs::write(&token, format!("{PROM_ROTATED_TOKEN}\n")).unwrap();
     let before = gateway.passed();
-    app.set(
-        "v2",
-        Behaviour {
-            rps: 100.0,
-            error_ratio: 0.10,
-            ..Behaviour::HEALTHY
-        },
-    );
-    cluster.wait_selector("v1", Duration::from_secs(30)).await;
+    v2_breaches(&cluster, &app).await;
     assert!(
         gateway.passed() > before,
         "nothing passed with the second token"

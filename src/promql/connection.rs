@@ -38,6 +38,9 @@ pub struct Current {
 /// What requests to Prometheus go through; rebuilt when a secret file changes.
 pub struct Connection {
     config: PrometheusConfig,
+    /// Each secret's files, last read when the contents in force were: a later check reloads
+    /// only what changed since, however long until rotation starts (a follower's wait to lead).
+    files: Vec<(SecretKind, Arc<Watched>)>,
     secrets: Mutex<Secrets>,
     current: RwLock<Arc<Current>>,
 }
@@ -47,33 +50,49 @@ pub struct Connection {
 struct Secrets {
     token: Option<String>,
     password: Option<String>,
-    /// The CA, the client certificate and its key, as configured (absent ones empty).
+    /// The CA, the client certificate and its key, those configured, in that order.
     tls: Vec<Vec<u8>>,
+}
+
+impl Secrets {
+    /// Takes new contents of one secret's files.
+    fn take(&mut self, kind: SecretKind, contents: &[Vec<u8>]) -> Result<()> {
+        match kind {
+            SecretKind::PrometheusToken => {
+                self.token = Some(secret_text(contents, "prometheus.bearer_token_file")?);
+            }
+            SecretKind::PrometheusPassword => {
+                self.password = Some(secret_text(
+                    contents,
+                    "prometheus.basic_auth.password_file",
+                )?);
+            }
+            _ => self.tls = contents.to_vec(),
+        }
+        Ok(())
+    }
 }
 
 impl Connection {
     /// Reads every secret file and builds the client: a file that cannot be used is an error
     /// here, at start-up, unlike a bad rotation later.
     pub fn new(config: &PrometheusConfig) -> Result<Arc<Self>> {
+        let files: Vec<(SecretKind, Arc<Watched>)> = [
+            (SecretKind::PrometheusToken, token_files(config)),
+            (SecretKind::PrometheusPassword, password_files(config)),
+            (SecretKind::PrometheusTls, tls_files(config)),
+        ]
+        .into_iter()
+        .filter_map(|(kind, watched)| Some((kind, Arc::new(watched?))))
+        .collect();
         let mut secrets = Secrets::default();
-        if let Some(watched) = token_files(config) {
-            secrets.token = Some(secret_text(
-                &watched.read()?,
-                "prometheus.bearer_token_file",
-            )?);
-        }
-        if let Some(watched) = password_files(config) {
-            secrets.password = Some(secret_text(
-                &watched.read()?,
-                "prometheus.basic_auth.password_file",
-            )?);
-        }
-        if let Some(watched) = tls_files(config) {
-            secrets.tls = watched.read()?;
+        for (kind, watched) in &files {
+            secrets.take(*kind, &watched.read()?)?;
         }
         let current = build(config, &secrets)?;
         Ok(Arc::new(Self {
             config: config.clone(),
+            files,
             secrets: Mutex::new(secrets),
             current: RwLock::new(Arc::new(current)),
         }))
@@ -91,27 +110,16 @@ impl Connection {
     /// The secrets to re-read when they change, one [`Reload`] target each.
     #[must_use]
     pub fn rotation(self: &Arc<Self>) -> Vec<Arc<dyn Reload>> {
-        let secret = |kind, watched: Option<Watched>| {
-            watched.map(|watched| {
-                // Seeded by `new`'s read: a first poll of unchanged files reloads nothing.
-                if let Ok(contents) = watched.read() {
-                    watched.seed(&contents);
-                }
+        self.files
+            .iter()
+            .map(|(kind, watched)| {
                 Arc::new(Secret {
-                    kind,
-                    watched,
+                    kind: *kind,
+                    watched: watched.clone(),
                     connection: self.clone(),
                 }) as Arc<dyn Reload>
             })
-        };
-        [
-            secret(SecretKind::PrometheusToken, token_files(&self.config)),
-            secret(SecretKind::PrometheusPassword, password_files(&self.config)),
-            secret(SecretKind::PrometheusTls, tls_files(&self.config)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+            .collect()
     }
 
     /// Puts `change` into the secrets and rebuilds; on error nothing changes.
@@ -129,7 +137,7 @@ impl Connection {
 /// One of the connection's secrets, re-read when its files change.
 struct Secret {
     kind: SecretKind,
-    watched: Watched,
+    watched: Arc<Watched>,
     connection: Arc<Connection>,
 }
 
@@ -143,21 +151,7 @@ impl Reload for Secret {
     }
 
     fn apply(&self, contents: &[Vec<u8>]) -> Result<()> {
-        self.connection.update(|s| {
-            match self.kind {
-                SecretKind::PrometheusToken => {
-                    s.token = Some(secret_text(contents, "prometheus.bearer_token_file")?);
-                }
-                SecretKind::PrometheusPassword => {
-                    s.password = Some(secret_text(
-                        contents,
-                        "prometheus.basic_auth.password_file",
-                    )?);
-                }
-                _ => s.tls = contents.to_vec(),
-            }
-            Ok(())
-        })
+        self.connection.update(|s| s.take(self.kind, contents))
     }
 }
 
@@ -413,4 +407,33 @@ pub fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
         .and_then(std::io::Error::get_ref)
         .map(|e| e as &(dyn std::error::Error + 'static));
     inner.is_some_and(is_tls) || error.source().is_some_and(is_tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reload::Polled;
+
+    #[test]
+    fn a_token_rotated_before_rotation_starts_is_still_taken_at_the_first_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "first\n").unwrap();
+        let config = crate::config::Config::from_yaml(&format!(
+            "prometheus: {{url: 'http://127.0.0.1:9', bearer_token_file: {}}}\n\
+             templates: [{{name: t, namespaces: ['*'], service_selector: a=b}}]\n",
+            token.display()
+        ))
+        .unwrap();
+        let connection = Connection::new(&config.prometheus).unwrap();
+        // Rotated while a follower waits to lead, before its rotation task starts.
+        std::fs::write(&token, "second\n").unwrap();
+        let [secret] = <[_; 1]>::try_from(connection.rotation()).ok().unwrap();
+        let Polled::Changed(contents) = secret.watched().poll() else {
+            panic!("the rotation was not seen");
+        };
+        secret.apply(&contents).unwrap();
+        let current = connection.current();
+        assert_eq!(current.headers[AUTHORIZATION], "Bearer second");
+    }
 }

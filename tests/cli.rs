@@ -139,3 +139,46 @@ fn help_documents_the_config_flag_and_its_environment_variable() {
         "{help}"
     );
 }
+
+/// A Prometheus-compatible server without `/api/v1/status/buildinfo` (it answers 404, as some
+/// do): `check-config --connect` still succeeds and says the version is unknown.
+#[tokio::test]
+async fn check_config_connect_says_version_unknown_where_buildinfo_is_404() {
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::post(|| async {
+            axum::Json(serde_json::json!({"status": "success", "data": {
+                "resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}]}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "prometheus: {{url: '{url}'}}\n\
+             templates: [{{name: t, namespaces: ['*'], service_selector: a=b}}]\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+        .env_remove("CUTOVER_WATCHDOG_CONFIG")
+        .args(["check-config", "--connect", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("ok, vector(1) answered; Prometheus version unknown"),
+        "{said}"
+    );
+}

@@ -4,11 +4,12 @@
 //! guard: a guard's commands are carried out one at a time, in order, so two triggers (a check
 //! and an alert) can never race two patches on one Service; lanes run side by side, so a slow
 //! API answer for one Service holds up no other. A lane starts at its guard's first command
-//! ([`Lanes`]): most guards never act, and an idle lane would cost more memory than its guard. It does not decide *whether* to act (that is
-//! [`crate::decision`]); it decides *how*, safely: the selector must still name the green
-//! version, the target must have Ready pods, the patch carries a `resourceVersion`
-//! precondition, and no write starts unless the [`Fence`] allows it (this replica leads). On
-//! shutdown a lane finishes the command in hand and takes no new one.
+//! ([`Lanes`]): most guards never act, and an idle lane would cost more memory than its guard.
+//! It does not decide *whether* to act (that is [`crate::decision`]); it decides *how*,
+//! safely: the selector must still name the green version, the target must have Ready pods, the
+//! patch carries a `resourceVersion` precondition, and no write starts unless the [`Fence`]
+//! allows it (this replica leads). On shutdown a lane finishes the command in hand and takes no
+//! new one.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -277,18 +277,29 @@ async fn check_config_connect_says_the_version_or_the_reason() {
             ..Setup::default()
         };
         std::fs::write(&config, setup.yaml(1, 2)).unwrap();
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
-            .args(["check-config", "--connect", "--config"])
-            .arg(&config)
-            .output()
-            .await
-            .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.success(), ok, "{said}");
+        let check = async || {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+                .args(["check-config", "--connect", "--config"])
+                .arg(&config)
+                .output()
+                .await
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), said)
+        };
+        // The sandbox waits only for the TLS port to accept connections: until its storage is
+        // ready, Prometheus answers queries 503. Credentials are checked before that.
+        let what = format!("check-config --connect to say {expected:?}");
+        let (success, said) =
+            common::wait_until(&what, Duration::from_secs(15), check, |(_, said)| {
+                !said.contains("HTTP 503")
+            })
+            .await;
+        assert_eq!(success, ok, "{said}");
         assert!(said.contains(expected), "{said}");
     }
 }

@@ -76,10 +76,7 @@ impl Command {
                         url: url.to_string(),
                         source,
                     })?;
-                    println!(
-                        "{url}: ok, vector(1) answered; Prometheus {}",
-                        version.as_deref().unwrap_or("version unknown")
-                    );
+                    println!("{url}: ok, vector(1) answered; {version}");
                 }
             }
             Self::Serve(args) => app::run(args.config, app::shutdown_on_signal()?).await?,

@@ -362,6 +362,24 @@ impl QueryError {
     }
 }
 
+/// The server's version as `/api/v1/status/buildinfo` tells it, with why it is unknown when it
+/// is (`None`: the endpoint does not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerVersion {
+    Known(String),
+    Unknown(Option<String>),
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Known(version) => write!(f, "Prometheus {version}"),
+            Self::Unknown(None) => f.write_str("Prometheus version unknown"),
+            Self::Unknown(Some(why)) => write!(f, "Prometheus version unknown (buildinfo: {why})"),
+        }
+    }
+}
+
 /// A Prometheus HTTP API client for instant queries.
 #[derive(Clone)]
 pub struct Prometheus {
@@ -441,9 +459,16 @@ impl Prometheus {
     }
 
     /// One instant query, `vector(1)`, and the server's version from
-    /// `/api/v1/status/buildinfo` (`None` where that answers 404, as some Prometheus-compatible
-    /// servers do): for `check-config --connect`.
-    pub async fn probe(&self) -> QueryResult<Option<String>> {
+    /// `/api/v1/status/buildinfo`: for `check-config --connect`. Only the query decides success:
+    /// servers that answer queries but not buildinfo (a 404 from some Prometheus-compatible
+    /// servers, a 403 from a managed one whose role lacks that permission) are still usable.
+    pub async fn probe(&self) -> QueryResult<ServerVersion> {
+        let (answer, _) = self.instant("vector(1)").await;
+        answer?;
+        Ok(self.build_info().await)
+    }
+
+    async fn build_info(&self) -> ServerVersion {
         #[derive(Deserialize)]
         struct BuildInfo {
             data: Version,
@@ -452,33 +477,33 @@ impl Prometheus {
         struct Version {
             version: String,
         }
-        let (answer, _) = self.instant("vector(1)").await;
-        answer?;
         let current = self.connection.current();
-        let failed = |kind, message: String| QueryFailure::new(kind, message);
-        let url = api_url(&current.base, "status/buildinfo")
-            .map_err(|e| failed(QueryError::Connect, e.to_string()))?;
-        let response = current
+        let Ok(url) = api_url(&current.base, "status/buildinfo") else {
+            return ServerVersion::Unknown(None);
+        };
+        let sent = current
             .http
             .get(url)
             .headers(current.headers.clone())
             .send()
-            .await
-            .map_err(|e| request_failure(&e))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+            .await;
+        let response = match sent {
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                return ServerVersion::Unknown(None);
+            }
+            Ok(r) if !r.status().is_success() => {
+                return ServerVersion::Unknown(Some(format!("HTTP {}", r.status())));
+            }
+            Ok(r) => r,
+            Err(e) => return ServerVersion::Unknown(Some(request_failure(&e).to_string())),
+        };
+        match response.bytes().await {
+            Ok(body) => serde_json::from_slice::<BuildInfo>(&body).map_or_else(
+                |_| ServerVersion::Unknown(Some(format!("unreadable: {}", snippet(&body)))),
+                |b| ServerVersion::Known(b.data.version),
+            ),
+            Err(e) => ServerVersion::Unknown(Some(request_failure(&e).to_string())),
         }
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| request_failure(&e))?;
-        if !status.is_success() {
-            return Err(failed(
-                QueryError::Status,
-                format!("buildinfo: HTTP {status}"),
-            ));
-        }
-        serde_json::from_slice::<BuildInfo>(&body)
-            .map(|b| Some(b.data.version))
-            .map_err(|_| failed(QueryError::Body, format!("buildinfo: {}", snippet(&body))))
     }
 
     async fn send(&self, query: &str) -> Result<Bytes, Failure> {

@@ -140,17 +140,22 @@ fn help_documents_the_config_flag_and_its_environment_variable() {
     );
 }
 
-/// A Prometheus-compatible server without `/api/v1/status/buildinfo` (it answers 404, as some
-/// do): `check-config --connect` still succeeds and says the version is unknown.
-#[tokio::test]
-async fn check_config_connect_says_version_unknown_where_buildinfo_is_404() {
-    let app = axum::Router::new().route(
-        "/api/v1/query",
-        axum::routing::post(|| async {
-            axum::Json(serde_json::json!({"status": "success", "data": {
-                "resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}]}}))
-        }),
-    );
+/// `check-config --connect` against a Prometheus-compatible server whose buildinfo answers
+/// `buildinfo` (404 where the server has no such endpoint): what it printed, after asserting it
+/// exited 0.
+async fn connect_where_buildinfo_answers(buildinfo: axum::http::StatusCode) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/query",
+            axum::routing::post(|| async {
+                axum::Json(serde_json::json!({"status": "success", "data": {
+                    "resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}]}}))
+            }),
+        )
+        .route(
+            "/api/v1/status/buildinfo",
+            axum::routing::get(move || async move { buildinfo }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -171,14 +176,34 @@ async fn check_config_connect_says_version_unknown_where_buildinfo_is_404() {
         .output()
         .await
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    said
+}
+
+/// Some Prometheus-compatible servers have no `/api/v1/status/buildinfo`.
+#[tokio::test]
+async fn check_config_connect_says_version_unknown_where_buildinfo_is_404() {
+    let said = connect_where_buildinfo_answers(axum::http::StatusCode::NOT_FOUND).await;
     assert!(
-        said.contains("ok, vector(1) answered; Prometheus version unknown"),
+        said.contains("ok, vector(1) answered; Prometheus version unknown\n"),
+        "{said}"
+    );
+}
+
+/// A managed Prometheus, or a proxy before it, can refuse buildinfo to a role that may only
+/// query: queries work, so the check passes, and says why the version is missing.
+#[tokio::test]
+async fn check_config_connect_passes_and_says_why_where_buildinfo_is_refused() {
+    let said = connect_where_buildinfo_answers(axum::http::StatusCode::FORBIDDEN).await;
+    assert!(
+        said.contains(
+            "ok, vector(1) answered; Prometheus version unknown (buildinfo: HTTP 403 Forbidden)"
+        ),
         "{said}"
     );
 }

@@ -127,16 +127,22 @@ fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
         })
         .collect();
     // The HA variant differs from the base only in its Deployment, the cluster-wide one only in
-    // its RBAC: a ClusterRole, its ClusterRoleBinding and the Role cut down to the Lease.
+    // its RBAC: a ClusterRole, its ClusterRoleBinding and the Role cut down to the Lease, the
+    // Amazon Managed Prometheus one in its Deployment, ServiceAccount and config.
     let ha = documents(&kustomize("examples/ha"));
     let cluster_wide = documents(&kustomize("examples/cluster-wide"));
-    let builtin: Vec<Value> = builtin
-        .into_iter()
-        .chain(ha.into_iter().filter(|d| d["kind"] == "Deployment"))
-        .chain(cluster_wide.into_iter().filter(|d| {
-            ["ClusterRole", "ClusterRoleBinding", "Role"].contains(&d["kind"].as_str().unwrap())
-        }))
-        .collect();
+    let amazon = documents(&kustomize("examples/amazon-managed-prometheus"));
+    let builtin: Vec<Value> =
+        builtin
+            .into_iter()
+            .chain(ha.into_iter().filter(|d| d["kind"] == "Deployment"))
+            .chain(amazon.into_iter().filter(|d| {
+                ["Deployment", "ServiceAccount"].contains(&d["kind"].as_str().unwrap())
+            }))
+            .chain(cluster_wide.into_iter().filter(|d| {
+                ["ClusterRole", "ClusterRoleBinding", "Role"].contains(&d["kind"].as_str().unwrap())
+            }))
+            .collect();
     let text = builtin
         .iter()
         .map(|d| serde_yaml_ng::to_string(d).unwrap())
@@ -189,6 +195,102 @@ fn the_deployed_config_is_valid_and_its_ports_match_the_service_and_image() {
     assert_eq!(
         ports,
         vec![("webhook".to_owned(), 8080), ("metrics".to_owned(), 9091)]
+    );
+}
+
+/// The named object of `kind` among rendered documents.
+fn object<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| {
+            d["kind"] == kind
+                && !d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("dashboard")
+        })
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn the_amazon_managed_prometheus_example_queries_its_loopback_signing_sidecar_and_changes_only_prometheus()
+ {
+    let rendered = documents(&kustomize("examples/amazon-managed-prometheus"));
+    let text = object(&rendered, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    ok(&out, "check-config on the Amazon Managed Prometheus config");
+
+    // Everything but `prometheus` stays the base's, so the example cannot drift from it.
+    let mut config: serde_json::Map<String, Value> = serde_yaml_ng::from_str(text).unwrap();
+    let mut base: serde_json::Map<String, Value> =
+        serde_yaml_ng::from_str(&read("manifests/config.yaml")).unwrap();
+    let prometheus = config.remove("prometheus").unwrap();
+    base.remove("prometheus");
+    assert_eq!(config, base);
+
+    let spec = &object(&rendered, "Deployment")["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_array().unwrap();
+    let mut names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cutover-watchdog", "sigv4-proxy"]);
+    // The patch puts the sidecar first; `kubectl logs` and `exec` still pick the watchdog.
+    let template = &object(&rendered, "Deployment")["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+        "cutover-watchdog"
+    );
+    let proxy = containers
+        .iter()
+        .find(|c| c["name"] == "sigv4-proxy")
+        .unwrap();
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |flag: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{flag}=")))
+            .unwrap_or_else(|| panic!("--{flag} missing from {args:?}"))
+    };
+    // The watchdog asks the sidecar, on loopback only, under the workspace's path.
+    let url = prometheus["url"].as_str().unwrap();
+    let listen = arg("port");
+    assert!(listen.starts_with("127.0.0.1:"), "{listen}");
+    assert!(
+        url.strip_prefix(&format!("http://{listen}"))
+            .is_some_and(|path| path.starts_with("/workspaces/ws-")),
+        "{url} is not the sidecar's {listen} with a workspace path"
+    );
+    assert_eq!(arg("name"), "aps");
+    assert_eq!(
+        arg("host"),
+        format!("aps-workspaces.{}.amazonaws.com", arg("region"))
+    );
+    assert_eq!(proxy["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(proxy["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert!(proxy["resources"]["limits"]["memory"].is_string());
+    // The signing identity: the ServiceAccount the pod runs as carries the IAM role.
+    let account = object(&rendered, "ServiceAccount");
+    assert_eq!(spec["serviceAccountName"], account["metadata"]["name"]);
+    assert!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:iam::")
     );
 }
 

@@ -3,6 +3,7 @@
 //! This is the only place that knows every part. It holds no logic of its own.
 
 use std::future::{Future, IntoFuture};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::config::{Config, WebhookConfig};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, Lanes};
 use crate::fleet::{Fleet, GuardSet, Parts, Registry};
+use crate::forward::Forwarder;
 use crate::guard::Clock;
 use crate::http::{self, AppState};
 use crate::leader::{Elector, Fence};
@@ -131,7 +133,7 @@ pub async fn serve_with(
     let admin_listener = bind("admin", config.admin_listen).await?;
 
     let identity = identity();
-    let (elector, fence) = elector(&config, &client, &identity, &metrics);
+    let (elector, fence, forward) = elector(&config, &client, &identity, &metrics)?;
 
     // Guard tasks stop on this token, lanes on `shutdown`: cancelled together, but only the
     // lanes' shutdown is awaited with a deadline.
@@ -171,6 +173,7 @@ pub async fn serve_with(
         metrics,
         webhook,
         leader: fence.clone(),
+        forward,
         prometheus: health,
     };
     let tls = config.webhook.tls.files().is_some();
@@ -285,19 +288,44 @@ async fn listen(
     .map(drop)
 }
 
-/// The elector and its fence if leader election is configured; else an open fence.
+/// The elector, its fence and the way to the leader if leader election is configured; else an
+/// open fence and no way (this replica always leads).
 fn elector(
     config: &Config,
     client: &kube::Client,
     identity: &str,
     metrics: &Metrics,
-) -> (Option<Elector>, Fence) {
+) -> Result<(Option<Elector>, Fence, Option<Arc<Forwarder>>)> {
     let Some(le) = &config.leader_election else {
         metrics.leader.set(1);
-        return (None, Fence::open());
+        return Ok((None, Fence::open(), None));
     };
-    let (elector, fence) = Elector::new(client, le, &lease_identity(identity), metrics.clone());
-    (Some(elector), fence)
+    let address = leader_address(config.listen, std::env::var("POD_IP").ok().as_deref());
+    if address.is_none() {
+        warn!(
+            listen = %config.listen,
+            "POD_IP is not set (or not an IP address) and listen is a wildcard: while this replica leads, followers cannot forward webhooks to it; set POD_IP from the downward API"
+        );
+    }
+    let (elector, fence, lead) = Elector::new(
+        client,
+        le,
+        (&lease_identity(identity), address),
+        metrics.clone(),
+    );
+    let tls = config.webhook.tls.files().is_some();
+    let forward = Forwarder::new(le, tls, lead)?;
+    Ok((Some(elector), fence, Some(Arc::new(forward))))
+}
+
+/// Where followers reach this replica's main listener: `POD_IP` with the port of `listen`, or
+/// `listen` itself if it names one address.
+fn leader_address(listen: SocketAddr, pod_ip: Option<&str>) -> Option<String> {
+    match pod_ip.and_then(|ip| ip.trim().parse::<IpAddr>().ok()) {
+        Some(ip) => Some(SocketAddr::new(ip, listen.port()).to_string()),
+        None if !listen.ip().is_unspecified() => Some(listen.to_string()),
+        None => None,
+    }
 }
 
 /// This process in the Lease: the Pod name and a per-process suffix, as client-go does, so two
@@ -432,5 +460,32 @@ fn workers(
         registry,
         health,
         configs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_address_is_pod_ip_with_the_listen_port_or_a_listen_that_names_one_address() {
+        let wildcard: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+        let cases = [
+            (wildcard, Some("10.1.2.3"), Some("10.1.2.3:8080")),
+            (wildcard, Some("fd00::7"), Some("[fd00::7]:8080")),
+            (wildcard, Some(" 10.1.2.3\n"), Some("10.1.2.3:8080")),
+            (wildcard, None, None),
+            (wildcard, Some("not-an-ip"), None),
+            (local, None, Some("127.0.0.1:18080")),
+            (local, Some("10.1.2.3"), Some("10.1.2.3:18080")),
+        ];
+        for (listen, pod_ip, want) in cases {
+            assert_eq!(
+                leader_address(listen, pod_ip).as_deref(),
+                want,
+                "{listen} {pod_ip:?}"
+            );
+        }
     }
 }

@@ -72,6 +72,17 @@ pub struct LeaderElectionConfig {
     /// flight to land, and for clocks that run at different rates.
     #[serde(default = "defaults::fence_margin", with = "duration")]
     pub fence_margin: Duration,
+    /// How long a follower waits for the leader's answer to a request it forwards.
+    #[serde(default = "defaults::forward_timeout", with = "duration")]
+    pub forward_timeout: Duration,
+    /// With `webhook.tls`: the name verified in the leader's certificate when a follower
+    /// forwards to it (a DNS name of the webhook certificate). Without it, the leader's IP.
+    #[serde(default)]
+    pub forward_server_name: Option<String>,
+    /// With `webhook.tls`: PEM certificates of the CA that issued the webhook certificate, to
+    /// verify the leader with. Without it, the system's roots.
+    #[serde(default)]
+    pub forward_ca_file: Option<PathBuf>,
 }
 
 /// `POST /webhook/alertmanager`: how it authenticates and how much it takes.
@@ -358,14 +369,7 @@ impl PrometheusConfig {
             tls.cert_file.as_ref(),
             tls.key_file.as_ref(),
         )?;
-        if let Some(name) = &tls.server_name
-            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
-        {
-            return Err(refuse(
-                "prometheus.tls.server_name".into(),
-                format!("{name:?} is not a DNS name or IP address"),
-            ));
-        }
+        server_name("prometheus.tls.server_name", tls.server_name.as_deref())?;
         let tls_set = tls.ca_file.is_some()
             || tls.cert_file.is_some()
             || tls.server_name.is_some()
@@ -380,6 +384,17 @@ impl PrometheusConfig {
     }
 }
 
+/// A name TLS can verify a certificate for, if one is given.
+fn server_name(key: &str, name: Option<&str>) -> Checked {
+    match name {
+        Some(name) if rustls::pki_types::ServerName::try_from(name).is_err() => Err(refuse(
+            key.into(),
+            format!("{name:?} is not a DNS name or IP address"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl LeaderElectionConfig {
     fn validate(&self) -> Checked {
         check_dns_label("leader_election.lease_name", &self.lease_name)?;
@@ -387,6 +402,21 @@ impl LeaderElectionConfig {
             check_dns_label("leader_election.namespace", ns)?;
         }
         nonzero("leader_election.renew_interval", self.renew_interval)?;
+        nonzero("leader_election.forward_timeout", self.forward_timeout)?;
+        // A forward must end before the request's own deadline, which would answer 503 for it.
+        if self.forward_timeout >= crate::http::REQUEST_TIMEOUT {
+            return Err(refuse(
+                "leader_election.forward_timeout".into(),
+                format!(
+                    "must be shorter than the {}s every request is given",
+                    crate::http::REQUEST_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        server_name(
+            "leader_election.forward_server_name",
+            self.forward_server_name.as_deref(),
+        )?;
         // The leader acts for lease_duration - fence_margin after each renewal; a renewal must
         // fit in that, or leadership would lapse between two healthy renewals.
         if self.fence_margin + self.renew_interval >= self.lease_duration {
@@ -964,6 +994,9 @@ mod defaults {
     pub(super) fn fence_margin() -> Duration {
         Duration::from_secs(5)
     }
+    pub(super) fn forward_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
     pub(super) fn namespace() -> String {
         "default".into()
     }
@@ -1114,6 +1147,28 @@ guards:
         ] {
             let e = error_of(&with_prometheus(prometheus));
             assert!(e.contains(expected), "{prometheus}: {e}");
+        }
+    }
+
+    #[test]
+    fn forwarding_to_the_leader_defaults_to_two_seconds_and_refuses_what_cannot_work() {
+        let c = Config::from_yaml(&format!("{MINIMAL}leader_election: {{}}\n")).unwrap();
+        let le = c.leader_election.unwrap();
+        assert_eq!(le.forward_timeout, Duration::from_secs(2));
+        assert_eq!((le.forward_server_name, le.forward_ca_file), (None, None));
+        for (keys, expected) in [
+            (
+                "{forward_timeout: 10s}",
+                "leader_election.forward_timeout: must be shorter than the 10s every request is given",
+            ),
+            ("{forward_timeout: 0s}", "leader_election.forward_timeout"),
+            (
+                "{forward_server_name: 'two words'}",
+                "leader_election.forward_server_name: \"two words\" is not a DNS name or IP address",
+            ),
+        ] {
+            let e = error_of(&format!("{MINIMAL}leader_election: {keys}\n"));
+            assert!(e.contains(expected), "{keys}: {e}");
         }
     }
 

@@ -8,12 +8,13 @@
 //! by method, path, status and latency, and deliberately by nothing else: the headers carry
 //! the webhook's credentials, the query string could, and bodies are the webhook's business.
 //!
-//! `/readyz` means "can take work": this replica leads (with leader election; a follower is not
-//! ready, so its Service routes webhooks to the leader) and every guard's Service watch is
-//! established. It deliberately
+//! `/readyz` means "can take work". The leader can once every guard's Service watch is
+//! established; a follower can once it has read the Lease, because its work is to forward
+//! webhooks and `/v1/guards` to the leader ([`crate::forward`]). So every replica is Ready, and
+//! rollouts, `helm --wait` and Pod disruption budgets see a healthy Deployment. It deliberately
 //! does not fail while Prometheus does: the webhook still acts on Alertmanager's alerts then,
 //! and taking the pod out of its Service's endpoints would drop exactly those. Its body says
-//! how Prometheus is answering, so the probe output stays honest.
+//! which replica leads and how Prometheus is answering, so the probe output stays honest.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,8 +31,9 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span, warn};
 
 use crate::fleet::Registry;
+use crate::forward::{FORWARDED, Forwarder};
 use crate::guard::{GuardHandle, GuardStatus};
-use crate::leader::Fence;
+use crate::leader::{Fence, Lead};
 use crate::metrics::Metrics;
 use crate::poller::PrometheusHealth;
 use crate::webhook::{self, Rejection, Webhook, WebhookState};
@@ -43,8 +45,10 @@ pub struct AppState {
     pub guards: Registry,
     pub metrics: Metrics,
     pub webhook: Arc<Webhook>,
-    /// Whether this replica leads; only the leader is ready and takes alerts.
+    /// Whether this replica leads; only the leader runs guards and takes alerts.
     pub leader: Fence,
+    /// A follower's way to the leader; `None` without leader election.
+    pub forward: Option<Arc<Forwarder>>,
     /// How Prometheus is answering the poller, for `/readyz`.
     pub prometheus: Arc<PrometheusHealth>,
 }
@@ -56,6 +60,7 @@ impl FromRef<AppState> for WebhookState {
             webhook: state.webhook.clone(),
             metrics: state.metrics.clone(),
             leader: state.leader.clone(),
+            forward: state.forward.clone(),
         }
     }
 }
@@ -143,7 +148,24 @@ fn span(request: &Request<Body>) -> Span {
     )
 }
 
-async fn guards(State(state): State<AppState>) -> Json<Vec<GuardStatus>> {
+/// The guards' status: this replica's if it leads, else the leader's, proxied, with a header
+/// naming it (503 naming it if it cannot be reached).
+async fn guards(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    match (&state.forward, state.leader.allows()) {
+        (Some(forward), false) if !headers.contains_key(FORWARDED) => forward
+            .send(
+                axum::http::Method::GET,
+                "/v1/guards",
+                axum::http::HeaderMap::new(),
+                axum::body::Bytes::new(),
+            )
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        _ => local_guards(&state).into_response(),
+    }
+}
+
+fn local_guards(state: &AppState) -> Json<Vec<GuardStatus>> {
     let status = |g: &GuardHandle| {
         let mut s = g.status.borrow().clone();
         s.last_alerts = g.alerts.snapshot();
@@ -184,15 +206,32 @@ impl IntoResponse for Readiness {
     }
 }
 
-/// Ready once this replica leads (always, without election) and every guard's watch is
-/// established, whatever Prometheus does (see the module docs). A follower is not ready, so the
-/// Service sends webhooks to the leader; the second line of the body says how Prometheus is
-/// answering.
+/// Ready, if it leads (always, without election), once every guard's watch is established,
+/// whatever Prometheus does (see the module docs); if it follows, once it has read the Lease
+/// and seen who holds it.
+/// The first line says which replica leads; a leader's second says how Prometheus is answering.
 async fn readyz(State(state): State<AppState>) -> Readiness {
     if !state.leader.allows() {
-        return Readiness {
-            ready: false,
-            text: "not the leader: this replica does not hold the leader lease (following, or its term lapsed)\n".to_owned(),
+        let lead = state.forward.as_ref().map_or(Lead::Unknown, |f| f.lead());
+        return match lead {
+            Lead::Unknown => Readiness {
+                ready: false,
+                text: "waiting for the first read of the leader lease\n".to_owned(),
+            },
+            // Not for long: this replica or another takes it at its next look.
+            Lead::Vacant => Readiness {
+                ready: false,
+                text: "waiting for a replica to take the free leader lease\n".to_owned(),
+            },
+            Lead::Held { holder, address } => Readiness {
+                ready: true,
+                text: format!(
+                    "ready, following {holder}: webhooks and /v1/guards are forwarded to {}\n",
+                    address
+                        .as_deref()
+                        .unwrap_or("(no address published; they get 503)")
+                ),
+            },
         };
     }
     // The watches first: a guard waits only on its watch.
@@ -219,7 +258,7 @@ async fn readyz(State(state): State<AppState>) -> Readiness {
     if waiting.is_empty() {
         Readiness {
             ready: true,
-            text: format!("ready\n{prometheus}\n"),
+            text: format!("ready, leading\n{prometheus}\n"),
         }
     } else {
         Readiness {
@@ -257,6 +296,7 @@ mod tests {
             metrics: Metrics::new().unwrap(),
             webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
             leader: Fence::open(),
+            forward: None,
             prometheus: Arc::default(),
         }
     }
@@ -288,6 +328,56 @@ mod tests {
         assert!(body.contains("checkout"), "{body}");
         let (status, _) = get(admin_router(state(true)), "/readyz").await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_follower_is_ready_once_it_has_seen_who_holds_the_lease() {
+        let config = Config::from_yaml(
+            "prometheus: {url: 'http://127.0.0.1:9090'}\nleader_election: {}\nguards: [{name: c, service: s}]\n",
+        )
+        .unwrap();
+        let (lead, leads) = tokio::sync::watch::channel(Lead::Unknown);
+        let forward = Forwarder::new(config.leader_election.as_ref().unwrap(), false, leads);
+        let s = AppState {
+            leader: Fence::closed(),
+            forward: Some(Arc::new(forward.unwrap())),
+            // Its guards are not running: a follower's readiness must not wait on them.
+            ..state(false)
+        };
+        let cases = [
+            (
+                Lead::Unknown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the first read",
+            ),
+            (
+                Lead::Vacant,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for a replica to take",
+            ),
+            (
+                Lead::Held {
+                    holder: "a".into(),
+                    address: Some("10.0.0.7:8080".into()),
+                },
+                StatusCode::OK,
+                "ready, following a: webhooks and /v1/guards are forwarded to 10.0.0.7:8080\n",
+            ),
+            (
+                Lead::Held {
+                    holder: "a".into(),
+                    address: None,
+                },
+                StatusCode::OK,
+                "ready, following a: webhooks and /v1/guards are forwarded to (no address published",
+            ),
+        ];
+        for (seen, code, text) in cases {
+            lead.send_replace(seen.clone());
+            let (status, body) = get(admin_router(s.clone()), "/readyz").await;
+            assert_eq!(status, code, "{seen:?}: {body}");
+            assert!(body.starts_with(text), "{seen:?}: {body}");
+        }
     }
 
     #[tokio::test]

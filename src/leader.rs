@@ -16,6 +16,10 @@
 //! Losing the Lease is final: [`Elector::run`] returns [`Error::LeadershipLost`] and the process
 //! stops, to come back as a follower. It does not decide readiness or what a follower does;
 //! that is `app`'s and `http`'s.
+//!
+//! The leader writes where it takes requests on the Lease, in the annotation
+//! [`LEADER_ADDRESS`], and every replica publishes the Lease's holder and address as it last
+//! read them ([`Lead`]), so that a follower can forward what only the leader may act on.
 
 use std::time::Duration;
 
@@ -33,6 +37,50 @@ use crate::config::LeaderElectionConfig;
 use crate::error::{Error, Result, chain};
 use crate::metrics::Metrics;
 
+/// The Lease annotation where the leader says where it takes requests: `POD_IP:port`.
+pub const LEADER_ADDRESS: &str = "cutover-watchdog.io/leader-address";
+
+/// Who leads, as this replica last read the Lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// The Lease has not been read yet.
+    Unknown,
+    /// Nobody holds the Lease.
+    Vacant,
+    /// `holder` (its Pod name) holds it and takes requests at `address`, if it said where.
+    Held {
+        holder: String,
+        address: Option<String>,
+    },
+}
+
+impl Lead {
+    /// Who holds the Lease now, with the address it published.
+    fn of(lease: Option<&Lease>) -> Self {
+        let holder = lease
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.holder_identity.as_deref())
+            .filter(|h| !h.is_empty());
+        let Some(holder) = holder else {
+            return Self::Vacant;
+        };
+        let address = lease
+            .and_then(|l| l.metadata.annotations.as_ref())
+            .and_then(|a| a.get(LEADER_ADDRESS))
+            .cloned();
+        Self::Held {
+            holder: pod_of(holder).to_owned(),
+            address,
+        }
+    }
+}
+
+/// The Pod name in a holder identity, `<pod>_<per-process suffix>`.
+#[must_use]
+pub fn pod_of(identity: &str) -> &str {
+    identity.rsplit_once('_').map_or(identity, |(pod, _)| pod)
+}
+
 /// Whether this replica may write now. Cheap to clone and to check.
 #[derive(Clone, Debug)]
 pub struct Fence(Option<watch::Receiver<Option<Instant>>>);
@@ -42,6 +90,13 @@ impl Fence {
     #[must_use]
     pub fn open() -> Self {
         Self(None)
+    }
+
+    /// A fence that never allows: a follower's.
+    #[must_use]
+    pub fn closed() -> Self {
+        let (_, rx) = watch::channel(None);
+        Self(Some(rx))
     }
 
     /// Whether a write may start now.
@@ -115,6 +170,9 @@ pub struct Elector {
     config: LeaderElectionConfig,
     metrics: Metrics,
     deadline: watch::Sender<Option<Instant>>,
+    /// Where this replica takes requests, published on the Lease while it leads.
+    address: Option<String>,
+    lead: watch::Sender<Lead>,
 }
 
 /// The Lease as this replica last saw it change.
@@ -124,19 +182,21 @@ struct Seen {
 }
 
 impl Elector {
-    /// An elector for `identity` and the fence that follows it.
+    /// An elector for `identity`, which takes requests at `address`; the fence that follows it,
+    /// and who leads as it last read the Lease.
     #[must_use]
     pub fn new(
         client: &Client,
         config: &LeaderElectionConfig,
-        identity: &str,
+        (identity, address): (&str, Option<String>),
         metrics: Metrics,
-    ) -> (Self, Fence) {
+    ) -> (Self, Fence, watch::Receiver<Lead>) {
         let namespace = config
             .namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_owned());
         let (deadline, rx) = watch::channel(None);
+        let (lead, leads) = watch::channel(Lead::Unknown);
         let elector = Self {
             leases: Api::namespaced(client.clone(), &namespace),
             namespace,
@@ -145,8 +205,10 @@ impl Elector {
             config: config.clone(),
             metrics,
             deadline,
+            address,
+            lead,
         };
-        (elector, Fence(Some(rx)))
+        (elector, Fence(Some(rx)), leads)
     }
 
     /// Runs until `release` is cancelled (then gives the Lease up if held, so a follower takes
@@ -224,6 +286,12 @@ impl Elector {
             .await
             .map_err(|e| self.error("read", e))?;
         let now = Instant::now();
+        self.lead.send_if_modified(|lead| {
+            let read = Lead::of(lease.as_ref());
+            let changed = *lead != read;
+            *lead = read;
+            changed
+        });
         let rv = lease
             .as_ref()
             .and_then(|l| l.metadata.resource_version.clone());
@@ -251,7 +319,7 @@ impl Elector {
         let written = match (step, lease) {
             (Step::Follow { holder }, _) => return Ok(Held::No { holder }),
             (Step::Create, _) | (_, None) => {
-                let lease = Lease {
+                let mut lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
                         namespace: Some(self.namespace.clone()),
@@ -259,6 +327,7 @@ impl Elector {
                     },
                     spec: Some(self.spec(None, true)),
                 };
+                self.annotate(&mut lease.metadata);
                 self.leases.create(&PostParams::default(), &lease).await
             }
             (step, Some(mut lease)) => {
@@ -267,6 +336,7 @@ impl Elector {
                     info!(lease = %self.name, previous = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or(""), "taking over the lease");
                 }
                 lease.spec = Some(self.spec(lease.spec.take(), acquire));
+                self.annotate(&mut lease.metadata);
                 // Carries the resourceVersion read above: a concurrent writer makes this a 409.
                 self.leases
                     .replace(&self.name, &PostParams::default(), &lease)
@@ -274,10 +344,23 @@ impl Elector {
             }
         };
         match written {
-            Ok(_) => Ok(Held::Yes),
+            Ok(lease) => {
+                self.lead.send_replace(Lead::of(Some(&lease)));
+                Ok(Held::Yes)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Held::Raced),
             Err(e) => Err(self.error("write", e)),
         }
+    }
+
+    /// Says on the Lease where this replica takes requests (or that it did not say, so that a
+    /// previous holder's address is never taken for ours).
+    fn annotate(&self, metadata: &mut ObjectMeta) {
+        let annotations = metadata.annotations.get_or_insert_default();
+        match &self.address {
+            Some(address) => annotations.insert(LEADER_ADDRESS.to_owned(), address.clone()),
+            None => annotations.remove(LEADER_ADDRESS),
+        };
     }
 
     fn spec(&self, previous: Option<LeaseSpec>, acquire: bool) -> LeaseSpec {
@@ -316,6 +399,9 @@ impl Elector {
             }
             spec.holder_identity = None;
             spec.renew_time = Some(MicroTime(Timestamp::now()));
+            if let Some(annotations) = lease.metadata.annotations.as_mut() {
+                annotations.remove(LEADER_ADDRESS);
+            }
             self.leases
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await

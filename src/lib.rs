@@ -17,6 +17,7 @@ pub mod discover;
 pub mod error;
 pub mod executor;
 pub mod fleet;
+pub mod forward;
 pub mod guard;
 pub mod http;
 pub mod leader;

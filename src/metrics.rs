@@ -39,6 +39,8 @@ pub struct Metrics {
     pub poll_duration_seconds: Histogram,
     pub kube_write_errors_total: IntCounter,
     pub webhook_requests_total: IntCounterVec,
+    /// A follower's webhook forwards to the leader, by [`crate::forward::Outcome`].
+    pub webhook_forwarded_total: IntCounterVec,
     pub alerts_received_total: IntCounterVec,
     pub leader: IntGauge,
     pub service_relists_total: Family<family::Counter>,
@@ -184,6 +186,19 @@ impl Metrics {
                     &["code"],
                 )?,
             )?,
+            webhook_forwarded_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "webhook_forwarded_total",
+                        "Webhook requests a follower forwarded to the leader, by result: ok (the \
+                         leader answered 2xx), leader_error (it answered otherwise, or could not be \
+                         reached), timeout (no answer within leader_election.forward_timeout), \
+                         no_leader (none known, or it published no address).",
+                    ),
+                    &["result"],
+                )?,
+            )?,
             alerts_received_total: reg(
                 r,
                 IntCounterVec::new(
@@ -256,6 +271,10 @@ impl Metrics {
         }
         for code in ["200", "400", "401", "413", "415", "429", "503"] {
             m.webhook_requests_total.with_label_values(&[code]);
+        }
+        for result in crate::forward::Outcome::ALL {
+            m.webhook_forwarded_total
+                .with_label_values(&[result.as_label()]);
         }
         for file in SecretKind::ALL {
             m.secret_reload_errors_total

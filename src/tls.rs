@@ -13,12 +13,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::serve::Listener;
-use rustls::ServerConfig;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -228,6 +230,47 @@ async fn accept_error(e: std::io::Error) {
     }
     error!(error = %e, "accept failed on the main listener");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// A verifier of servers' certificates: against the PEM certificates of the file at `ca`
+/// (its path and contents; `key` names it in errors), else the system's roots.
+pub fn verifier(
+    provider: &Arc<CryptoProvider>,
+    key: &str,
+    ca: Option<(&Path, &Vec<u8>)>,
+) -> Result<Arc<dyn ServerCertVerifier>> {
+    let unusable = |source| Error::Tls {
+        context: format!("cannot use {key}"),
+        source,
+    };
+    let Some((path, pem)) = ca else {
+        let verifier =
+            rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|source| {
+                Error::Tls {
+                    context: "cannot use the system's root certificates".into(),
+                    source,
+                }
+            })?;
+        return Ok(Arc::new(verifier));
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|source| Error::Pem {
+            context: format!("failed to parse {key} {}", path.display()),
+            source,
+        })?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(Error::Unusable(format!(
+            "{key} {} holds no usable PEM certificate",
+            path.display()
+        )));
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map(|v| v as Arc<dyn ServerCertVerifier>)
+        .map_err(|e| unusable(rustls::Error::General(e.to_string())))
 }
 
 /// Makes ring the process's default rustls provider; later calls change nothing. reqwest is

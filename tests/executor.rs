@@ -463,7 +463,7 @@ async fn a_replica_whose_lease_has_lapsed_writes_nothing() {
         let elected = "prometheus: {url: 'http://127.0.0.1:9'}\nleader_election: {}\n\
                        guards: [{name: checkout, service: svc-production}]\n";
         let config = Config::from_yaml(elected).unwrap().leader_election.unwrap();
-        Elector::new(client, &config, "test", metrics.clone()).1
+        Elector::new(client, &config, ("test", None), metrics.clone()).1
     });
     l.roll_back(true).await;
     // Reads are allowed, writes are not: not even the Event.

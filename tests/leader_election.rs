@@ -1,6 +1,8 @@
-//! Two watchdog replicas against the API double, electing a leader on a Lease: one alert to
-//! both patches once; a killed leader hands over and the new one resumes the window; a paused
-//! leader does not write once its Lease has passed on; a leader that cannot renew stops
+//! Two watchdog replicas against the API double, electing a leader on a Lease: both are Ready;
+//! an alert to the follower is forwarded and acts once on the leader; one alert to both patches
+//! once; a killed leader hands over and the new one resumes the window; a paused leader times
+//! the follower's forward out to 503, and the re-delivered alert acts once after the takeover; a
+//! paused leader does not write once its Lease has passed on; a leader that cannot renew stops
 //! `fence_margin` before its Lease could expire.
 
 // Test code: a failed setup step should panic right there.
@@ -15,9 +17,9 @@ use cutover_watchdog::sandbox::apiserver::{Fault, FaultRule};
 use cutover_watchdog::sandbox::free_port;
 
 /// Time-scaled election: a 3 s Lease, renewed every 300 ms; the leader stops writing 1 s
-/// before the Lease could expire.
-const ELECTION: &str =
-    "leader_election:\n  lease_duration: 3s\n  renew_interval: 300ms\n  fence_margin: 1s\n";
+/// before the Lease could expire. A follower's forward gives up after 1 s, well before a
+/// takeover could begin.
+const ELECTION: &str = "leader_election:\n  lease_duration: 3s\n  renew_interval: 300ms\n  fence_margin: 1s\n  forward_timeout: 1s\n";
 const ALERTS: &str = "  alerts:\n    match: {app: my-microservice}\n";
 
 struct Pair {
@@ -26,13 +28,13 @@ struct Pair {
     b: Watchdog,
 }
 
-/// Replica `a` starts first and leads; `b` follows.
+/// Replica `a` starts first and leads; `b` follows, and is ready.
 async fn pair() -> Pair {
     let cluster = Cluster::start().await;
     let a = replica(&cluster, "a");
-    a.wait_ready().await;
+    a.wait_leading().await;
     let b = replica(&cluster, "b");
-    b.wait_healthy().await;
+    b.wait_ready().await;
     Pair { cluster, a, b }
 }
 
@@ -94,17 +96,83 @@ async fn exited(w: &mut Watchdog, within: Duration) -> std::process::ExitStatus 
         .unwrap()
 }
 
+/// `webhook_forwarded_total{result}` in a replica's exposition.
+fn forwarded(exposition: &str, result: &str) -> Option<f64> {
+    common::metric(
+        exposition,
+        &format!("cutover_watchdog_webhook_forwarded_total{{result=\"{result}\"}}"),
+    )
+}
+
 #[tokio::test]
-async fn only_the_leader_is_ready_and_holds_the_lease() {
+async fn both_replicas_are_ready_and_readyz_the_gauge_and_the_lease_say_which_leads() {
     let p = pair().await;
     assert_eq!(holder(&p.cluster).as_deref(), Some("a"));
     let (code, body) = p.b.readyz().await;
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("not the leader"), "{body}");
-    assert_eq!(p.a.readyz().await.0, 200);
+    assert_eq!(code, 200, "{body}");
+    let a_address = format!("127.0.0.1:{}", p.a.ports.0);
+    assert!(
+        body.starts_with(&format!(
+            "ready, following a: webhooks and /v1/guards are forwarded to {a_address}"
+        )),
+        "{body}"
+    );
+    let (code, body) = p.a.readyz().await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ready, leading"), "{body}");
     let leader = "cutover_watchdog_leader";
     assert_eq!(common::metric(&p.a.metrics().await, leader), Some(1.0));
     assert_eq!(common::metric(&p.b.metrics().await, leader), Some(0.0));
+    let lease = p
+        .cluster
+        .api
+        .get("leases", "default", "cutover-watchdog")
+        .unwrap();
+    assert_eq!(
+        lease["metadata"]["annotations"]["cutover-watchdog.io/leader-address"],
+        a_address.as_str()
+    );
+}
+
+#[tokio::test]
+async fn an_alert_posted_only_to_the_follower_is_forwarded_and_rolls_back_once() {
+    let p = pair().await;
+    p.cluster.cut_over_recorded("v2").await;
+    let alert = critical_alert("v2");
+    // Alertmanager re-delivers: every delivery is forwarded, and the window acts once.
+    for _ in 0..3 {
+        assert_eq!(
+            p.b.post_alert(&alert).await,
+            200,
+            "the leader's answer, passed back"
+        );
+    }
+    p.cluster.wait_state("rolled-back").await;
+    assert_eq!(p.cluster.selector_version(), "v1");
+    assert_eq!(p.cluster.wait_selector_patches(1).await, 1);
+    assert!(
+        writes_by(&p.cluster, "b").is_empty(),
+        "{:?}",
+        writes_by(&p.cluster, "b")
+    );
+    let b_metrics = p.b.metrics().await;
+    assert_eq!(forwarded(&b_metrics, "ok"), Some(3.0), "{b_metrics}");
+    assert_eq!(
+        forwarded(&p.a.metrics().await, "ok"),
+        Some(0.0),
+        "the leader forwards nothing"
+    );
+
+    // /v1/guards on the follower is the leader's view, and says whose.
+    let answer = common::http()
+        .get(format!("{}/v1/guards", p.b.main))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-cutover-watchdog-leader"], "a");
+    let guards: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(guards[0]["state"], "rolled-back", "{guards:#}");
 }
 
 #[tokio::test]
@@ -115,7 +183,7 @@ async fn one_critical_alert_delivered_to_both_replicas_patches_once() {
     // Alertmanager delivers to every replica it knows of, and re-delivers.
     for _ in 0..3 {
         let (to_a, to_b) = tokio::join!(p.a.post_alert(&alert), p.b.post_alert(&alert));
-        assert_eq!((to_a, to_b), (200, 503), "the follower declines");
+        assert_eq!((to_a, to_b), (200, 200), "the follower forwards");
     }
     p.cluster.wait_state("rolled-back").await;
     assert_eq!(p.cluster.selector_version(), "v1");
@@ -136,7 +204,7 @@ async fn killing_the_leader_mid_window_hands_over_and_the_new_leader_resumes_the
     p.a.child.wait().await.unwrap();
 
     // The Lease was never released: b takes over once it has seen it unchanged for 3 s.
-    p.b.wait_ready().await;
+    p.b.wait_leading().await;
     assert_eq!(holder(&p.cluster).as_deref(), Some("b"));
     // Ready means the Service is listed; the guard takes it from its inbox a moment later.
     let g =
@@ -158,20 +226,106 @@ async fn killing_the_leader_mid_window_hands_over_and_the_new_leader_resumes_the
     assert_eq!(p.cluster.wait_selector_patches(1).await, 1);
 }
 
+/// The name in the webhook certificate: the Service's, never the Pod IP a forward goes to.
+const SERVICE_NAME: &str = "cutover-watchdog.default.svc";
+
+#[tokio::test]
+async fn with_tls_the_follower_forwards_over_https_verifying_the_leader_for_the_service_name() {
+    let cluster = Cluster::start().await;
+    let pki = common::pki::Pki::new(cluster.dir.path(), "webhook", &[SERVICE_NAME]);
+    let election = format!(
+        "{ELECTION}  forward_server_name: {SERVICE_NAME}\n  forward_ca_file: {ca}\n\
+         webhook:\n  tls: {{cert_file: {crt}, key_file: {key}}}\n",
+        ca = pki.path("webhook-ca.crt"),
+        crt = pki.path("server.crt"),
+        key = pki.path("server.key"),
+    );
+    let a = replica_electing(&cluster, "a", &election);
+    a.wait_leading().await;
+    let b = replica_electing(&cluster, "b", &election);
+    b.wait_ready().await;
+    cluster.cut_over_recorded("v2").await;
+
+    // Alertmanager reaches b by the Service's name, as in a cluster.
+    let ca = std::fs::read(pki.path("webhook-ca.crt")).unwrap();
+    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{}", b.ports.0).parse().unwrap();
+    let alertmanager = reqwest::Client::builder()
+        .tls_backend_preconfigured(common::pki::client_config(&ca))
+        .resolve(SERVICE_NAME, b_addr)
+        .build()
+        .unwrap();
+    let answer = alertmanager
+        .post(format!(
+            "https://{SERVICE_NAME}:{}/webhook/alertmanager",
+            b.ports.0
+        ))
+        .header("content-type", "application/json")
+        .body(critical_alert("v2"))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    assert_eq!(
+        status,
+        200,
+        "{}\n{}",
+        answer.text().await.unwrap(),
+        b.logs()
+    );
+    assert_eq!(forwarded(&b.metrics().await, "ok"), Some(1.0));
+    cluster.wait_selector("v1", Duration::from_secs(10)).await;
+    assert_eq!(cluster.wait_selector_patches(1).await, 1);
+}
+
+/// `kill -STOP` or `-CONT` to a replica.
+fn signal(w: &Watchdog, sig: &str) {
+    let pid = w.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn a_forward_to_a_paused_leader_times_out_to_503_and_the_redelivery_acts_once_after_the_takeover()
+ {
+    let p = pair().await;
+    p.cluster.cut_over_recorded("v2").await;
+    signal(&p.a, "-STOP");
+    let alert = critical_alert("v2");
+    // Within the Lease's 3 s, b still forwards to a, whose kernel accepts but never answers.
+    let answer = common::http()
+        .post(format!("{}/webhook/alertmanager", p.b.main))
+        .header("content-type", "application/json")
+        .body(alert.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers()["retry-after"], "1", "Alertmanager retries");
+    let body = answer.text().await.unwrap();
+    assert!(
+        body.contains("leader a at 127.0.0.1:") && body.contains("did not answer within 1000ms"),
+        "{body}"
+    );
+    assert_eq!(forwarded(&p.b.metrics().await, "timeout"), Some(1.0));
+    assert_eq!(p.cluster.selector_patches(), 0);
+
+    // Alertmanager's retry after the takeover: b acts on it itself, once.
+    p.b.wait_leading().await;
+    assert_eq!(p.b.post_alert(&alert).await, 200);
+    p.cluster.wait_selector("v1", Duration::from_secs(10)).await;
+    assert_eq!(p.cluster.wait_selector_patches(1).await, 1);
+    signal(&p.a, "-CONT");
+}
+
 #[tokio::test]
 async fn a_paused_leader_does_not_write_after_it_wakes_once_its_lease_has_passed_on() {
     let mut p = pair().await;
     p.cluster.cut_over_recorded("v2").await;
-    let pid = p.a.child.id().unwrap().to_string();
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    p.b.wait_ready().await;
+    signal(&p.a, "-STOP");
+    p.b.wait_leading().await;
     assert_eq!(holder(&p.cluster).as_deref(), Some("b"));
     let before = writes_by(&p.cluster, "a").len();
 
@@ -195,7 +349,7 @@ async fn a_paused_leader_does_not_write_after_it_wakes_once_its_lease_has_passed
         |established| *established,
     )
     .await;
-    signal("-CONT");
+    signal(&p.a, "-CONT");
 
     let status = exited(&mut p.a, Duration::from_secs(10)).await;
     assert!(
@@ -232,7 +386,7 @@ async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_ex
     );
     let cluster = Cluster::start().await;
     let mut a = replica_electing(&cluster, "a", &election);
-    a.wait_ready().await;
+    a.wait_leading().await;
     // Every renewal from now on fails.
     cluster.api.inject(FaultRule {
         method: axum::http::Method::PUT,
@@ -241,15 +395,16 @@ async fn a_leader_that_cannot_renew_stops_fence_margin_before_its_lease_could_ex
         times: usize::MAX,
         fault: Fault::Status(500),
     });
-    // The fence closes when the term ends: /readyz turns 503 that very moment (it reads the
-    // same deadline as every write), so its first 503 is when `a` stopped acting.
-    let readyz = async || (a.readyz().await.0, jiff::Timestamp::now());
+    // The fence closes when the term ends: /readyz stops saying "leading" that very moment (it
+    // reads the same deadline as every write), so its first other answer is when `a` stopped
+    // acting.
+    let readyz = async || (a.readyz().await, jiff::Timestamp::now());
     let (_, stopped) = a
         .wait_until(
-            "/readyz to turn 503",
+            "/readyz to stop saying leading",
             Duration::from_secs(15),
             readyz,
-            |(code, _)| *code != 200,
+            |((_, body), _)| !body.starts_with("ready, leading"),
         )
         .await;
     let status = exited(&mut a, Duration::from_secs(10)).await;

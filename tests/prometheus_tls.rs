@@ -9,59 +9,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::secrets::{PROM_PASSWORD as PASSWORD, PROM_ROTATED_TOKEN, PROM_TOKEN};
 use common::{Cluster, Setup, Watchdog};
 use cutover_watchdog::sandbox::faulty::{FaultyProxy, Mode};
 use cutover_watchdog::sandbox::processes::{ChildServer, PrometheusSetup};
 use cutover_watchdog::sandbox::traffic::{Behaviour, TrafficApp};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// The names Prometheus's certificate is for.
+const LOCAL: &[&str] = &["localhost", "127.0.0.1"];
 
 /// The basic-auth password's bcrypt hash (cost 4), for Prometheus's `basic_auth_users`.
 const PASSWORD_BCRYPT: &str = "$2b$04$eE7G31hAsO5PpVoiVHAnVuOAyrO9/wbZEa/S6OHsf/9.39cAVNpri";
-
-/// A private CA and what it signed, as PEM files in one directory.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    /// A CA named `name`; a server certificate for `localhost` and 127.0.0.1; a client
-    /// certificate. Files: `<name>-ca.crt`, `server.crt`/`.key`, `client.crt`/`.key`.
-    fn new(dir: &Path, name: &str) -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, name);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        std::fs::write(dir.join(format!("{name}-ca.crt")), ca_cert.pem()).unwrap();
-        for (file, names) in [
-            (
-                "server",
-                vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
-            ),
-            ("client", vec!["cutover-watchdog".to_owned()]),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &issuer)
-                .unwrap();
-            std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-        }
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-}
 
 /// Healthy v1 and v2, and the real Prometheus scraping them with `web_config` (and
 /// `route_prefix`).
@@ -145,7 +106,7 @@ fn password_file(cluster: &Cluster, password: &str) -> String {
 #[tokio::test]
 async fn tls_from_a_private_ca_with_basic_auth_rolls_back_a_sustained_breach() {
     let cluster = Cluster::start().await;
-    let pki = Pki::new(cluster.dir.path(), "test");
+    let pki = Pki::new(cluster.dir.path(), "test", LOCAL);
     let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", false)), None).await;
     let ca = format!("ca_file: {}", pki.path("test-ca.crt"));
     let watchdog = watchdog(
@@ -164,7 +125,7 @@ async fn tls_from_a_private_ca_with_basic_auth_rolls_back_a_sustained_breach() {
 #[tokio::test]
 async fn a_required_client_certificate_and_a_route_prefix_roll_back_a_sustained_breach() {
     let cluster = Cluster::start().await;
-    let pki = Pki::new(cluster.dir.path(), "test");
+    let pki = Pki::new(cluster.dir.path(), "test", LOCAL);
     let (app, prometheus) =
         app_and_prometheus(Some(web_config(&pki, "test", true)), Some("/prometheus")).await;
     let tls = format!(
@@ -189,10 +150,10 @@ async fn a_required_client_certificate_and_a_route_prefix_roll_back_a_sustained_
 #[tokio::test]
 async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_a_breach() {
     let cluster = Cluster::start().await;
-    let pki = Pki::new(cluster.dir.path(), "test");
+    let pki = Pki::new(cluster.dir.path(), "test", LOCAL);
     let other = cluster.dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let stranger = Pki::new(&other, "stranger");
+    let stranger = Pki::new(&other, "stranger", LOCAL);
     let (app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", true)), None).await;
     let client = format!(
         "cert_file: {}, key_file: {}",
@@ -259,7 +220,7 @@ async fn a_wrong_ca_name_client_certificate_or_password_is_its_reason_and_never_
 #[tokio::test]
 async fn check_config_connect_says_the_version_or_the_reason() {
     let cluster = Cluster::start().await;
-    let pki = Pki::new(cluster.dir.path(), "test");
+    let pki = Pki::new(cluster.dir.path(), "test", LOCAL);
     let (_app, prometheus) = app_and_prometheus(Some(web_config(&pki, "test", false)), None).await;
     for (password, ok, expected) in [
         (PASSWORD, true, "ok, vector(1) answered; Prometheus 2."),

@@ -19,9 +19,10 @@ use common::secrets::{
 };
 use cutover_watchdog::config::Config;
 use cutover_watchdog::decision::{self, Decision, Signal};
+use cutover_watchdog::forward::Forwarder;
 use cutover_watchdog::guard::{AlertLog, GuardHandle, Input};
 use cutover_watchdog::http::{AppState, REQUEST_TIMEOUT, router};
-use cutover_watchdog::leader::Fence;
+use cutover_watchdog::leader::{Fence, Lead};
 use cutover_watchdog::metrics::Metrics;
 use cutover_watchdog::webhook::Webhook;
 use futures::StreamExt;
@@ -71,6 +72,7 @@ fn state(config: &Config, queues: &[usize]) -> (AppState, Vec<Inbox>, Vec<Arc<Al
         metrics: Metrics::new().unwrap(),
         webhook: Arc::new(Webhook::from_config(&config.webhook).unwrap()),
         leader: Fence::open(),
+        forward: None,
         prometheus: Arc::default(),
     };
     (state, inboxes, logs)
@@ -651,4 +653,181 @@ proptest! {
             prop_assert!(code.is_client_error(), "{} for {}", code, value);
         }
     }
+}
+
+/// A stub leader on loopback: answers the webhook with `status` and a body, and keeps each
+/// request's headers.
+async fn stub_leader(status: StatusCode) -> (String, Arc<Mutex<Vec<axum::http::HeaderMap>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let answer = move |headers: axum::http::HeaderMap| {
+        let kept = kept.clone();
+        async move {
+            kept.lock().unwrap().push(headers);
+            (
+                status,
+                [(header::RETRY_AFTER, "7")],
+                "{\"from\":\"leader\"}",
+            )
+        }
+    };
+    let app = Router::new()
+        .route("/webhook/alertmanager", axum::routing::post(answer.clone()))
+        .route("/v1/guards", axum::routing::get(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, seen)
+}
+
+/// The harness's state as a follower's: its fence closed, forwarding to whoever `lead` names.
+fn follower(h: &mut Harness, lead: Lead) -> tokio::sync::watch::Sender<Lead> {
+    let (tx, rx) = tokio::sync::watch::channel(lead);
+    let config = Config::from_yaml(
+        "prometheus: {url: 'http://127.0.0.1:9090'}\nleader_election: {forward_timeout: 300ms}\n\
+         guards: [{name: c, service: s}]\n",
+    )
+    .unwrap();
+    let forward = Forwarder::new(config.leader_election.as_ref().unwrap(), false, rx).unwrap();
+    h.state.leader = Fence::closed();
+    h.state.forward = Some(Arc::new(forward));
+    tx
+}
+
+fn forwards(h: &Harness, result: &str) -> Option<f64> {
+    common::metric(
+        &h.state.metrics.render(),
+        &format!("cutover_watchdog_webhook_forwarded_total{{result=\"{result}\"}}"),
+    )
+}
+
+fn held(holder: &str, address: &str) -> Lead {
+    Lead::Held {
+        holder: holder.into(),
+        address: Some(address.into()),
+    }
+}
+
+#[tokio::test]
+async fn a_follower_passes_on_the_leaders_answer_with_the_credentials_and_the_forwarded_mark() {
+    let mut h = harness("", 4);
+    let (address, seen) = stub_leader(StatusCode::SERVICE_UNAVAILABLE).await;
+    let _lead = follower(&mut h, held("a", &address));
+    let body = fixture("firing-critical-and-info.json");
+    let (status, text, headers) = send(router(h.state.clone()), authorized(body)).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the leader's status"
+    );
+    assert_eq!(text, "{\"from\":\"leader\"}");
+    assert_eq!(headers[header::RETRY_AFTER], "7");
+    assert_eq!(headers["x-cutover-watchdog-leader"], "a");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0][header::AUTHORIZATION], format!("Bearer {TOKEN}"));
+    assert_eq!(seen[0]["x-cutover-watchdog-forwarded"], "1");
+    assert_eq!(forwards(&h, "leader_error"), Some(1.0), "not 2xx");
+    assert!(
+        h.inbox.try_recv().is_err(),
+        "a follower's guards take nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_follower_authenticates_before_it_forwards() {
+    let mut h = harness("", 4);
+    let (address, seen) = stub_leader(StatusCode::OK).await;
+    let _lead = follower(&mut h, held("a", &address));
+    let request = post()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(fixture("firing-critical-and-info.json")))
+        .unwrap();
+    let (status, _, _) = send(router(h.state.clone()), request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(forwards(&h, "ok"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_follower_never_forwards_a_request_that_was_forwarded_already() {
+    let mut h = harness("", 4);
+    let (address, seen) = stub_leader(StatusCode::OK).await;
+    let _lead = follower(&mut h, held("a", &address));
+    let mut request = authorized(fixture("firing-critical-and-info.json"));
+    request
+        .headers_mut()
+        .insert("x-cutover-watchdog-forwarded", "1".parse().unwrap());
+    let (status, text, headers) = send(router(h.state.clone()), request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(text.contains("already forwarded once"), "{text}");
+    assert!(seen.lock().unwrap().is_empty(), "no second hop");
+}
+
+#[tokio::test]
+async fn a_follower_that_knows_no_leader_or_no_address_answers_503_to_retry() {
+    let mut h = harness("", 4);
+    let lead = follower(&mut h, Lead::Vacant);
+    let (status, text, headers) = send(
+        router(h.state.clone()),
+        authorized(fixture("firing-critical-and-info.json")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(text.contains("no leader known"), "{text}");
+    lead.send_replace(Lead::Held {
+        holder: "a".into(),
+        address: None,
+    });
+    let (status, text, _) = send(
+        router(h.state.clone()),
+        authorized(fixture("firing-critical-and-info.json")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text.contains("leader a published no address"), "{text}");
+    assert_eq!(forwards(&h, "no_leader"), Some(2.0));
+}
+
+#[tokio::test]
+async fn a_forward_the_leader_does_not_answer_in_time_is_503_and_counted_timeout() {
+    let mut h = harness("", 4);
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let _lead = follower(&mut h, held("a", &address));
+    let (status, text, _) = send(
+        router(h.state.clone()),
+        authorized(fixture("firing-critical-and-info.json")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text.contains("did not answer within 300ms"), "{text}");
+    assert_eq!(forwards(&h, "timeout"), Some(1.0));
+}
+
+#[tokio::test]
+async fn guards_on_a_follower_is_the_leaders_view_naming_it_or_503_naming_it() {
+    let mut h = harness("", 4);
+    let (address, _) = stub_leader(StatusCode::OK).await;
+    let lead = follower(&mut h, held("a", &address));
+    let get = || Request::get("/v1/guards").body(Body::empty()).unwrap();
+    let (status, text, headers) = send(router(h.state.clone()), get()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text, "{\"from\":\"leader\"}");
+    assert_eq!(headers["x-cutover-watchdog-leader"], "a");
+
+    // Nothing listens there any more.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = gone.local_addr().unwrap().to_string();
+    drop(gone);
+    lead.send_replace(held("a", &address));
+    let (status, text, _) = send(router(h.state.clone()), get()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        text.contains(&format!("leader a at {address} could not be reached")),
+        "{text}"
+    );
 }

@@ -20,7 +20,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use url::Url;
 
 use crate::config::PrometheusConfig;
@@ -270,35 +270,15 @@ fn tls_config(config: &PrometheusConfig, files: &[Vec<u8>]) -> Result<rustls::Cl
         (Some(cert_path), Some(cert), Some(key)) => Some((cert_path, cert, key)),
         _ => None,
     };
-    let builder = if tls.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(
-                provider.signature_verification_algorithms,
-            )))
-    } else if let (Some(ca), Some(path)) = (ca, &tls.ca_file) {
-        let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_slice_iter(ca)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|source| Error::Pem {
-                context: format!("failed to parse prometheus.tls.ca_file {}", path.display()),
-                source,
-            })?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(Error::Unusable(format!(
-                "prometheus.tls.ca_file {} holds no usable PEM certificate",
-                path.display()
-            )));
-        }
-        builder.with_root_certificates(roots)
+    let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
+        Arc::new(AcceptAny(provider.signature_verification_algorithms))
     } else {
-        let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
-            .map_err(|source| tls_error("the system's root certificates", source))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+        let ca = tls.ca_file.as_deref().zip(ca);
+        crate::tls::verifier(&provider, "prometheus.tls.ca_file", ca)?
     };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut client = match identity {
         Some((cert_path, cert, key)) => {
             let chain = CertificateDer::pem_slice_iter(cert)

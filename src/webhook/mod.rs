@@ -1,10 +1,11 @@
 //! `POST /webhook/alertmanager`: Alertmanager's webhook (payload version 4) as a trigger.
 //!
 //! This holds the handler and its intake steps, in order: rate limit (one global bucket, before
-//! authentication, so a flood costs almost nothing), authentication in constant time, the leader
-//! fence, content type, a bounded body read, parsing ([`payload`]) and dispatch to the guards
+//! authentication, so a flood costs almost nothing), authentication in constant time, content
+//! type, a bounded body read, then on a follower the forward to the leader ([`crate::forward`],
+//! whose answer is the answer), and on the leader parsing ([`payload`]) and dispatch to the guards
 //! ([`routing`]), all at once or not at all: a full queue gets a 503 with nothing enqueued, so
-//! that Alertmanager retries it whole (a follower, which runs no guards, answers 503 too). Each
+//! that Alertmanager retries it whole. Each
 //! step that refuses returns a [`Rejection`], which alone turns into the answer (status, headers,
 //! the one-line `{"error": ...}` body). It never waits on the Kubernetes API. Whether an alert
 //! acts (window open, green version, after the cutover, once per window) is decided by
@@ -21,13 +22,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::json;
+use tracing::warn;
 
 pub use self::credentials::Credentials;
 pub use self::payload::{Payload, PayloadAlert, PayloadError};
@@ -36,6 +38,7 @@ pub(crate) use self::routing::Routes;
 use crate::config::WebhookConfig;
 use crate::error::Result;
 use crate::fleet::Registry;
+use crate::forward::{FORWARDED, Forwarder, Outcome};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 
@@ -112,6 +115,8 @@ pub struct WebhookState {
     pub metrics: Metrics,
     /// Only the leader's guards run, so only the leader takes alerts.
     pub leader: Fence,
+    /// How a follower sends alerts on to the leader; `None` without leader election.
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 /// Why a request was not taken. Every refusal of every intake step is one of these, and so is
@@ -138,9 +143,9 @@ pub enum Rejection {
     /// 429, with `Retry-After` in whole seconds, at least 1.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: u64 },
-    /// 503 with `Retry-After: 1`: a follower's guards are not running; the leader's take the
-    /// alert. Alertmanager retries a 503, and the Service routes only to the ready leader.
-    #[error("not the leader: send alerts to the Service, which routes to the leader")]
+    /// 503 with `Retry-After: 1`: this replica does not lead and may not forward, because the
+    /// request was forwarded once already (the leader changed meanwhile). Alertmanager retries.
+    #[error("not the leader, and the request was already forwarded once; retry")]
     NotLeader,
     /// 503: nothing of the payload was queued, so Alertmanager's retry delivers it once.
     #[error(transparent)]
@@ -203,22 +208,57 @@ pub async fn alertmanager(
     State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Body,
-) -> std::result::Result<Json<Accepted>, Rejection> {
+) -> std::result::Result<Response, Rejection> {
     let webhook = &state.webhook;
     webhook.admit()?;
     webhook.authorize(&headers)?;
-    if !state.leader.allows() {
-        return Err(Rejection::NotLeader);
-    }
     require_json(&headers)?;
     let bytes = read_body(body, webhook.max_body, &headers).await?;
+    if !state.leader.allows() {
+        return match &state.forward {
+            Some(forward) if !headers.contains_key(FORWARDED) => {
+                Ok(to_leader(forward, &state.metrics, &headers, bytes).await)
+            }
+            _ => Err(Rejection::NotLeader),
+        };
+    }
     let payload = Payload::parse(&bytes)?;
     let guards = state.guards.borrow().clone();
     let routed = routing::dispatch(&guards, &state.metrics, &payload)?;
     Ok(Json(Accepted {
         alerts: payload.alerts.len(),
         routed,
-    }))
+    })
+    .into_response())
+}
+
+/// A follower's answer: the leader's, to the same body with the same credentials, or 503.
+async fn to_leader(
+    forward: &Forwarder,
+    metrics: &Metrics,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut passed = HeaderMap::new();
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(value) = headers.get(&name) {
+            passed.insert(name, value.clone());
+        }
+    }
+    let path = "/webhook/alertmanager";
+    let (outcome, response) = match forward.send(Method::POST, path, passed, body).await {
+        Ok(answer) if answer.status().is_success() => (Outcome::Ok, answer),
+        Ok(answer) => (Outcome::LeaderError, answer),
+        Err(unreachable) => {
+            warn!(error = %unreachable, "failed to forward a webhook to the leader; answered 503");
+            (unreachable.outcome(), unreachable.into_response())
+        }
+    };
+    metrics
+        .webhook_forwarded_total
+        .with_label_values(&[outcome.as_label()])
+        .inc();
+    response
 }
 
 /// Counts a webhook answer in `webhook_requests_total` by its numeric status code: a layer

@@ -19,6 +19,8 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub mod pki;
+
 use cutover_watchdog::sandbox::apiserver::{self, ApiServer};
 use cutover_watchdog::sandbox::free_port;
 use serde_json::Value;
@@ -411,8 +413,8 @@ impl Watchdog {
         w
     }
 
-    /// Starts the binary as replica `identity` (its Pod name) without waiting for `/readyz`:
-    /// a follower never becomes ready.
+    /// Starts the binary as replica `identity` (its Pod name, and `POD_IP` loopback, as the
+    /// downward API would give it) without waiting for `/readyz`.
     pub fn spawn(cluster: &Cluster, config: &Path, ports: (u16, u16), identity: &str) -> Self {
         let (main, admin) = ports;
         let log = next_log_file();
@@ -424,6 +426,7 @@ impl Watchdog {
             // The more lines, the more tests/secrets_in_logs.rs covers.
             .env("RUST_LOG", LOG_LEVEL)
             .env("POD_NAME", identity)
+            .env("POD_IP", "127.0.0.1")
             .stdout(Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
@@ -455,6 +458,18 @@ impl Watchdog {
         self.wait_until("/readyz", Duration::from_secs(20), ready, |(c, _)| {
             *c == 200
         })
+        .await;
+    }
+
+    /// Waits until `/readyz` says this replica leads (every replica is ready, a follower too).
+    pub async fn wait_leading(&self) {
+        let ready = async || self.readyz().await;
+        self.wait_until(
+            "/readyz to say leading",
+            Duration::from_secs(20),
+            ready,
+            |(c, body)| *c == 200 && body.starts_with("ready, leading"),
+        )
         .await;
     }
 

@@ -33,6 +33,9 @@ fn guard_in_window() -> Guard {
                 version: Some(v.into()),
                 persisted: None,
                 resource_version: None,
+                baseline: Some("v1".into()),
+                changed_at: None,
+                relisted: false,
             },
             t0,
         );

@@ -427,6 +427,7 @@ fn workers(
         config.kube_timeout,
         fence.clone(),
     )));
+    let baselines = lanes.baselines(shutdown.clone());
     let wake = Arc::new(Notify::new());
     let (configs, in_force) = watch::channel(Arc::new(config.clone()));
     let (publish, registry) = watch::channel(Arc::new(GuardSet::starting()));
@@ -435,6 +436,7 @@ fn workers(
             client: client.clone(),
             metrics: metrics.clone(),
             lanes: lanes.clone(),
+            baselines,
             wake: wake.clone(),
             clock: Clock::wall(),
         },

@@ -59,6 +59,9 @@ pub enum Phase {
     RolledBack,
     Superseded,
     Expired,
+    /// A cutover made while no watchdog was watching, found longer than `window` after it
+    /// happened: recorded, never watched.
+    Missed,
 }
 
 impl Phase {
@@ -70,6 +73,19 @@ impl Phase {
             Self::RolledBack => "rolled-back",
             Self::Superseded => "superseded",
             Self::Expired => "expired",
+            Self::Missed => "missed",
+        }
+    }
+
+    /// The version serving once a window in this phase has ended, given its green `version`
+    /// and its `previous`: the baseline a later start-up compares the selector with. `None`
+    /// while the window is open.
+    #[must_use]
+    pub fn serving<'a>(self, version: &'a str, previous: &'a str) -> Option<&'a str> {
+        match self {
+            Self::Watching => None,
+            Self::Stable | Self::Expired | Self::Missed => Some(version),
+            Self::RolledBack | Self::Superseded => Some(previous),
         }
     }
 
@@ -81,6 +97,7 @@ impl Phase {
             Self::RolledBack,
             Self::Superseded,
             Self::Expired,
+            Self::Missed,
         ]
         .into_iter()
         .find(|p| p.as_str() == s)
@@ -233,6 +250,13 @@ pub enum Signal {
         version: Option<String>,
         persisted: Option<Persisted>,
         resource_version: Option<String>,
+        /// The version recorded as serving while no window was (`baseline-version`).
+        baseline: Option<String>,
+        /// When the API server recorded the selector's version as it now is (its
+        /// `managedFields`), if it says.
+        changed_at: Option<Timestamp>,
+        /// From a re-list: a change seen here may have been made while the watch was down.
+        relisted: bool,
     },
     /// One poll of every check, in config order, for the window of `version`, scheduled at
     /// `at`. Breaches are timed by the schedule, not by when answers arrived, so `for` spans
@@ -272,6 +296,15 @@ pub enum Decision {
         state: Persisted,
         trigger: Trigger,
         announce: bool,
+    },
+    /// A cutover made while no watchdog was watching, longer than `window` ago: record it as
+    /// missed (a Warning `CutoverMissed`); nothing is watched.
+    Missed(Persisted),
+    /// Record `version` as the serving version of a Service that has no window record yet
+    /// (`baseline-version`), if the Service is still at `resource_version`.
+    Baseline {
+        version: String,
+        resource_version: Option<String>,
     },
     /// Dry run: what would have been a rollback.
     WouldRollBack {
@@ -410,6 +443,16 @@ pub struct Guard {
     window: Option<Window>,
 }
 
+/// What one observation of the Service says beyond its version.
+struct Sight<'a> {
+    persisted: Option<&'a Persisted>,
+    resource_version: Option<&'a str>,
+    baseline: Option<&'a str>,
+    /// When a cutover seen now was made: `now`, unless it was seen late and the API server
+    /// recorded the change.
+    since: Timestamp,
+}
+
 fn after(t: Timestamp, d: Duration) -> Timestamp {
     t.saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
         .unwrap_or(t)
@@ -471,18 +514,25 @@ impl Guard {
                 version,
                 persisted,
                 resource_version,
+                baseline,
+                changed_at,
+                relisted,
             } => {
                 // A rollback in hand, overtaken by a new cutover: its window ends superseded,
                 // on the record, before the new one opens.
                 let mut undecided = self.window.clone().filter(|w| {
                     w.open && matches!(w.rollback, Rollback::InFlight | Rollback::Unknown)
                 });
-                let decision = self.observed(
-                    version,
-                    persisted.as_ref(),
-                    resource_version.as_deref(),
-                    now,
-                );
+                // A change seen late (at start-up, or after a re-list) may have been made while
+                // nobody watched: its clock starts when the API server recorded it.
+                let late = self.current.is_none() || relisted;
+                let sight = Sight {
+                    persisted: persisted.as_ref(),
+                    resource_version: resource_version.as_deref(),
+                    baseline: baseline.as_deref(),
+                    since: changed_at.filter(|_| late).map_or(now, |t| t.min(now)),
+                };
+                let decision = self.observed(version, &sight, now);
                 return match (undecided.as_mut(), decision) {
                     (Some(old), Some(Decision::Opened(new))) => {
                         // Unless the watch saw it land first: then it is recorded as landed.
@@ -510,11 +560,31 @@ impl Guard {
         .collect()
     }
 
-    fn open(&mut self, version: String, previous: String, now: Timestamp) -> Decision {
+    /// Opens the window for a cutover made at `since` (`now`, unless it was seen late). One
+    /// made while nobody watched and longer than `window` ago is recorded missed instead.
+    fn open(
+        &mut self,
+        version: String,
+        previous: String,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Decision {
         // The annotation keeps milliseconds; so does the window, so a resumed one is identical.
-        let now = now.round(jiff::Unit::Millisecond).unwrap_or(now);
-        let reason = format!("cutover from {previous} to {version}");
-        let w = self.new_window(version, previous, now, Phase::Watching, reason);
+        let since = since.round(jiff::Unit::Millisecond).unwrap_or(since);
+        if since == now.round(jiff::Unit::Millisecond).unwrap_or(now) {
+            let reason = format!("cutover from {previous} to {version}");
+            let w = self.new_window(version, previous, since, Phase::Watching, reason);
+            return Decision::Opened(w.persisted());
+        }
+        let reason = format!(
+            "cutover from {previous} to {version} at {since}, made while no watchdog was watching"
+        );
+        if after(since, self.policy.window) <= now {
+            let w = self.new_window(version, previous, since, Phase::Missed, reason);
+            w.open = false;
+            return Decision::Missed(w.persisted());
+        }
+        let w = self.new_window(version, previous, since, Phase::Watching, reason);
         Decision::Opened(w.persisted())
     }
 
@@ -544,14 +614,14 @@ impl Guard {
     fn observed(
         &mut self,
         version: Option<String>,
-        persisted: Option<&Persisted>,
-        resource_version: Option<&str>,
+        sight: &Sight,
         now: Timestamp,
     ) -> Option<Decision> {
         // A selector without the version key guards nothing; keep what we knew.
         let version = version?;
+        let (persisted, resource_version) = (sight.persisted, sight.resource_version);
         let Some(current) = self.current.replace(version.clone()) else {
-            return self.first_sight(version, persisted, now);
+            return self.first_sight(version, sight, now);
         };
         if let Some(w) = self.window.as_mut().filter(|w| w.open) {
             let ours = version == w.previous && w.rolled_back_by_us(persisted);
@@ -582,7 +652,9 @@ impl Guard {
             }
         }
         if current == version {
-            return None; // annotations or other fields changed, not the version
+            // Annotations or other fields changed, not the version; a Service still without
+            // a record or a baseline (its write failed) gets another try.
+            return self.baseline(&version, sight);
         }
         if let Some(w) = self.window.as_mut().filter(|w| w.open) {
             if version == w.previous {
@@ -597,19 +669,33 @@ impl Guard {
             } else {
                 w.version.clone()
             };
-            return Some(self.open(version, target, now));
+            return Some(self.open(version, target, sight.since, now));
         }
-        Some(self.open(version, current, now))
+        Some(self.open(version, current, sight.since, now))
     }
 
-    /// The first observation after start: pick up what the annotations say.
-    fn first_sight(
-        &mut self,
-        version: String,
-        persisted: Option<&Persisted>,
-        now: Timestamp,
-    ) -> Option<Decision> {
-        let p = persisted?;
+    /// Records the serving version of a Service with no window record and no baseline, so a
+    /// cutover made while no watchdog runs can be told later. A dry run writes nothing.
+    fn baseline(&self, version: &str, sight: &Sight) -> Option<Decision> {
+        let unrecorded = sight.persisted.is_none() && sight.baseline.is_none();
+        (unrecorded && self.window.is_none() && !self.policy.dry_run).then(|| Decision::Baseline {
+            version: version.to_owned(),
+            resource_version: sight.resource_version.map(str::to_owned),
+        })
+    }
+
+    /// The first observation after start: pick up what the annotations say. A Service with no
+    /// window record is compared with its baseline; one with neither gets a baseline.
+    fn first_sight(&mut self, version: String, sight: &Sight, now: Timestamp) -> Option<Decision> {
+        let Some(p) = sight.persisted else {
+            return match sight.baseline {
+                Some(baseline) if baseline != version => {
+                    Some(self.open(version, baseline.to_owned(), sight.since, now))
+                }
+                Some(_) => None,
+                None => self.baseline(&version, sight),
+            };
+        };
         let in_window = now < after(p.cutover_at, self.policy.window);
         let live = matches!(p.phase, Phase::Watching | Phase::Stable);
         if version == p.version {
@@ -639,9 +725,9 @@ impl Guard {
                 // Rolled back or superseded, yet the selector names the version again: a human
                 // cut over to it anew while we were away.
                 Phase::RolledBack | Phase::Superseded => {
-                    Some(self.open(version, p.previous.clone(), now))
+                    Some(self.open(version, p.previous.clone(), sight.since, now))
                 }
-                Phase::Stable | Phase::Expired => None,
+                Phase::Stable | Phase::Expired | Phase::Missed => None,
             };
         }
         if version == p.previous {
@@ -664,9 +750,9 @@ impl Guard {
         let target = match p.phase {
             Phase::Watching if in_window => p.previous.clone(),
             Phase::RolledBack | Phase::Superseded => p.previous.clone(),
-            Phase::Watching | Phase::Stable | Phase::Expired => p.version.clone(),
+            Phase::Watching | Phase::Stable | Phase::Expired | Phase::Missed => p.version.clone(),
         };
-        Some(self.open(version, target, now))
+        Some(self.open(version, target, sight.since, now))
     }
 
     fn polled(&mut self, version: &str, samples: &[Sample], now: Timestamp) -> Option<Decision> {
@@ -892,15 +978,29 @@ mod tests {
         })
     }
 
+    /// An observation of the Service: its version, its window record, its baseline, when the
+    /// API server recorded the version, and whether it came from a re-list.
+    fn sight(
+        version: &str,
+        persisted: Option<Persisted>,
+        baseline: Option<&str>,
+        changed_at: Option<i64>,
+        relisted: bool,
+    ) -> Signal {
+        Signal::Observed {
+            version: Some(version.into()),
+            persisted,
+            resource_version: None,
+            baseline: baseline.map(str::to_owned),
+            changed_at: changed_at.map(at),
+            relisted,
+        }
+    }
+
+    /// The Service, seen before (its baseline is its first version), at `version`, live.
     fn observe(g: &mut Guard, version: &str, t: i64) -> Vec<Decision> {
-        g.handle(
-            Signal::Observed {
-                version: Some(version.into()),
-                persisted: None,
-                resource_version: None,
-            },
-            at(t),
-        )
+        let baseline = g.current.clone().unwrap_or_else(|| version.to_owned());
+        g.handle(sight(version, None, Some(&baseline), None, false), at(t))
     }
 
     fn poll(g: &mut Guard, version: &str, t: i64, err: Sample, p95: Sample) -> Vec<Decision> {
@@ -1205,12 +1305,13 @@ mod tests {
             phase,
             reason: String::new(),
         });
-        let version = Some(version.into());
-        let resource_version = Some(resource_version.into());
         let observed = Signal::Observed {
-            version,
+            version: Some(version.into()),
             persisted,
-            resource_version,
+            resource_version: Some(resource_version.into()),
+            baseline: None,
+            changed_at: None,
+            relisted: false,
         };
         g.handle(observed, at(t))
     }
@@ -1616,11 +1717,7 @@ mod tests {
         for (i, (selector, p, now, kind, target)) in table.iter().enumerate() {
             let mut g = guard(false);
             let d = g.handle(
-                Signal::Observed {
-                    version: Some((*selector).into()),
-                    persisted: Some(p.clone()),
-                    resource_version: None,
-                },
+                sight(selector, Some(p.clone()), None, None, false),
                 at(*now),
             );
             let got = match d.first() {
@@ -1641,17 +1738,149 @@ mod tests {
     }
 
     #[test]
+    fn a_cutover_made_while_nobody_watched_opens_from_when_the_api_server_recorded_it() {
+        use Phase::*;
+        // (selector, record, baseline, changed_at, now, decision, window start and target)
+        type Row<'a> = (
+            &'a str,
+            Option<Persisted>,
+            Option<&'a str>,
+            Option<i64>,
+            i64,
+            &'a str,
+            Option<(i64, &'a str)>,
+        );
+        let table: &[Row] = &[
+            ("v1", None, None, None, 300, "baseline v1", None),
+            ("v1", None, Some("v1"), Some(100), 300, "none", None),
+            (
+                "v2",
+                None,
+                Some("v1"),
+                Some(100),
+                300,
+                "opened",
+                Some((100, "v1")),
+            ),
+            // Longer than the window ago: on the record, not watched.
+            ("v2", None, Some("v1"), Some(100), 700, "missed", None),
+            // The server gave no time: the clock starts now.
+            (
+                "v2",
+                None,
+                Some("v1"),
+                None,
+                300,
+                "opened",
+                Some((300, "v1")),
+            ),
+            // A server clock ahead of ours is no later than now.
+            (
+                "v2",
+                None,
+                Some("v1"),
+                Some(400),
+                300,
+                "opened",
+                Some((300, "v1")),
+            ),
+            (
+                "v3",
+                Some(persisted("v2", "v1", 0, Stable)),
+                Some("v2"),
+                Some(650),
+                700,
+                "opened",
+                Some((650, "v2")),
+            ),
+            (
+                "v2",
+                Some(persisted("v2", "v1", 0, RolledBack)),
+                Some("v1"),
+                Some(50),
+                700,
+                "missed",
+                None,
+            ),
+            (
+                "v2",
+                Some(persisted("v2", "v1", 0, Missed)),
+                Some("v2"),
+                Some(0),
+                900,
+                "none",
+                None,
+            ),
+        ];
+        for (i, (selector, p, baseline, changed_at, now, kind, window)) in table.iter().enumerate()
+        {
+            let mut g = guard(false);
+            let d = g.handle(
+                sight(selector, p.clone(), *baseline, *changed_at, false),
+                at(*now),
+            );
+            let got = match d.as_slice() {
+                [] => "none".to_owned(),
+                [Decision::Baseline { version, .. }] => format!("baseline {version}"),
+                [Decision::Opened(_)] => "opened".to_owned(),
+                [Decision::Missed(m)] => {
+                    assert_eq!(m.phase, Missed, "row {i}");
+                    assert_eq!(m.cutover_at, at(changed_at.unwrap_or_default()), "row {i}");
+                    assert!(
+                        m.reason.contains("while no watchdog was watching"),
+                        "row {i}"
+                    );
+                    "missed".to_owned()
+                }
+                other => panic!("row {i}: {other:?}"),
+            };
+            assert_eq!(got, *kind, "row {i}");
+            let open = g.open_window().map(|w| (w.opened_at, w.previous.as_str()));
+            assert_eq!(open, window.map(|(t, target)| (at(t), target)), "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_dry_run_guard_writes_no_baseline_and_a_failed_baseline_is_tried_again() {
+        let mut dry = guard(true);
+        assert!(
+            dry.handle(sight("v1", None, None, None, false), at(0))
+                .is_empty()
+        );
+        let mut g = guard(false);
+        let first = g.handle(sight("v1", None, None, None, false), at(0));
+        assert!(matches!(&first[..], [Decision::Baseline { .. }]));
+        // The write did not land (the Service moved on); the next sight asks again.
+        let again = g.handle(sight("v1", None, None, None, false), at(5));
+        assert!(matches!(&again[..], [Decision::Baseline { .. }]));
+        assert!(
+            g.handle(sight("v1", None, Some("v1"), None, false), at(6))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn only_a_late_sight_takes_the_api_servers_time_for_the_cutover() {
+        // Live: the watch saw it happen; the clock starts when it was seen.
+        let mut live = guard(false);
+        observe(&mut live, "v1", 0);
+        live.handle(sight("v2", None, Some("v1"), Some(20), false), at(30));
+        assert_eq!(live.open_window().unwrap().opened_at, at(30));
+        // After a re-list the change may be older than the watch's gap.
+        let mut relisted = guard(false);
+        observe(&mut relisted, "v1", 0);
+        let d = relisted.handle(sight("v2", None, Some("v1"), Some(20), true), at(30));
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if p.cutover_at == at(20)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
     fn a_resumed_window_keeps_its_original_clock() {
         let mut g = guard(false);
         let p = persisted("v2", "v1", 0, Phase::Watching);
-        g.handle(
-            Signal::Observed {
-                version: Some("v2".into()),
-                persisted: Some(p),
-                resource_version: None,
-            },
-            at(100),
-        );
+        g.handle(sight("v2", Some(p), None, None, false), at(100));
         assert_eq!(g.open_window().unwrap().ends_at, at(600));
         assert!(
             poll(&mut g, "v2", 310, OK, FAST).len() == 1,

@@ -5,6 +5,8 @@
 //! and an alert) can never race two patches on one Service; lanes run side by side, so a slow
 //! API answer for one Service holds up no other. A lane starts at its guard's first command
 //! ([`Lanes`]): most guards never act, and an idle lane would cost more memory than its guard.
+//! Baseline records, which every Service without a window record gets once, go instead to one
+//! shared writer ([`Baselines`]), a few at a time.
 //! It does not decide *whether* to act (that is [`crate::decision`]); it decides *how*,
 //! safely: the selector must still name the green version, the target must have Ready pods, the
 //! patch carries a `resourceVersion` precondition, and no write starts unless the [`Fence`]
@@ -116,6 +118,13 @@ enum RollbackResult {
 /// Opens a guard's lane for a target and returns its queue; called at the guard's first command.
 pub type OpenLane = Box<dyn Fn(Target) -> mpsc::Sender<Command> + Send + Sync>;
 
+/// A guard's ways to the executor: its own lane, opened at its first command, and the
+/// baseline writer it shares with every guard.
+pub struct Writers {
+    pub lane: OpenLane,
+    pub baselines: Baselines,
+}
+
 /// Where the lanes run, each started by its guard at its first command.
 #[derive(Clone)]
 pub struct Lanes {
@@ -172,7 +181,123 @@ impl Lanes {
     }
 }
 
+/// How many baseline records are written at once: enough to stamp a large fleet in seconds at
+/// its first start, few enough not to burst against the API server.
+const BASELINE_WRITES: usize = 4;
+
+/// One Service's baseline record, as a guard asks for it.
+pub struct BaselineWrite {
+    guard: String,
+    service: ServiceHandle,
+    version: String,
+    resource_version: Option<String>,
+}
+
+impl BaselineWrite {
+    /// The version to record, and the `resourceVersion` the Service must still be at.
+    #[must_use]
+    pub fn version(&self) -> (&str, Option<&str>) {
+        (&self.version, self.resource_version.as_deref())
+    }
+}
+
+/// Where guards send baseline records ([`Decision::Baseline`]). One task writes them all, a few
+/// at a time: a fleet's first start would otherwise open a lane per Service and send as many
+/// writes at once. Unbounded, because a guard never waits on it and sends at most one per sight
+/// of its Service; a record lost at shutdown is asked for again at the next start.
+#[derive(Clone)]
+pub struct Baselines(mpsc::UnboundedSender<BaselineWrite>);
+
+impl Baselines {
+    /// A queue and its receiving end: what [`Lanes::baselines`] writes from, or a test reads.
+    #[must_use]
+    pub fn queue() -> (Self, mpsc::UnboundedReceiver<BaselineWrite>) {
+        let (queue, writes) = mpsc::unbounded_channel();
+        (Self(queue), writes)
+    }
+
+    /// Asks for `version` to be recorded as the baseline of `service`, if it is still at
+    /// `resource_version`.
+    pub fn send(
+        &self,
+        guard: &str,
+        service: &ServiceHandle,
+        version: String,
+        resource_version: Option<String>,
+    ) {
+        // The writer is gone only at shutdown; the next start asks again.
+        let _ = self.0.send(BaselineWrite {
+            guard: guard.to_owned(),
+            service: service.clone(),
+            version,
+            resource_version,
+        });
+    }
+}
+
+impl Lanes {
+    /// Starts the baseline writer, which stops at `stop` after the writes in hand.
+    #[must_use]
+    pub fn baselines(&self, stop: CancellationToken) -> Baselines {
+        let (queue, writes) = Baselines::queue();
+        let executor = self.executor.clone();
+        let abort = self.abort.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = executor.write_baselines(writes, stop) => {}
+                () = abort.cancelled() => {}
+            }
+        });
+        queue
+    }
+}
+
 impl Executor {
+    /// Writes baseline records as they come, [`BASELINE_WRITES`] at a time, until `stop`.
+    async fn write_baselines(
+        self: Arc<Self>,
+        writes: mpsc::UnboundedReceiver<BaselineWrite>,
+        stop: CancellationToken,
+    ) {
+        use futures::StreamExt as _;
+        let writes = futures::stream::unfold(writes, |mut writes| async move {
+            writes.recv().await.map(|w| (w, writes))
+        })
+        .take_until(stop.cancelled_owned());
+        writes
+            .for_each_concurrent(BASELINE_WRITES, |w| {
+                let executor = self.clone();
+                async move { executor.write_baseline(w).await }
+            })
+            .await;
+    }
+
+    async fn write_baseline(&self, w: BaselineWrite) {
+        let Some(left) = self.fence.remaining() else {
+            return;
+        };
+        let write = w
+            .service
+            .annotate_baseline(w.resource_version.as_deref(), &w.version);
+        match tokio::time::timeout(self.kube_timeout.min(left), write).await {
+            Ok(Ok(())) => {
+                debug!(guard = %w.guard, version = %w.version, "recorded the baseline version");
+            }
+            // The Service changed since the guard saw it; its next sight decides again.
+            Ok(Err(PatchError::Conflict)) => {
+                debug!(guard = %w.guard, "service changed before its baseline was recorded");
+            }
+            Ok(Err(PatchError::Other(e))) => {
+                self.metrics.kube_write_errors_total.inc();
+                warn!(guard = %w.guard, error = %chain(&e), "failed to record the baseline version on the service");
+            }
+            Err(_) => {
+                self.metrics.kube_write_errors_total.inc();
+                warn!(guard = %w.guard, "timed out recording the baseline version on the service");
+            }
+        }
+    }
+
     /// The writer for every lane: Events through `recorder`, each command's calls within
     /// `kube_timeout`, and no write unless `fence` allows it.
     #[must_use]
@@ -219,13 +344,15 @@ impl Executor {
                 info!(guard, from = %state.previous, to = %state.version, "cutover detected; window opened");
                 self.record(target, state).await;
                 let note = format!(
-                    "selector {} changed from {} to {}; watching, rollback target {}",
-                    target.service.version_label, state.previous, state.version, state.previous
+                    "selector {}: {}; watching, rollback target {}",
+                    target.service.version_label, state.reason, state.previous
                 );
                 self.event(r, EventType::Normal, "CutoverDetected", "Watch", note)
                     .await;
             }
-            Decision::Resumed(_) => {}
+            // A baseline goes to the guards' shared writer, never down a lane.
+            Decision::Resumed(_) | Decision::Baseline { .. } => {}
+            Decision::Missed(state) => self.missed(target, r, state).await,
             Decision::Stable(state) => {
                 info!(guard, version = %state.version, "Deployment {} now serving production traffic", state.version);
                 self.record(target, state).await;
@@ -306,6 +433,18 @@ impl Executor {
                 let _ = command.reply.send(reply).await;
             }
         }
+    }
+
+    async fn missed(&self, target: &Target, r: &ObjectReference, state: &Persisted) {
+        warn!(guard = %target.guard, from = %state.previous, to = %state.version, at = %state.cutover_at, "cutover made while no watchdog was watching, longer than the window ago; not watched");
+        self.record(target, state).await;
+        let note = format!(
+            "selector {} changed from {} to {} at {}, while no watchdog was watching, longer \
+             than the window ago; recorded missed, not watched",
+            target.service.version_label, state.previous, state.version, state.cutover_at
+        );
+        self.event(r, EventType::Warning, "CutoverMissed", "Watch", note)
+            .await;
     }
 
     async fn roll_back(

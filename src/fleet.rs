@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, GuardConfig, TemplateConfig};
 use crate::coverage::{self, Coverage, Source};
-use crate::executor::Lanes;
+use crate::executor::{Baselines, Lanes, Writers};
 use crate::guard::{Bound, Clock, GuardHandle, GuardTask};
 use crate::metrics::Metrics;
 use crate::service::ServiceHandle;
@@ -156,6 +156,8 @@ struct Running {
     lane_stop: CancellationToken,
     bind: watch::Sender<Bound>,
     observe: watch::Sender<Option<Arc<Service>>>,
+    /// Marks the next Service handed over as coming from a re-list.
+    relisted: Arc<AtomicBool>,
 }
 
 /// Events from the watches waiting for the fleet; the watches wait when it is full.
@@ -169,6 +171,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// Where the guards' executor lanes run.
     pub lanes: Lanes,
+    /// The guards' shared baseline writer.
+    pub baselines: Baselines,
     /// Notified when a window opens, for the poller.
     pub wake: Arc<Notify>,
     pub clock: Clock,
@@ -413,7 +417,14 @@ impl Fleet {
                     .collect();
                 keys.extend(self.retire_if_listed());
                 // Every Service is fed again: whatever changed while the watch was down is the
-                // current state now.
+                // current state now, and may have changed a while ago.
+                if relisted {
+                    for (key, r) in &self.guards {
+                        if scope.covers(&key.0) {
+                            r.relisted.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
                 for key in keys {
                     self.reconcile(&key, true);
                 }
@@ -530,7 +541,10 @@ impl Fleet {
             config.clone(),
             source.clone(),
             service,
-            p.lanes.opener(lane_stop.clone()),
+            Writers {
+                lane: p.lanes.opener(lane_stop.clone()),
+                baselines: p.baselines.clone(),
+            },
             p.metrics.clone(),
             p.wake.clone(),
             p.clock.clone(),
@@ -552,6 +566,7 @@ impl Fleet {
                 lane_stop,
                 bind: ends.bind,
                 observe: ends.observe,
+                relisted: ends.relisted,
             },
         );
         self.dirty = true;
@@ -650,8 +665,8 @@ async fn watch_services(
                 continue;
             }
         };
-        // Nothing here reads managedFields or kubectl's last-applied copy, often the largest
-        // parts of a Service, and every Service in scope is kept.
+        // Nothing here reads kubectl's last-applied copy or most of managedFields, often the
+        // largest parts of a Service, and every Service in scope is kept.
         let event = match event {
             watcher::Event::Apply(svc) => watcher::Event::Apply(slim(svc)),
             watcher::Event::InitApply(svc) => watcher::Event::InitApply(slim(svc)),
@@ -668,10 +683,15 @@ async fn watch_services(
     }
 }
 
-/// The Service as kept: its metadata and selector, all that coverage and the guards read. Of
-/// a real Service, the rest of the spec, the status and the managed fields are most of it.
+/// The Service as kept: its metadata and selector, all that coverage and the guards read, and
+/// of its managed fields only who wrote the selector when. Of a real Service, the rest of the
+/// spec, the status and the rest of the managed fields are most of it.
 fn slim(mut svc: Service) -> Service {
-    svc.metadata.managed_fields = None;
+    svc.metadata.managed_fields = svc
+        .metadata
+        .managed_fields
+        .take()
+        .and_then(crate::service::selector_fields);
     svc.spec = svc.spec.map(|spec| ServiceSpec {
         selector: spec.selector,
         ..ServiceSpec::default()

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::config::{CheckConfig, GuardConfig};
 use crate::coverage::Source;
 use crate::decision::{self, Decision, Sample, Signal};
-use crate::executor::{Command, OpenLane, Target};
+use crate::executor::{Command, Target, Writers};
 use crate::metrics::Metrics;
 use crate::service::{self, ServiceHandle};
 
@@ -259,10 +259,12 @@ pub struct GuardTask {
     /// The Service as the fleet's watch last saw it: only the newest counts, and the fleet
     /// never waits on a busy guard to hand it over.
     observed: watch::Receiver<Option<Arc<Service>>>,
+    /// Set by the fleet when a re-list hands over the Service: a change in it may be late.
+    relisted: Arc<AtomicBool>,
     core: decision::Guard,
     service: ServiceHandle,
     inbox: mpsc::Receiver<Box<Input>>,
-    open_lane: OpenLane,
+    writers: Writers,
     /// The executor lane, once the first command opened it.
     lane: Option<Lane>,
     /// Executor replies, once the lane is open.
@@ -286,18 +288,20 @@ pub struct Ends {
     pub bind: watch::Sender<Bound>,
     /// Where the fleet hands over its Service as watched.
     pub observe: watch::Sender<Option<Arc<Service>>>,
+    /// Set before a Service handed over by a re-list.
+    pub relisted: Arc<AtomicBool>,
 }
 
 impl GuardTask {
     /// A guard's task and its channels: the task to run, and the ends the webhook, the poller
-    /// and the executor hold. `open_lane` starts the guard's executor lane at its first
+    /// and the executor hold. `writers.lane` starts the guard's executor lane at its first
     /// command. `wake` is notified when a window opens, for the poller.
     #[must_use]
     pub fn new(
         config: Arc<GuardConfig>,
         source: Source,
         service: ServiceHandle,
-        open_lane: OpenLane,
+        writers: Writers,
         metrics: Metrics,
         wake: Arc<tokio::sync::Notify>,
         clock: Clock,
@@ -312,6 +316,7 @@ impl GuardTask {
             source,
         });
         let (observe, observed) = watch::channel(None);
+        let relisted = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(false));
         let alerts = Arc::new(AlertLog::default());
         let retired = Arc::new(AtomicBool::new(false));
@@ -327,6 +332,7 @@ impl GuardTask {
             },
             bind,
             observe,
+            relisted: relisted.clone(),
         };
         let task = Self {
             core: decision::Guard::new(decision::Policy::from(config.as_ref())),
@@ -334,10 +340,11 @@ impl GuardTask {
             lane_config,
             bound,
             observed,
+            relisted,
             config,
             service,
             inbox,
-            open_lane,
+            writers,
             lane: None,
             replies: None,
             status,
@@ -412,15 +419,15 @@ impl GuardTask {
             warn!(guard = %self.config.name, label = %self.config.version_label, "service selector has no version key; nothing to guard");
         }
         memory.selector_version.clone_from(&version);
-        let persisted = service::persisted(svc);
-        self.core.handle(
-            Signal::Observed {
-                version,
-                persisted,
-                resource_version: svc.metadata.resource_version.clone(),
-            },
-            now,
-        )
+        let signal = Signal::Observed {
+            version,
+            persisted: service::persisted(svc),
+            resource_version: svc.metadata.resource_version.clone(),
+            baseline: service::baseline(svc),
+            changed_at: service::selector_changed_at(svc, &self.config.version_label),
+            relisted: self.relisted.swap(false, Ordering::SeqCst),
+        };
+        self.core.handle(signal, now)
     }
 
     /// Puts `config` in force. A check that is unchanged (same name, query, threshold, `for`
@@ -475,6 +482,17 @@ impl GuardTask {
         let config = self.config.clone();
         let guard = config.name.as_str();
         for d in decisions {
+            // Bookkeeping, not a decision on a window: the shared writer records it.
+            if let Decision::Baseline {
+                version,
+                resource_version,
+            } = d
+            {
+                self.writers
+                    .baselines
+                    .send(guard, &self.service, version, resource_version);
+                continue;
+            }
             memory.last_decision = Some(describe(&d, now));
             if let Decision::Resumed(state) = &d {
                 info!(guard, version = %state.version, target = %state.previous, state = state.phase.as_str(), "resumed window from annotations");
@@ -504,7 +522,7 @@ impl GuardTask {
             self.replies = Some(replies);
             let target = Target::live(self.lane_config.subscribe(), self.service.clone());
             Lane {
-                commands: (self.open_lane)(target),
+                commands: (self.writers.lane)(target),
                 reply,
             }
         })
@@ -609,6 +627,10 @@ fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
         Decision::Resumed(s) => ("resumed", s.reason.clone()),
         Decision::Stable(s) => ("stable", s.reason.clone()),
         Decision::Expired(s) => ("expired", s.reason.clone()),
+        Decision::Missed(s) => ("missed", s.reason.clone()),
+        Decision::Baseline { version, .. } => {
+            ("baseline", format!("{version} recorded as serving"))
+        }
         Decision::Superseded { state, .. } => ("superseded", state.reason.clone()),
         Decision::RollBack { trigger, .. } => ("rollback", trigger.describe()),
         Decision::WouldRollBack { trigger, .. } => ("would-roll-back", trigger.describe()),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use futures::Stream;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -25,6 +26,7 @@ const CUTOVER_AT: &str = "cutover-watchdog.io/cutover-at";
 const STATE: &str = "cutover-watchdog.io/state";
 const REASON: &str = "cutover-watchdog.io/reason";
 const VERSION: &str = "cutover-watchdog.io/version";
+const BASELINE: &str = "cutover-watchdog.io/baseline-version";
 
 /// One guarded Service and the pods behind it.
 #[derive(Clone)]
@@ -138,6 +140,34 @@ impl ServiceHandle {
             .map_err(|e| self.error("annotate", "service", e))
     }
 
+    /// Records `version` as the Service's serving version, if the Service is still at
+    /// `resource_version` (a 409 otherwise: something wrote since, and the next sight decides).
+    pub async fn annotate_baseline(
+        &self,
+        resource_version: Option<&str>,
+        version: &str,
+    ) -> std::result::Result<(), PatchError> {
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": resource_version,
+                "annotations": { BASELINE: version },
+            },
+        });
+        match self
+            .services
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_conflict() => Err(PatchError::Conflict),
+            Err(e) => Err(PatchError::Other(self.error(
+                "record the baseline of",
+                "service",
+                e,
+            ))),
+        }
+    }
+
     /// The selector's version, if the selector has the version key.
     #[must_use]
     pub fn version_of(&self, svc: &Service) -> Option<String> {
@@ -161,16 +191,71 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The annotations that record `state`.
+/// The annotations that record `state`; a window that has ended also sets the baseline to
+/// the version serving after it.
 #[must_use]
 pub fn annotations(state: &Persisted) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (VERSION, state.version.clone()),
         (PREVIOUS, state.previous.clone()),
         (CUTOVER_AT, state.cutover_at.to_string()),
         (STATE, state.phase.as_str().to_owned()),
         (REASON, state.reason.clone()),
-    ])
+    ]);
+    if let Some(serving) = state.phase.serving(&state.version, &state.previous) {
+        annotations.insert(BASELINE, serving.to_owned());
+    }
+    annotations
+}
+
+/// The version recorded as serving while no window was (`baseline-version`).
+#[must_use]
+pub fn baseline(svc: &Service) -> Option<String> {
+    svc.metadata.annotations.as_ref()?.get(BASELINE).cloned()
+}
+
+/// When the API server recorded `spec.selector[label]` as it now is: the latest `managedFields`
+/// entry whose fields hold it. Its time is when that manager last wrote, in whole seconds, so it
+/// is the change's time or later, never earlier.
+#[must_use]
+pub fn selector_changed_at(svc: &Service, label: &str) -> Option<Timestamp> {
+    let key = format!("f:{label}");
+    svc.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec")?.get("f:selector")?.get(&key))
+                .is_some()
+        })
+        .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// Keeps of `entries` only what [`selector_changed_at`] reads: who wrote the selector, and when.
+#[must_use]
+pub fn selector_fields(entries: Vec<ManagedFieldsEntry>) -> Option<Vec<ManagedFieldsEntry>> {
+    let kept: Vec<ManagedFieldsEntry> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let selector = entry
+                .fields_v1
+                .as_ref()?
+                .0
+                .get("f:spec")?
+                .get("f:selector")?
+                .clone();
+            Some(ManagedFieldsEntry {
+                fields_v1: Some(FieldsV1(json!({ "f:spec": { "f:selector": selector } }))),
+                time: entry.time,
+                ..ManagedFieldsEntry::default()
+            })
+        })
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The window recorded on `svc`, if its annotations hold a complete, readable one. A partial or
@@ -212,6 +297,81 @@ mod tests {
             ..Service::default()
         };
         assert_eq!(persisted(&svc), Some(state));
+    }
+
+    #[test]
+    fn an_ended_window_records_the_serving_version_as_the_baseline_and_an_open_one_does_not() {
+        let state = |phase| Persisted {
+            version: "v2".into(),
+            previous: "v1".into(),
+            cutover_at: "2026-11-26T20:00:00Z".parse().unwrap(),
+            phase,
+            reason: String::new(),
+        };
+        for (phase, baseline) in [
+            (Phase::Watching, None),
+            (Phase::Stable, Some("v2")),
+            (Phase::Expired, Some("v2")),
+            (Phase::Missed, Some("v2")),
+            (Phase::RolledBack, Some("v1")),
+            (Phase::Superseded, Some("v1")),
+        ] {
+            let a = annotations(&state(phase));
+            assert_eq!(a.get(BASELINE).map(String::as_str), baseline, "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn the_selector_changed_when_the_latest_manager_holding_its_version_key_wrote() {
+        let entry = |manager: &str, time: &str, fields: serde_json::Value| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Update".into()),
+            time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                time.parse().unwrap(),
+            )),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        };
+        let entries = vec![
+            entry(
+                "kubectl-client-side-apply",
+                "2026-11-30T08:00:00Z",
+                json!({"f:spec": {"f:selector": {"f:app": {}}, "f:ports": {}}}),
+            ),
+            entry(
+                "kubectl-patch",
+                "2026-11-30T09:00:00Z",
+                json!({"f:spec": {"f:selector": {"f:version": {}}}}),
+            ),
+            // Writes annotations later, never the selector.
+            entry(
+                "cutover-watchdog",
+                "2026-11-30T10:00:00Z",
+                json!({"f:metadata": {"f:annotations": {"f:x": {}}}}),
+            ),
+        ];
+        let svc = Service {
+            metadata: ObjectMeta {
+                managed_fields: selector_fields(entries),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        let kept = svc.metadata.managed_fields.as_ref().unwrap();
+        assert_eq!(
+            kept.len(),
+            2,
+            "only the entries that touch the selector are kept"
+        );
+        assert_eq!(
+            selector_changed_at(&svc, "version"),
+            Some("2026-11-30T09:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            selector_changed_at(&svc, "app"),
+            Some("2026-11-30T08:00:00Z".parse().unwrap())
+        );
+        assert_eq!(selector_changed_at(&svc, "track"), None);
     }
 
     #[test]

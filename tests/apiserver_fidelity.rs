@@ -256,3 +256,64 @@ async fn kube_watcher_re_lists_after_410_gone_and_sees_what_changed_meanwhile() 
         "the re-list shows the cutover made while the watch was down"
     );
 }
+
+/// managedFields as the real server keeps them: kubectl names itself (`kubectl-patch`, its
+/// `fieldManager`), the entry holds the selector's version key and a whole-second time, and a
+/// later write by another manager (kube-rs, named by its User-Agent) takes only the fields it
+/// changed and leaves the first entry's time alone. `kubectl get --show-managed-fields` reads
+/// them as it would from a cluster.
+#[tokio::test]
+async fn managed_fields_name_each_writer_its_fields_and_its_last_write_in_whole_seconds() {
+    let c = Cluster::start().await;
+    c.cut_over("v2").await;
+    let out = c
+        .kubectl(&["get", "svc", SVC, "-o", "json", "--show-managed-fields"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = svc["metadata"]["managedFields"].as_array().unwrap().clone();
+    let patch = entries
+        .iter()
+        .find(|e| e["manager"] == "kubectl-patch")
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_eq!(patch["operation"], "Update");
+    assert_eq!(patch["apiVersion"], "v1");
+    assert_eq!(patch["fieldsType"], "FieldsV1");
+    assert_eq!(
+        patch["fieldsV1"],
+        json!({"f:spec": {"f:selector": {"f:version": {}}}})
+    );
+    let time = patch["time"].as_str().unwrap();
+    assert!(
+        time.parse::<jiff::Timestamp>().unwrap().subsec_nanosecond() == 0 && time.ends_with('Z'),
+        "{time}"
+    );
+    // Nobody else holds the version key now.
+    let holders = entries
+        .iter()
+        .filter(|e| !e["fieldsV1"]["f:spec"]["f:selector"]["f:version"].is_null())
+        .count();
+    assert_eq!(holders, 1, "{entries:#?}");
+
+    let api: Api<Service> = Api::namespaced(c.api.client().unwrap(), NS);
+    let note = json!({"metadata": {"annotations": {"note": "x"}}});
+    api.patch(SVC, &PatchParams::default(), &Patch::Merge(&note))
+        .await
+        .unwrap();
+    let svc = c.service();
+    let entries = svc["metadata"]["managedFields"].as_array().unwrap();
+    let by_kube = entries
+        .iter()
+        .find(|e| e["fieldsV1"]["f:metadata"]["f:annotations"]["f:note"].is_object())
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_ne!(by_kube["manager"], "kubectl-patch");
+    let patch = entries
+        .iter()
+        .find(|e| e["manager"] == "kubectl-patch")
+        .unwrap();
+    assert_eq!(patch["time"], time, "another writer leaves its time alone");
+}

@@ -69,6 +69,7 @@ async fn start(initial: Arc<Config>) -> Running {
         Parts {
             client,
             metrics: metrics.clone(),
+            baselines: lanes.baselines(stop.child_token()),
             lanes,
             wake: Arc::new(Notify::new()),
             clock: Clock::wall(),

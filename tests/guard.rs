@@ -14,7 +14,7 @@ use axum::http::{Request, Response};
 use cutover_watchdog::config::Config;
 use cutover_watchdog::coverage::Source;
 use cutover_watchdog::decision::{Decision, Outcome, Persisted, Phase, Sample, Signal};
-use cutover_watchdog::executor::Command;
+use cutover_watchdog::executor::{BaselineWrite, Baselines, Command, Writers};
 use cutover_watchdog::guard::{Clock, Ends, GuardHandle, GuardTask, Input, Polling};
 use cutover_watchdog::metrics::Metrics;
 use cutover_watchdog::poller::{Poller, PrometheusHealth};
@@ -45,6 +45,8 @@ struct Running {
     ends: Ends,
     /// What the guard hands its executor lane.
     commands: mpsc::Receiver<Command>,
+    /// What it hands the shared baseline writer.
+    baseline_writes: mpsc::UnboundedReceiver<BaselineWrite>,
     /// How many times the guard opened its lane.
     lanes_opened: Arc<AtomicUsize>,
     clock: Clock,
@@ -64,14 +66,18 @@ fn start() -> Running {
     let (lane, commands) = mpsc::channel(16);
     let lanes_opened = Arc::new(AtomicUsize::new(0));
     let opened = lanes_opened.clone();
+    let (baselines, baseline_writes) = Baselines::queue();
     let (task, ends) = GuardTask::new(
         config,
         Source::Config,
         service,
-        Box::new(move |_| {
-            opened.fetch_add(1, Ordering::SeqCst);
-            lane.clone()
-        }),
+        Writers {
+            lane: Box::new(move |_| {
+                opened.fetch_add(1, Ordering::SeqCst);
+                lane.clone()
+            }),
+            baselines,
+        },
         metrics,
         wake.clone(),
         clock.clone(),
@@ -81,6 +87,7 @@ fn start() -> Running {
     Running {
         ends,
         commands,
+        baseline_writes,
         lanes_opened,
         clock,
         wake,
@@ -212,6 +219,25 @@ async fn the_executor_lane_opens_at_the_first_decision_and_only_once() {
         1,
         "one lane for every decision"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_with_no_record_gets_its_baseline_from_the_shared_writer_without_a_lane() {
+    let mut g = start();
+    g.watch_sees("v1", None).await;
+    let write = tokio::time::timeout(Duration::from_secs(1), g.baseline_writes.recv());
+    let write = write.await.expect("a baseline write").unwrap();
+    assert_eq!(
+        write.version(),
+        ("v1", Some("8")),
+        "preconditioned on what was seen"
+    );
+    assert_eq!(
+        g.lanes_opened.load(Ordering::SeqCst),
+        0,
+        "no lane for bookkeeping"
+    );
+    g.no_decision().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -111,6 +111,50 @@ fn kustomize_renders_the_base_and_the_prometheus_operator_overlay_offline() {
             .contains("leader_election:"),
         "two replicas need leader election"
     );
+    // Every replica is Ready, so a drain may take one at a time.
+    let budget = ha
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .unwrap();
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn followers_can_reach_the_leader_the_deployment_gives_pod_ip_and_the_webhook_port_admits_replicas()
+{
+    let base = documents(&kustomize("manifests"));
+    let deployment = base.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let pod_ip = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .unwrap();
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let policy = base.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    let webhook = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| rule["ports"][0]["port"] == "webhook")
+        .unwrap();
+    let own = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        webhook["from"].as_array().unwrap().iter().any(|peer| {
+            peer.get("namespaceSelector").is_none()
+                && peer["podSelector"]["matchLabels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| own[k] == *v)
+        }),
+        "the watchdog's own pods may reach the webhook port: {webhook:#}"
+    );
 }
 
 #[test]
@@ -126,7 +170,7 @@ fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
                 .is_some_and(|v| !v.starts_with("monitoring.coreos.com"))
         })
         .collect();
-    // The HA variant differs from the base only in its Deployment, the cluster-wide one only in
+    // The HA variant differs from the base only in its Deployment and PodDisruptionBudget, the cluster-wide one only in
     // its RBAC: a ClusterRole, its ClusterRoleBinding and the Role cut down to the Lease, the
     // Amazon Managed Prometheus one in its Deployment, ServiceAccount and config.
     let ha = documents(&kustomize("examples/ha"));
@@ -135,7 +179,9 @@ fn every_manifest_passes_strict_schema_validation_on_1_25_and_the_latest() {
     let builtin: Vec<Value> =
         builtin
             .into_iter()
-            .chain(ha.into_iter().filter(|d| d["kind"] == "Deployment"))
+            .chain(ha.into_iter().filter(|d| {
+                ["Deployment", "PodDisruptionBudget"].contains(&d["kind"].as_str().unwrap())
+            }))
             .chain(amazon.into_iter().filter(|d| {
                 ["Deployment", "ServiceAccount"].contains(&d["kind"].as_str().unwrap())
             }))

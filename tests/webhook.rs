@@ -568,6 +568,9 @@ async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
             version: Some(version.into()),
             persisted: None,
             resource_version: None,
+            baseline: Some("v1".into()),
+            changed_at: None,
+            relisted: false,
         };
         core.handle(observed, now);
     }

@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 
+mod managed;
+
+use self::managed::Manager;
+
 /// A resource type the double serves.
 #[derive(Debug, Clone, Copy)]
 struct ResourceType {
@@ -290,7 +294,7 @@ impl ApiServer {
         let mut store = self.shared.lock();
         let key = (kind.resource(), ns.clone(), name);
         let existing = store.objects.get(&key).cloned();
-        let stored = store.write(kind, &ns, object, existing.as_ref());
+        let stored = store.write(kind, &ns, (object, &Manager::sandbox()), existing.as_ref());
         drop(store);
         Ok(stored)
     }
@@ -378,17 +382,25 @@ impl Store {
         &mut self,
         kind: &ResourceType,
         ns: &str,
-        mut object: Value,
+        (mut object, manager): (Value, &Manager),
         existing: Option<&Value>,
     ) -> Value {
         self.rv += 1;
         let rv = self.rv;
+        let fields = managed::after_write(
+            existing,
+            &object,
+            manager,
+            &kind.api_version(),
+            &now_rfc3339(),
+        );
         let meta = object
             .as_object_mut()
             .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
         if let Some(Value::Object(meta)) = meta {
             meta.insert("namespace".into(), json!(ns));
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
+            meta.insert("managedFields".into(), fields);
             if let Some(old) = existing.and_then(|e| e.get("metadata")) {
                 for k in ["uid", "creationTimestamp"] {
                     if let Some(v) = old.get(k) {
@@ -638,6 +650,11 @@ fn serve(
             ),
         );
     }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let manager = Manager::of(query.get("fieldManager").map(String::as_str), user_agent);
     match (method.clone(), target.name.clone()) {
         (Method::GET, None) if is_true(query.get("watch")) => watch_response(shared, target, query),
         (Method::GET, None) => list(shared, target, query),
@@ -645,9 +662,9 @@ fn serve(
             Some(v) => json_response(StatusCode::OK, v),
             None => not_found(target.kind, &name),
         },
-        (Method::POST, None) => create(shared, target.kind, &ns, body),
-        (Method::PATCH, Some(name)) => patch(shared, target, &name, content_type, body),
-        (Method::PUT, Some(name)) => replace(shared, target, &name, body),
+        (Method::POST, None) => create(shared, (target.kind, &ns), body, &manager),
+        (Method::PATCH, Some(name)) => patch(shared, (target, &name), content_type, body, &manager),
+        (Method::PUT, Some(name)) => replace(shared, (target, &name), body, &manager),
         (Method::DELETE, Some(name)) => delete(shared, target, &name),
         _ => status(
             405,
@@ -827,7 +844,12 @@ fn list(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> R
     }
 }
 
-fn create(shared: &Shared, kind: &ResourceType, ns: &str, body: &[u8]) -> Response {
+fn create(
+    shared: &Shared,
+    (kind, ns): (&ResourceType, &str),
+    body: &[u8],
+    manager: &Manager,
+) -> Response {
     let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
         return status(400, "BadRequest", "the request body is not valid JSON");
     };
@@ -875,7 +897,7 @@ fn create(shared: &Shared, kind: &ResourceType, ns: &str, body: &[u8]) -> Respon
             &format!("{} \"{name}\" already exists", kind.plural),
         );
     }
-    let stored = store.write(kind, ns, object, None);
+    let stored = store.write(kind, ns, (object, manager), None);
     drop(store);
     json_response(StatusCode::CREATED, &stored)
 }
@@ -918,10 +940,10 @@ fn conflict(kind: &ResourceType, name: &str) -> Response {
 
 fn patch(
     shared: &Shared,
-    target: &Target,
-    name: &str,
+    (target, name): (&Target, &str),
     content_type: &str,
     body: &[u8],
+    manager: &Manager,
 ) -> Response {
     let strategic = match content_type.split(';').next().unwrap_or_default().trim() {
         "application/merge-patch+json" => false,
@@ -971,7 +993,7 @@ fn patch(
         return json_response(StatusCode::OK, &current); // a no-op write does not bump anything
     }
     let ns = target.namespace.clone().unwrap_or_default();
-    let stored = store.write(target.kind, &ns, merged, Some(&current));
+    let stored = store.write(target.kind, &ns, (merged, manager), Some(&current));
     drop(store);
     json_response(StatusCode::OK, &stored)
 }
@@ -1024,7 +1046,12 @@ fn merge(target: &mut Value, patch: &Value, strategic: bool, field: &str) {
     }
 }
 
-fn replace(shared: &Shared, target: &Target, name: &str, body: &[u8]) -> Response {
+fn replace(
+    shared: &Shared,
+    (target, name): (&Target, &str),
+    body: &[u8],
+    manager: &Manager,
+) -> Response {
     let Ok(object) = serde_json::from_slice::<Value>(body) else {
         return status(400, "BadRequest", "the request body is not valid JSON");
     };
@@ -1040,7 +1067,7 @@ fn replace(shared: &Shared, target: &Target, name: &str, body: &[u8]) -> Respons
         return conflict(target.kind, name);
     }
     let ns = target.namespace.clone().unwrap_or_default();
-    let stored = store.write(target.kind, &ns, object, Some(&current));
+    let stored = store.write(target.kind, &ns, (object, manager), Some(&current));
     drop(store);
     json_response(StatusCode::OK, &stored)
 }
@@ -1083,7 +1110,12 @@ fn touch(shared: &Shared, target: &Target) {
     touched["metadata"]["annotations"]["sandbox.cutover-watchdog.io/touched"] =
         json!(store.rv.to_string());
     let ns = target.namespace.clone().unwrap_or_default();
-    store.write(target.kind, &ns, touched, Some(&current));
+    store.write(
+        target.kind,
+        &ns,
+        (touched, &Manager::sandbox()),
+        Some(&current),
+    );
     drop(store);
 }
 

@@ -105,8 +105,8 @@ pub async fn serve(
 
 /// Runs the watchdog with a given client; with `file`, the config file to follow.
 ///
-/// With leader election on, the listeners serve at once (`/readyz` says "not the leader"), but
-/// the guards start only once this replica leads: a follower neither watches nor polls nor
+/// With leader election on, the listeners serve at once (a follower forwards to the leader),
+/// but the guards start only once this replica leads: a follower neither watches nor polls nor
 /// writes, and a new leader resumes every open window from the Service's annotations.
 pub async fn serve_with(
     config: Config,

@@ -106,7 +106,22 @@ fn forwarded(exposition: &str, result: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn both_replicas_are_ready_and_readyz_the_gauge_and_the_lease_say_which_leads() {
-    let p = pair().await;
+    let cluster = Cluster::start().await;
+    let a = replica(&cluster, "a");
+    a.wait_leading().await;
+    // Ready as soon as it has read the Lease once: well within one lease duration of starting
+    // to serve, as a readiness probe (and `kubectl rollout status`) needs.
+    let b = replica(&cluster, "b");
+    b.wait_healthy().await;
+    let ready = async || b.readyz().await;
+    b.wait_until(
+        "the follower to be ready",
+        Duration::from_secs(3),
+        ready,
+        |(c, _)| *c == 200,
+    )
+    .await;
+    let p = Pair { cluster, a, b };
     assert_eq!(holder(&p.cluster).as_deref(), Some("a"));
     let (code, body) = p.b.readyz().await;
     assert_eq!(code, 200, "{body}");

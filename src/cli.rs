@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::cutover::{self, Exit};
 use crate::error::{Error, Result};
 use crate::promql::Prometheus;
 use crate::telemetry::LogFormat;
-use crate::{app, discover};
+use crate::{app, discover, preflight};
 
 /// Automatic safety net after a blue-green Service cutover: watches version-labelled metrics
 /// and Alertmanager alerts, and reverts the Service selector to blue when green misbehaves.
@@ -37,6 +38,15 @@ pub enum Command {
     /// List every Service in the config's namespaces (from the cluster in KUBECONFIG, else
     /// in-cluster), its serving version, and the guard that covers it, or why none does.
     Discover(DiscoverArgs),
+    /// The runbook's pre-deployment checklist for switching one guarded Service to a version:
+    /// PASS, WARN or FAIL per item, with the evidence. Changes nothing. Exit 0: no FAIL; 1: a
+    /// FAIL or an error; 2: a usage error.
+    Preflight(PreflightArgs),
+    /// Preflight, then switch the Service's selector to a version with the window's record in
+    /// the same write, then follow the window until it ends. Exit 0: stable; 1: a preflight
+    /// FAIL or an error; 2: usage; 3: rolled back; 4: expired; 5: superseded; 130: Ctrl-C
+    /// (which stops following, not guarding).
+    Cutover(CutoverArgs),
     /// Play the runbook's story on a local sandbox (no cluster needed): cutover, a fault in v2,
     /// detection, the revert. Needs the Debian packages prometheus and prometheus-alertmanager.
     #[cfg(feature = "sandbox")]
@@ -56,10 +66,46 @@ pub const DEMO_NOT_BUILT: &str = "the demo is not built into this binary (the im
      run it from a checkout of cutover-watchdog: cargo run --release --features sandbox -- demo";
 
 impl Command {
-    /// Runs the command to its end; what it prints goes to stdout.
-    pub async fn run(self) -> Result<()> {
+    /// Runs the command to its end; what it prints goes to stdout. The exit code says how it
+    /// ended where that is more than success ([`Exit`]).
+    pub async fn run(self) -> Result<Exit> {
         crate::tls::ring_as_default();
         match self {
+            Self::Preflight(args) => {
+                let config = Config::load(&args.config.config)?;
+                let prometheus = Prometheus::new(&config.prometheus)?;
+                let client = app::kube_client().await?;
+                let checked = preflight::check(
+                    &config,
+                    &client,
+                    &prometheus,
+                    (&args.guard, &args.to),
+                    false,
+                )
+                .await?;
+                match args.output {
+                    Output::Text => print!("{}", checked.report.text()),
+                    Output::Json => println!("{}", json(&checked.report)?),
+                }
+                return Ok(if checked.report.failed() {
+                    Exit::FAIL
+                } else {
+                    Exit::OK
+                });
+            }
+            Self::Cutover(args) => {
+                let config = Config::load(&args.config.config)?;
+                let prometheus = Prometheus::new(&config.prometheus)?;
+                let client = app::kube_client().await?;
+                let interrupt = app::shutdown_on_signal()?;
+                let request = cutover::Request {
+                    guard: args.guard,
+                    to: args.to,
+                    force: args.force,
+                    follow: !args.no_follow,
+                };
+                return cutover::run(&config, &client, &prometheus, &request, interrupt).await;
+            }
             Self::CheckConfig(args) => {
                 let path = &args.config.config;
                 let config = Config::load(path)?;
@@ -85,12 +131,7 @@ impl Command {
                 let rows = discover::discover(&config, &app::kube_client().await?).await?;
                 match args.output {
                     Output::Text => print!("{}", discover::table(&rows)),
-                    Output::Json => {
-                        let json = serde_json::to_string_pretty(&rows).map_err(|e| {
-                            Error::Unusable(format!("discover's rows as JSON: {e}"))
-                        })?;
-                        println!("{json}");
-                    }
+                    Output::Json => println!("{}", json(&rows)?),
                 }
             }
             #[cfg(feature = "sandbox")]
@@ -105,7 +146,7 @@ impl Command {
             #[cfg(not(feature = "sandbox"))]
             Self::Demo { .. } => return Err(Error::Unusable(DEMO_NOT_BUILT.into())),
         }
-        Ok(())
+        Ok(Exit::OK)
     }
 
     /// The default log level: `info`, or `warn` for commands whose output is on stdout.
@@ -114,7 +155,7 @@ impl Command {
         match self {
             // The demo's and discover's output is their story or table; the log only says what
             // went wrong.
-            Self::Demo { .. } | Self::Discover(_) => "warn",
+            Self::Demo { .. } | Self::Discover(_) | Self::Preflight(_) | Self::Cutover(_) => "warn",
             Self::Serve(_) | Self::CheckConfig(_) => "info",
         }
     }
@@ -139,7 +180,45 @@ pub struct DiscoverArgs {
     pub output: Output,
 }
 
-/// How `discover` prints.
+#[derive(Debug, clap::Args)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The guard: its name in `guards[]`, or NAMESPACE/SERVICE for a template's.
+    #[arg(long)]
+    pub guard: String,
+    /// The version to switch to (green).
+    #[arg(long)]
+    pub to: String,
+    /// `text`: one line per item; `json`: the report as JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The guard: its name in `guards[]`, or NAMESPACE/SERVICE for a template's.
+    #[arg(long)]
+    pub guard: String,
+    /// The version to switch to (green).
+    #[arg(long)]
+    pub to: String,
+    /// Switch even if preflight fails (and say so).
+    #[arg(long)]
+    pub force: bool,
+    /// Return once switched, without following the window.
+    #[arg(long)]
+    pub no_follow: bool,
+}
+
+/// Pretty JSON for stdout.
+fn json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Unusable(format!("output as JSON: {e}")))
+}
+
+/// How `discover` and `preflight` print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Text,

@@ -671,6 +671,15 @@ impl Guard {
             };
             return Some(self.open(version, target, sight.since, now));
         }
+        // `cutover-watchdog cutover` writes the window's record with the selector, in one
+        // write: the window is that one, its clock the command's.
+        if let Some(p) = persisted
+            .filter(|p| p.phase == Phase::Watching && p.version == version && p.previous == current)
+        {
+            let start = p.cutover_at.min(now);
+            let w = self.new_window(version, current, start, Phase::Watching, p.reason.clone());
+            return Some(Decision::Opened(w.persisted()));
+        }
         Some(self.open(version, current, sight.since, now))
     }
 
@@ -1872,6 +1881,32 @@ mod tests {
         let d = relisted.handle(sight("v2", None, Some("v1"), Some(20), true), at(30));
         assert!(
             matches!(&d[..], [Decision::Opened(p)] if p.cutover_at == at(20)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_cutover_written_with_its_record_is_adopted_with_its_clock() {
+        let mut g = guard(false);
+        observe(&mut g, "v1", 0);
+        let mut record = persisted("v2", "v1", 95, Phase::Watching);
+        record.reason = "cutover from v1 to v2 by cutover-watchdog cutover".into();
+        let d = g.handle(
+            sight("v2", Some(record.clone()), Some("v1"), None, false),
+            at(100),
+        );
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if *p == record),
+            "{d:?}"
+        );
+        assert_eq!(g.open_window().unwrap().ends_at, at(695));
+        // A record for another switch (from another version) is not this window's.
+        let mut g = guard(false);
+        observe(&mut g, "v1", 0);
+        let other = persisted("v2", "v0", 95, Phase::Watching);
+        let d = g.handle(sight("v2", Some(other), Some("v1"), None, false), at(100));
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if p.cutover_at == at(100) && p.previous == "v1"),
             "{d:?}"
         );
     }

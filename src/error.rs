@@ -144,6 +144,9 @@ pub enum Error {
     /// A setting that passed the config check but cannot be used, e.g. an empty secret file.
     #[error("{0}")]
     Unusable(String),
+    /// The command line named something that does not exist: exit code 2.
+    #[error("{0}")]
+    Usage(String),
 
     /// The local sandbox (demo and tests) could not be set up.
     #[cfg(feature = "sandbox")]

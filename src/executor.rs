@@ -182,8 +182,8 @@ impl Lanes {
 }
 
 /// How many baseline records are written at once: enough to stamp a large fleet in seconds at
-/// its first start, few enough not to burst against the API server.
-const BASELINE_WRITES: usize = 4;
+/// its first start, few enough not to burst against the API server (or the watchdog's heap).
+const BASELINE_WRITES: usize = 2;
 
 /// One Service's baseline record, as a guard asks for it.
 pub struct BaselineWrite {

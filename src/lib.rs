@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod coverage;
+pub mod cutover;
 pub mod decision;
 #[cfg(feature = "sandbox")]
 pub mod demo;
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod live;
 pub mod metrics;
 pub mod poller;
+pub mod preflight;
 pub mod promql;
 pub mod reload;
 #[cfg(feature = "sandbox")]

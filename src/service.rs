@@ -88,6 +88,17 @@ impl ServiceHandle {
         selector: &BTreeMap<String, String>,
         version: &str,
     ) -> Result<u32> {
+        let pods = self.pods(selector, version).await?;
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        Ok(u32::try_from(ready).unwrap_or(u32::MAX))
+    }
+
+    /// The pods that match `selector` with the version key set to `version`.
+    pub async fn pods(
+        &self,
+        selector: &BTreeMap<String, String>,
+        version: &str,
+    ) -> Result<Vec<Pod>> {
         let mut selector = selector.clone();
         selector.insert(self.version_label.clone(), version.to_owned());
         let labels = selector
@@ -100,8 +111,34 @@ impl ServiceHandle {
             .list(&ListParams::default().labels(&labels))
             .await
             .map_err(|e| self.error("list pods for", "service", e))?;
-        let ready = pods.items.iter().filter(|p| is_ready(p)).count();
-        Ok(u32::try_from(ready).unwrap_or(u32::MAX))
+        Ok(pods.items)
+    }
+
+    /// A server-side dry run (`dryRun=All`) of the selector patch `cutover` sends: RBAC,
+    /// admission and the precondition checked, nothing changed. `Err` holds the server's answer.
+    pub async fn dry_run_selector(
+        &self,
+        resource_version: Option<&str>,
+        target: &str,
+    ) -> std::result::Result<(), String> {
+        let patch = json!({
+            "metadata": { "resourceVersion": resource_version },
+            "spec": { "selector": { &self.version_label: target } },
+        });
+        let params = PatchParams {
+            dry_run: true,
+            field_manager: Some(crate::preflight::CLI_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match self
+            .services
+            .patch(&self.name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) => Err(format!("{} {}", status.code, status.message)),
+            Err(e) => Err(crate::error::chain(&e)),
+        }
     }
 
     /// Sets only `spec.selector[version_label] = target`, with the window's annotations, as a
@@ -216,10 +253,10 @@ pub fn baseline(svc: &Service) -> Option<String> {
 
 /// When the API server recorded `spec.selector[label]` as it now is: the latest `managedFields`
 /// entry whose fields hold it. Its time is when that manager last wrote, in whole seconds, so it
-/// is the change's time or later, never earlier.
+/// is the change's time or later, never earlier. It reads the Service as the fleet keeps it
+/// ([`selector_fields`]).
 #[must_use]
 pub fn selector_changed_at(svc: &Service, label: &str) -> Option<Timestamp> {
-    let key = format!("f:{label}");
     svc.metadata
         .managed_fields
         .as_ref()?
@@ -228,14 +265,16 @@ pub fn selector_changed_at(svc: &Service, label: &str) -> Option<Timestamp> {
             entry
                 .fields_v1
                 .as_ref()
-                .and_then(|f| f.0.get("f:spec")?.get("f:selector")?.get(&key))
-                .is_some()
+                .and_then(|f| f.0.as_str())
+                .is_some_and(|keys| keys.split(',').any(|k| k == label))
         })
         .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
         .max()
 }
 
-/// Keeps of `entries` only what [`selector_changed_at`] reads: who wrote the selector, and when.
+/// Keeps of `entries` only what [`selector_changed_at`] reads: when each writer of the selector
+/// last wrote, and which of its keys it holds, as `"app,version"` in place of its `fieldsV1`
+/// tree. A Service is kept for as long as it exists, and the tree costs a few KiB of maps.
 #[must_use]
 pub fn selector_fields(entries: Vec<ManagedFieldsEntry>) -> Option<Vec<ManagedFieldsEntry>> {
     let kept: Vec<ManagedFieldsEntry> = entries
@@ -247,9 +286,13 @@ pub fn selector_fields(entries: Vec<ManagedFieldsEntry>) -> Option<Vec<ManagedFi
                 .0
                 .get("f:spec")?
                 .get("f:selector")?
-                .clone();
+                .as_object()?;
+            let keys: Vec<&str> = selector
+                .keys()
+                .filter_map(|k| k.strip_prefix("f:"))
+                .collect();
             Some(ManagedFieldsEntry {
-                fields_v1: Some(FieldsV1(json!({ "f:spec": { "f:selector": selector } }))),
+                fields_v1: Some(FieldsV1(serde_json::Value::String(keys.join(",")))),
                 time: entry.time,
                 ..ManagedFieldsEntry::default()
             })

@@ -317,3 +317,40 @@ async fn managed_fields_name_each_writer_its_fields_and_its_last_write_in_whole_
         .unwrap();
     assert_eq!(patch["time"], time, "another writer leaves its time alone");
 }
+
+/// `kubectl patch --dry-run=server` sends `dryRun=All`: the answer shows the change, the stored
+/// object keeps its selector and its resourceVersion.
+#[tokio::test]
+async fn a_server_side_dry_run_answers_the_change_and_stores_nothing() {
+    let c = Cluster::start().await;
+    let before = c.service();
+    let out = c
+        .kubectl(&[
+            "patch",
+            "svc",
+            SVC,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"selector":{"version":"v2"}}}"#,
+            "--dry-run=server",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answered["spec"]["selector"]["version"], "v2");
+    let request = c
+        .api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "PATCH")
+        .unwrap();
+    assert!(request.query.contains("dryRun=All"), "{}", request.query);
+    assert_eq!(c.service(), before, "nothing stored");
+}

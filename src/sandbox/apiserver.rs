@@ -655,6 +655,8 @@ fn serve(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let manager = Manager::of(query.get("fieldManager").map(String::as_str), user_agent);
+    // `dryRun=All`: everything checked and answered, nothing stored.
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
     match (method.clone(), target.name.clone()) {
         (Method::GET, None) if is_true(query.get("watch")) => watch_response(shared, target, query),
         (Method::GET, None) => list(shared, target, query),
@@ -663,7 +665,12 @@ fn serve(
             None => not_found(target.kind, &name),
         },
         (Method::POST, None) => create(shared, (target.kind, &ns), body, &manager),
-        (Method::PATCH, Some(name)) => patch(shared, (target, &name), content_type, body, &manager),
+        (Method::PATCH, Some(name)) => patch(
+            shared,
+            (target, &name),
+            (content_type, body),
+            (&manager, dry_run),
+        ),
         (Method::PUT, Some(name)) => replace(shared, (target, &name), body, &manager),
         (Method::DELETE, Some(name)) => delete(shared, target, &name),
         _ => status(
@@ -941,9 +948,8 @@ fn conflict(kind: &ResourceType, name: &str) -> Response {
 fn patch(
     shared: &Shared,
     (target, name): (&Target, &str),
-    content_type: &str,
-    body: &[u8],
-    manager: &Manager,
+    (content_type, body): (&str, &[u8]),
+    (manager, dry_run): (&Manager, bool),
 ) -> Response {
     let strategic = match content_type.split(';').next().unwrap_or_default().trim() {
         "application/merge-patch+json" => false,
@@ -991,6 +997,9 @@ fn patch(
     }
     if merged == current {
         return json_response(StatusCode::OK, &current); // a no-op write does not bump anything
+    }
+    if dry_run {
+        return json_response(StatusCode::OK, &merged);
     }
     let ns = target.namespace.clone().unwrap_or_default();
     let stored = store.write(target.kind, &ns, (merged, manager), Some(&current));
@@ -1300,6 +1309,20 @@ pub fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], ready: bool) ->
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"containers": [{"name": "app", "image": "registry.example/app:latest"}]},
         "status": {"phase": "Running", "conditions": [
-            {"type": "Ready", "status": status}, {"type": "ContainersReady", "status": status}]},
+            {"type": "Ready", "status": status}, {"type": "ContainersReady", "status": status}],
+            "containerStatuses": [{"name": "app", "ready": ready, "restartCount": 0,
+                "image": "registry.example/app:latest", "imageID": "",
+                "state": {"running": {"startedAt": now_rfc3339()}}}]},
     })
+}
+
+/// `pod` after its container restarted `count` times, the last one ending at `at`: what the
+/// kubelet reports of a crash-looping container.
+#[must_use]
+pub fn restarted(mut pod: Value, count: u32, at: jiff::Timestamp) -> Value {
+    let at = at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    pod["status"]["containerStatuses"][0]["restartCount"] = json!(count);
+    pod["status"]["containerStatuses"][0]["lastState"] =
+        json!({"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": at}});
+    pod
 }

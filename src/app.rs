@@ -29,6 +29,7 @@ use crate::leader::{Elector, Fence};
 use crate::live::ConfigReloader;
 use crate::metrics::Metrics;
 use crate::poller::{Poller, PrometheusHealth};
+use crate::probe::Prober;
 use crate::promql::Prometheus;
 use crate::reload::{Reload, Reloader};
 use crate::tls::{CertStore, TlsListener};
@@ -147,7 +148,7 @@ pub async fn serve_with(
         configs,
     } = workers(
         &config,
-        prometheus,
+        (prometheus, Prober::new()?),
         (&client, &metrics, &fence, &identity),
         &guards_stop,
         &shutdown,
@@ -412,7 +413,7 @@ struct Workers {
 
 fn workers(
     config: &Config,
-    prometheus: Prometheus,
+    (prometheus, prober): (Prometheus, Prober),
     (client, metrics, fence, identity): (&kube::Client, &Metrics, &Fence, &str),
     guards_stop: &CancellationToken,
     shutdown: &CancellationToken,
@@ -449,6 +450,7 @@ fn workers(
     let poller = Poller {
         guards: registry.clone(),
         prometheus,
+        prober,
         metrics: metrics.clone(),
         interval: config.poll_interval,
         wake,

@@ -483,11 +483,11 @@ impl GuardConfig {
             .checks
             .iter()
             .map(|c| {
-                let (query, lacks) = c.query.bind(vars);
+                let (probe, lacks) = c.probe.bind(vars);
                 if missing.is_none() {
                     missing = lacks;
                 }
-                CheckConfig { query, ..c.clone() }
+                CheckConfig { probe, ..c.clone() }
             })
             .collect();
         let alerts = match self.alerts.as_ref().map(|a| a.bind(vars)) {
@@ -585,19 +585,71 @@ impl From<TemplateFields> for TemplateConfig {
     }
 }
 
-/// One PromQL check, validated as it is read: its query parses and it has exactly one
-/// finite threshold.
+/// One check, validated as it is read: a PromQL query that parses, with exactly one finite
+/// threshold, or an HTTP probe (a synthetic transaction), which has none.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "CheckFields")]
 pub struct CheckConfig {
     pub name: String,
-    /// PromQL; `{{version}}` is the green version, `{{previous_version}}` the blue one, and
-    /// `{{namespace}}`, `{{service}}`, `{{selector.KEY}}`, `{{label.KEY}}` the Service's.
-    pub query: Template,
+    pub probe: Probe,
+    /// For an HTTP probe, `above 0.5` of its sample: 1 when it failed, 0 when it passed.
     pub threshold: Threshold,
     /// Breached at every poll for this long trips the check.
     pub for_: Duration,
     pub on_no_data: NoDataPolicy,
+}
+
+/// What a check asks each poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// PromQL; `{{version}}` is the green version, `{{previous_version}}` the blue one, and
+    /// `{{namespace}}`, `{{service}}`, `{{selector.KEY}}`, `{{label.KEY}}` the Service's.
+    Query(Template),
+    /// A synthetic transaction: breached on any status but `expect_status`, a connection
+    /// error or a timeout.
+    Http(HttpProbe),
+}
+
+impl Probe {
+    /// The probe with every Service placeholder `vars` can fill filled, and the first it could
+    /// not.
+    #[must_use]
+    pub fn bind(&self, vars: &ServiceVars<'_>) -> (Self, Option<Placeholder>) {
+        match self {
+            Self::Query(q) => {
+                let (q, lacks) = q.bind(vars);
+                (Self::Query(q), lacks)
+            }
+            Self::Http(h) => {
+                let (url, lacks) = h.url.bind(vars);
+                (Self::Http(HttpProbe { url, ..h.clone() }), lacks)
+            }
+        }
+    }
+}
+
+/// `http:` on a check.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    /// With the query placeholders: `{{version}}`, `{{previous_version}}`, the Service's.
+    pub url: Template,
+    #[serde(default = "defaults::http_method")]
+    pub method: HttpMethod,
+    #[serde(default = "defaults::expect_status")]
+    pub expect_status: u16,
+    /// Longer than this is a failure.
+    #[serde(default = "defaults::http_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// The methods a synthetic transaction may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Head,
+    Post,
 }
 
 /// A check as written in the file.
@@ -605,7 +657,10 @@ pub struct CheckConfig {
 #[serde(deny_unknown_fields)]
 struct CheckFields {
     name: String,
-    query: Template,
+    #[serde(default)]
+    query: Option<Template>,
+    #[serde(default)]
+    http: Option<HttpProbe>,
     /// Breached when the value is above this.
     above: Option<f64>,
     /// Breached when the value is below this.
@@ -620,19 +675,45 @@ impl TryFrom<CheckFields> for CheckConfig {
     type Error = String;
 
     fn try_from(c: CheckFields) -> std::result::Result<Self, String> {
-        let threshold = match (c.above, c.below) {
-            (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
-                return Err("the threshold must be a finite number".into());
-            }
-            (Some(t), None) => Threshold::Above(t),
-            (None, Some(t)) => Threshold::Below(t),
+        let (probe, threshold) = match (c.query, c.http) {
             (Some(_), Some(_)) | (None, None) => {
-                return Err("exactly one of `above` or `below` is required".into());
+                return Err("exactly one of `query` or `http` is required".into());
+            }
+            (None, Some(http)) => {
+                if c.above.is_some() || c.below.is_some() {
+                    return Err(
+                        "an `http` check has no `above` or `below`: it is breached by any status but `expect_status`, a connection error or a timeout"
+                            .into(),
+                    );
+                }
+                if !(100..=599).contains(&http.expect_status) {
+                    return Err(format!(
+                        "http.expect_status {} is not an HTTP status",
+                        http.expect_status
+                    ));
+                }
+                if http.timeout.is_zero() {
+                    return Err("http.timeout must be greater than zero".into());
+                }
+                (Probe::Http(http), Threshold::Above(0.5))
+            }
+            (Some(query), None) => {
+                let threshold = match (c.above, c.below) {
+                    (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
+                        return Err("the threshold must be a finite number".into());
+                    }
+                    (Some(t), None) => Threshold::Above(t),
+                    (None, Some(t)) => Threshold::Below(t),
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err("exactly one of `above` or `below` is required".into());
+                    }
+                };
+                (Probe::Query(query), threshold)
             }
         };
         Ok(Self {
             name: c.name,
-            query: c.query,
+            probe,
             threshold,
             for_: c.for_,
             on_no_data: c.on_no_data,
@@ -886,6 +967,16 @@ fn validate_checks(prefix: &str, g: &GuardConfig) -> Checked {
     for (j, c) in g.checks.iter().enumerate() {
         let at = |k: &str| format!("{prefix}.checks[{j}].{k}");
         check_name(&at("name"), &c.name)?;
+        // They name the other triggers in `rollbacks_total{trigger}` and in Events.
+        if matches!(c.name.as_str(), "traffic" | "alert") {
+            return Err(refuse(
+                at("name"),
+                format!(
+                    "{:?} is reserved: it names a trigger that is not a check",
+                    c.name
+                ),
+            ));
+        }
         if !checks.insert(c.name.as_str()) {
             return Err(refuse(
                 at("name"),
@@ -996,6 +1087,15 @@ mod defaults {
     }
     pub(super) fn forward_timeout() -> Duration {
         Duration::from_secs(2)
+    }
+    pub(super) fn http_method() -> super::HttpMethod {
+        super::HttpMethod::Get
+    }
+    pub(super) fn expect_status() -> u16 {
+        200
+    }
+    pub(super) fn http_timeout() -> Duration {
+        Duration::from_secs(5)
     }
     pub(super) fn namespace() -> String {
         "default".into()
@@ -1169,6 +1269,51 @@ guards:
         ] {
             let e = error_of(&format!("{MINIMAL}leader_election: {keys}\n"));
             assert!(e.contains(expected), "{keys}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_http_check_has_a_probe_and_no_threshold_and_a_query_check_has_no_probe() {
+        let http = MINIMAL.replace(
+            "    query: 'sum(rate(x{version=\"{{version}}\"}[1m]))'\n    above: 0.02\n",
+            "    http: {url: 'http://shop-{{version}}.default.svc/checkout', expect_status: 204}\n",
+        );
+        let c = Config::from_yaml(&http).unwrap();
+        let check = &c.guards[0].checks[0];
+        let Probe::Http(probe) = &check.probe else {
+            panic!("{check:?}");
+        };
+        assert_eq!(probe.method, HttpMethod::Get);
+        assert_eq!(probe.expect_status, 204);
+        assert_eq!(probe.timeout, Duration::from_secs(5));
+        assert_eq!(check.threshold, Threshold::Above(0.5));
+        for (yaml, expected) in [
+            (
+                http.replace("expect_status: 204}", "expect_status: 204}\n    above: 1"),
+                "an `http` check has no `above` or `below`",
+            ),
+            (
+                MINIMAL.replace(
+                    "    above: 0.02\n",
+                    "    above: 0.02\n    http: {url: 'http://x'}\n",
+                ),
+                "exactly one of `query` or `http` is required",
+            ),
+            (
+                http.replace("expect_status: 204", "expect_status: 42"),
+                "http.expect_status 42 is not an HTTP status",
+            ),
+            (
+                http.replace("expect_status: 204", "method: DELETE"),
+                "guards[0].checks[0]",
+            ),
+            (
+                MINIMAL.replace("name: error_rate", "name: traffic"),
+                "guards[0].checks[0].name: \"traffic\" is reserved",
+            ),
+        ] {
+            let e = error_of(&yaml);
+            assert!(e.contains(expected), "{yaml}\n{e}");
         }
     }
 

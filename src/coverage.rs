@@ -301,7 +301,10 @@ templates:
             (guard.namespace.as_str(), guard.service.as_str()),
             ("shop", "cart")
         );
-        let query = guard.checks[0].query.render("v2", "v1").unwrap();
+        let crate::config::Probe::Query(query) = &guard.checks[0].probe else {
+            panic!("a query check");
+        };
+        let query = query.render("v2", "v1").unwrap();
         assert_eq!(
             query,
             r#"sum(rate(x{service="cart",app="cart",version="v2"}[1m]))"#

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{CheckConfig, GuardConfig};
+use crate::config::{CheckConfig, GuardConfig, Probe};
 use crate::coverage::Source;
 use crate::decision::{self, Decision, Sample, Signal};
 use crate::executor::{Command, Target, Writers};
@@ -173,7 +173,8 @@ pub struct CheckStatus {
     pub threshold: String,
     pub for_seconds: f64,
     pub last: Option<Sample>,
-    /// Why the last poll's query failed (`<reason>: <message>`), while `last` is an error.
+    /// Why the last poll's query failed (`<reason>: <message>`), while `last` is an error; for
+    /// an `http` check, why its last probe failed (`probe: HTTP 500, expected 200`).
     pub error: Option<String>,
     pub breached: bool,
     pub breach_since: Option<Timestamp>,
@@ -571,8 +572,11 @@ impl GuardTask {
                     .check_breached
                     .with_label_values(&[guard, &c.name])
                     .set(i64::from(breached_now));
-                let error = match track.last {
-                    Some(Sample::Error) => memory.poll_errors.get(i).cloned().flatten(),
+                let http = matches!(self.checks.get(i).map(|c| &c.probe), Some(Probe::Http(_)));
+                let error = match (track.last, http) {
+                    (Some(Sample::Error), _) | (Some(_), true) => {
+                        memory.poll_errors.get(i).cloned().flatten()
+                    }
                     _ => None,
                 };
                 CheckStatus {

@@ -26,6 +26,7 @@ pub mod live;
 pub mod metrics;
 pub mod poller;
 pub mod preflight;
+pub mod probe;
 pub mod promql;
 pub mod reload;
 #[cfg(feature = "sandbox")]

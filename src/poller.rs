@@ -10,6 +10,8 @@
 //! hands samples (and, for status, why a query failed) to the tasks of the guards with an open
 //! window, and keeps a one-line account of how Prometheus is answering for `/readyz`. Those polls
 //! are also what ends a window: the decision core closes one that a poll finds past its end.
+//! `http` checks are not Prometheus's: their synthetic transactions ([`crate::probe`]) run
+//! beside the round's queries, and their samples go with the rest.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,11 +23,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::{CheckConfig, Config};
+use crate::config::{CheckConfig, Config, Probe};
 use crate::decision::{Sample, Signal};
 use crate::fleet::Registry;
 use crate::guard::{GuardHandle, Input, Polling};
 use crate::metrics::Metrics;
+use crate::probe::{self, Prober};
 use crate::promql::{BatchFailure, Prometheus, QueryError, QueryFailure, QueryResult};
 use crate::reload::Reloader;
 
@@ -38,6 +41,8 @@ pub struct Poller {
     /// The guards running now; each round polls the set as it is then.
     pub guards: Registry,
     pub prometheus: Prometheus,
+    /// Runs the `http` checks' synthetic transactions.
+    pub prober: Prober,
     pub metrics: Metrics,
     pub interval: Duration,
     /// Notified when a window opens, to poll at once rather than up to an interval later.
@@ -199,43 +204,17 @@ impl Poller {
             .iter()
             .filter_map(|g| Some((g, g.polling.borrow().clone()?)))
             .collect();
-        // A query that cannot be rendered (a placeholder its Service lacks) is never sent: its
-        // failure stands in for its answer.
-        let mut rendered = Vec::new();
-        let mut queries = Vec::new();
-        for (_, w) in &windows {
-            for check in w.checks.iter() {
-                match check.query.render(&w.version, &w.previous) {
-                    Ok(q) => {
-                        rendered.push(None);
-                        queries.push(q);
-                    }
-                    Err(unbound) => rendered.push(Some(QueryFailure {
-                        kind: QueryError::Unbound,
-                        message: unbound.to_string(),
-                    })),
-                }
-            }
-        }
-        let answers = self.evaluate(&queries).await;
-        let mut answers = answers.into_iter();
-        let results: Vec<QueryResult<Vec<f64>>> = rendered
-            .into_iter()
-            .map(|r| match r {
-                Some(failure) => Err(failure),
-                None => answers.next().unwrap_or_else(|| Err(missing())),
-            })
-            .collect();
+        let (results, notes, asked_prometheus) = self.ask(&windows).await;
         // A query never sent is the Service's doing, not Prometheus's: it does not count here.
         let error = results
             .iter()
             .filter_map(|r| r.as_ref().err())
             .find(|f| f.kind != QueryError::Unbound)
             .map(ToString::to_string);
-        if !queries.is_empty() {
+        if asked_prometheus {
             self.health.record(Timestamp::now(), error);
         }
-        let mut results = results.into_iter();
+        let mut results = results.into_iter().zip(notes);
         // Only guards with an open window were polled; the others have nothing to end.
         for (guard, w) in windows {
             let polled: Vec<_> = results.by_ref().take(w.checks.len()).collect();
@@ -250,8 +229,8 @@ impl Poller {
                 .checks
                 .iter()
                 .zip(polled)
-                .map(|(check, result)| {
-                    let error = result.as_ref().err().map(ToString::to_string);
+                .map(|(check, (result, note))| {
+                    let error = result.as_ref().err().map(ToString::to_string).or(note);
                     (self.sample(name, check, result), error)
                 })
                 .unzip();
@@ -277,6 +256,68 @@ impl Poller {
         self.metrics
             .poll_duration_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Every open window's checks, in order: each one's result, and for an `http` check that
+    /// failed, why. True if Prometheus was asked anything.
+    async fn ask(
+        &self,
+        windows: &[(&GuardHandle, Polling)],
+    ) -> (Vec<QueryResult<Vec<f64>>>, Vec<Option<String>>, bool) {
+        // A query that cannot be rendered (a placeholder its Service lacks) is never sent: its
+        // failure stands in for its answer. HTTP probes run beside the queries.
+        let mut asked = Vec::new();
+        let mut queries = Vec::new();
+        let mut transactions = Vec::new();
+        for (_, w) in windows {
+            for check in w.checks.iter() {
+                match &check.probe {
+                    Probe::Query(query) => match query.render(&w.version, &w.previous) {
+                        Ok(q) => {
+                            asked.push(Asked::Query);
+                            queries.push(q);
+                        }
+                        Err(unbound) => asked.push(Asked::Unsent(QueryFailure {
+                            kind: QueryError::Unbound,
+                            message: unbound.to_string(),
+                        })),
+                    },
+                    Probe::Http(http) => {
+                        asked.push(Asked::Http);
+                        transactions.push(self.prober.run(http, &w.version, &w.previous));
+                    }
+                }
+            }
+        }
+        let (answers, outcomes) = tokio::join!(
+            self.evaluate(&queries),
+            futures::future::join_all(transactions)
+        );
+        let mut answers = answers.into_iter();
+        let mut outcomes = outcomes.into_iter();
+        let mut notes = Vec::new();
+        let results: Vec<QueryResult<Vec<f64>>> = asked
+            .into_iter()
+            .map(|a| match a {
+                Asked::Unsent(failure) => {
+                    notes.push(None);
+                    Err(failure)
+                }
+                Asked::Query => {
+                    notes.push(None);
+                    answers.next().unwrap_or_else(|| Err(missing()))
+                }
+                Asked::Http => {
+                    let outcome = outcomes.next().unwrap_or(probe::Outcome {
+                        value: 1.0,
+                        seen: "not run".into(),
+                    });
+                    notes.push((outcome.value > 0.0).then(|| format!("probe: {}", outcome.seen)));
+                    Ok(vec![outcome.value])
+                }
+            })
+            .collect();
+        (results, notes, !queries.is_empty())
     }
 
     /// Every query's result, in order, batched.
@@ -355,6 +396,14 @@ impl Poller {
     }
 }
 
+/// How one check of a round is asked.
+enum Asked {
+    Query,
+    Http,
+    /// Never sent: why stands in for its answer.
+    Unsent(QueryFailure),
+}
+
 /// A batch answer with fewer results than queries: never from a Prometheus that answered.
 fn missing() -> QueryFailure {
     QueryFailure {
@@ -426,6 +475,7 @@ mod tests {
         let poller = Poller {
             guards: crate::fleet::fixed(vec![closed, open]),
             prometheus: Prometheus::plain(&url, Duration::from_secs(1)).unwrap(),
+            prober: Prober::new().unwrap(),
             metrics: Metrics::new().unwrap(),
             interval: Duration::from_secs(1),
             wake: Arc::default(),

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use serde::Serialize;
 
-use crate::config::{Config, GuardConfig, Threshold};
+use crate::config::{Config, GuardConfig, Probe, Threshold};
 use crate::coverage::{self, Coverage};
 use crate::decision::{Persisted, Sample};
 use crate::error::{Error, Result};
@@ -533,8 +533,11 @@ pub async fn gather(
     let mut checks = Vec::new();
     for check in &guard.checks {
         let blue_version = from.as_deref().unwrap_or_default();
-        let ask = async |version: &str, previous: &str| match check.query.render(version, previous)
-        {
+        // A synthetic transaction tests green's own endpoint: it has nothing to say before.
+        let Probe::Query(query) = &check.probe else {
+            continue;
+        };
+        let ask = async |version: &str, previous: &str| match query.render(version, previous) {
             Err(unbound) => Answer::NotSent(unbound.to_string()),
             Ok(query) => match prometheus.instant(&query).await.0 {
                 Ok(values) => match Sample::from_values(&values, check.threshold) {

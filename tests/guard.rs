@@ -354,6 +354,7 @@ async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken(
         // A guard with no checks: each round asks Prometheus nothing, and still signals.
         guards: cutover_watchdog::fleet::fixed(vec![handle]),
         prometheus: Prometheus::plain(&config.prometheus.url, Duration::from_secs(1)).unwrap(),
+        prober: cutover_watchdog::probe::Prober::new().unwrap(),
         metrics: Metrics::new().unwrap(),
         interval: Duration::from_secs(10),
         wake: wake.clone(),

@@ -21,6 +21,7 @@ fn guard_in_window() -> Guard {
         window: Duration::from_mins(10),
         stabilization: Duration::from_mins(5),
         dry_run: false,
+        min_ready_previous: 1,
         checks: vec![
             check("error_rate", Threshold::Above(0.02)),
             check("latency_p95", Threshold::Above(0.8)),
@@ -54,6 +55,7 @@ fn bench(c: &mut Criterion) {
                         version: "v2".into(),
                         samples: samples.clone(),
                         at: now,
+                        previous_ready: None,
                     },
                     now,
                 ))

@@ -451,6 +451,7 @@ fn workers(
         guards: registry.clone(),
         prometheus,
         prober,
+        pods: Some(client.clone()),
         metrics: metrics.clone(),
         interval: config.poll_interval,
         wake,

@@ -28,6 +28,8 @@ pub struct Policy {
     pub stabilization: Duration,
     pub dry_run: bool,
     pub checks: Vec<Check>,
+    /// Ready Pods the rollback target must keep during the window.
+    pub min_ready_previous: u32,
 }
 
 impl From<&GuardConfig> for Policy {
@@ -36,6 +38,7 @@ impl From<&GuardConfig> for Policy {
             window: g.window,
             stabilization: g.stabilization,
             dry_run: g.dry_run,
+            min_ready_previous: g.min_ready_previous,
             checks: g
                 .checks
                 .iter()
@@ -267,6 +270,8 @@ pub enum Signal {
         version: String,
         samples: Vec<Sample>,
         at: Timestamp,
+        /// The rollback target's Ready Pods at that poll, if they were counted.
+        previous_ready: Option<u32>,
     },
     Alert(Alert),
     /// The executor's answer to a rollback for the window of `version`.
@@ -305,6 +310,13 @@ pub enum Decision {
     Baseline {
         version: String,
         resource_version: Option<String>,
+    },
+    /// The rollback target fell below `min_ready_previous` Ready Pods during the window: warn
+    /// (once, until it is back).
+    PreviousScaledDown {
+        state: Persisted,
+        ready: u32,
+        min: u32,
     },
     /// Dry run: what would have been a rollback.
     WouldRollBack {
@@ -372,6 +384,8 @@ pub struct Window {
     #[serde(skip)]
     attempt: Option<Attempt>,
     would_have_rolled_back: bool,
+    /// The rollback target is below `min_ready_previous`, and that was announced.
+    previous_short: bool,
     pub checks: Vec<CheckTrack>,
     reason: String,
 }
@@ -550,9 +564,14 @@ impl Guard {
                 version,
                 samples,
                 at,
-            } => self
-                .end_if_over(now)
-                .or_else(|| self.polled(&version, &samples, at)),
+                previous_ready,
+            } => {
+                let short = previous_ready.and_then(|r| self.previous_ready(&version, r));
+                let decided = self
+                    .end_if_over(now)
+                    .or_else(|| self.polled(&version, &samples, at));
+                return short.into_iter().chain(decided).collect();
+            }
             Signal::Alert(alert) => self.alert(&alert, now),
             Signal::Executed { version, outcome } => self.executed(&version, outcome),
         }
@@ -606,6 +625,7 @@ impl Guard {
             rollback: Rollback::Idle,
             attempt: None,
             would_have_rolled_back: false,
+            previous_short: false,
             checks: vec![CheckTrack::default(); self.policy.checks.len()],
             reason,
         })
@@ -822,6 +842,24 @@ impl Guard {
         None
     }
 
+    /// Blue kept: the rollback target's Ready Pods while the window is open. Falling below
+    /// `min_ready_previous` is announced once, and again only after it was back.
+    fn previous_ready(&mut self, version: &str, ready: u32) -> Option<Decision> {
+        let min = self.policy.min_ready_previous;
+        let w = self
+            .window
+            .as_mut()
+            .filter(|w| w.open && w.version == version)?;
+        let short = ready < min;
+        let announce = short && !w.previous_short;
+        w.previous_short = short;
+        announce.then(|| Decision::PreviousScaledDown {
+            state: w.persisted(),
+            ready,
+            min,
+        })
+    }
+
     fn alert(&mut self, alert: &Alert, now: Timestamp) -> Option<Decision> {
         let w = self.window.as_ref().filter(|w| w.open)?;
         match &alert.version {
@@ -970,6 +1008,7 @@ mod tests {
             window: Duration::from_mins(10),
             stabilization: Duration::from_mins(5),
             dry_run,
+            min_ready_previous: 1,
             checks: vec![
                 check(
                     "error_rate",
@@ -1018,6 +1057,7 @@ mod tests {
                 version: version.into(),
                 samples: vec![err, p95],
                 at: at(t),
+                previous_ready: None,
             },
             at(t),
         )
@@ -1081,6 +1121,7 @@ mod tests {
                 version: "v2".into(),
                 samples: vec![OK, BAD],
                 at: at(140),
+                previous_ready: None,
             },
             at(140),
         );
@@ -1909,6 +1950,55 @@ mod tests {
             matches!(&d[..], [Decision::Opened(p)] if p.cutover_at == at(100) && p.previous == "v1"),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn blue_below_min_ready_is_announced_once_until_it_is_back() {
+        let mut g = guard(false);
+        cut_over(&mut g);
+        let poll_with = |g: &mut Guard, t: i64, ready: Option<u32>| {
+            g.handle(
+                Signal::Polled {
+                    version: "v2".into(),
+                    samples: vec![OK, FAST],
+                    at: at(t),
+                    previous_ready: ready,
+                },
+                at(t),
+            )
+        };
+        let short = |d: &[Decision]| {
+            d.iter()
+                .filter(|d| {
+                    matches!(
+                        d,
+                        Decision::PreviousScaledDown {
+                            ready: 0,
+                            min: 1,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(short(&poll_with(&mut g, 20, Some(2))), 0);
+        assert_eq!(short(&poll_with(&mut g, 30, Some(0))), 1);
+        assert_eq!(
+            short(&poll_with(&mut g, 40, Some(0))),
+            0,
+            "once per episode"
+        );
+        assert_eq!(
+            short(&poll_with(&mut g, 50, None)),
+            0,
+            "not counted says nothing"
+        );
+        assert_eq!(short(&poll_with(&mut g, 60, Some(1))), 0);
+        assert_eq!(short(&poll_with(&mut g, 70, Some(0))), 1, "a new episode");
+        // With no open window, there is no rollback target to keep.
+        let mut idle = guard(false);
+        observe(&mut idle, "v1", 0);
+        assert_eq!(short(&poll_with(&mut idle, 10, Some(0))), 0);
     }
 
     #[test]

@@ -342,46 +342,46 @@ impl Executor {
                     .with_label_values(&[guard])
                     .inc();
                 info!(guard, from = %state.previous, to = %state.version, "cutover detected; window opened");
-                self.record(target, state).await;
                 let note = format!(
                     "selector {}: {}; watching, rollback target {}",
                     target.service.version_label, state.reason, state.previous
                 );
-                self.event(r, EventType::Normal, "CutoverDetected", "Watch", note)
-                    .await;
+                let event = (EventType::Normal, "CutoverDetected", note);
+                self.recorded(target, r, state, event).await;
             }
             // A baseline goes to the guards' shared writer, never down a lane.
             Decision::Resumed(_) | Decision::Baseline { .. } => {}
             Decision::Missed(state) => self.missed(target, r, state).await,
+            Decision::PreviousScaledDown { state, ready, min } => {
+                self.previous_scaled_down(target, r, state, (*ready, *min))
+                    .await;
+            }
             Decision::Stable(state) => {
                 info!(guard, version = %state.version, "Deployment {} now serving production traffic", state.version);
-                self.record(target, state).await;
                 let note = format!(
                     "Deployment {} now serving production traffic",
                     state.version
                 );
-                self.event(r, EventType::Normal, "CutoverStable", "Watch", note)
-                    .await;
+                let event = (EventType::Normal, "CutoverStable", note);
+                self.recorded(target, r, state, event).await;
             }
             Decision::Expired(state) => {
                 warn!(guard, version = %state.version, "window ended before the cutover was declared stable");
-                self.record(target, state).await;
                 let note = format!(
                     "window for {} ended before it was declared stable; checks kept breaching",
                     state.version
                 );
-                self.event(r, EventType::Warning, "WindowExpired", "Watch", note)
-                    .await;
+                let event = (EventType::Warning, "WindowExpired", note);
+                self.recorded(target, r, state, event).await;
             }
             Decision::Superseded { state, by } => {
                 info!(guard, version = %state.version, by = %by, "selector changed by someone else; window closed, nothing patched");
-                self.record(target, state).await;
                 let note = format!(
                     "selector changed from {} to {by} by someone else; window closed",
                     state.version
                 );
-                self.event(r, EventType::Normal, "WindowSuperseded", "Watch", note)
-                    .await;
+                let event = (EventType::Normal, "WindowSuperseded", note);
+                self.recorded(target, r, state, event).await;
             }
             Decision::WouldRollBack { state, trigger } => {
                 self.metrics
@@ -435,16 +435,44 @@ impl Executor {
         }
     }
 
+    async fn previous_scaled_down(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        (ready, min): (u32, u32),
+    ) {
+        let guard = target.guard.as_str();
+        self.metrics
+            .previous_scaled_down_total
+            .with_label_values(&[guard])
+            .inc();
+        warn!(guard, previous = %state.previous, ready, min, "the rollback target is being scaled down during the window");
+        let note = format!(
+            "{} has {ready} Ready pods, below min_ready_previous {min}, while {} is not yet \
+             proven: the rollback target is disappearing (never scale down blue until green is \
+             stable)",
+            state.previous, state.version
+        );
+        self.event(
+            r,
+            EventType::Warning,
+            "PreviousVersionScaledDown",
+            "Watch",
+            note,
+        )
+        .await;
+    }
+
     async fn missed(&self, target: &Target, r: &ObjectReference, state: &Persisted) {
         warn!(guard = %target.guard, from = %state.previous, to = %state.version, at = %state.cutover_at, "cutover made while no watchdog was watching, longer than the window ago; not watched");
-        self.record(target, state).await;
         let note = format!(
             "selector {} changed from {} to {} at {}, while no watchdog was watching, longer \
              than the window ago; recorded missed, not watched",
             target.service.version_label, state.previous, state.version, state.cutover_at
         );
-        self.event(r, EventType::Warning, "CutoverMissed", "Watch", note)
-            .await;
+        let event = (EventType::Warning, "CutoverMissed", note);
+        self.recorded(target, r, state, event).await;
     }
 
     async fn roll_back(
@@ -771,6 +799,18 @@ impl Executor {
     }
 
     /// Records the window's state on the Service, unless the guard is a dry run.
+    /// Records the window's state on the Service, then publishes its Event (a Watch action).
+    async fn recorded(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        (type_, reason, note): (EventType, &str, String),
+    ) {
+        self.record(target, state).await;
+        self.event(r, type_, reason, "Watch", note).await;
+    }
+
     async fn record(&self, target: &Target, state: &Persisted) {
         if target.dry_run() {
             return;

@@ -123,6 +123,9 @@ pub struct Polling {
     pub version: String,
     pub previous: String,
     pub checks: Arc<[CheckConfig]>,
+    /// The label selector of the rollback target's Pods, whose Ready ones the poller counts
+    /// (blue kept); `None` before the Service's selector is known.
+    pub previous_pods: Option<String>,
 }
 
 impl PartialEq for Polling {
@@ -130,6 +133,7 @@ impl PartialEq for Polling {
         self.version == other.version
             && self.previous == other.previous
             && Arc::ptr_eq(&self.checks, &other.checks)
+            && self.previous_pods == other.previous_pods
     }
 }
 
@@ -243,6 +247,8 @@ struct Memory {
     /// The Service as last seen, for Events.
     reference: Option<ObjectReference>,
     selector_version: Option<String>,
+    /// The Service's selector as last seen, for counting the rollback target's Pods.
+    selector: Option<std::collections::BTreeMap<String, String>>,
     last_decision: Option<DecisionStatus>,
     /// Why each check's query failed at the last poll of the open window, in check order.
     poll_errors: Vec<Option<String>>,
@@ -420,6 +426,7 @@ impl GuardTask {
             warn!(guard = %self.config.name, label = %self.config.version_label, "service selector has no version key; nothing to guard");
         }
         memory.selector_version.clone_from(&version);
+        memory.selector = Some(service::selector(svc));
         let signal = Signal::Observed {
             version,
             persisted: service::persisted(svc),
@@ -545,6 +552,15 @@ impl GuardTask {
             version: w.version.clone(),
             previous: w.previous.clone(),
             checks: self.checks.clone(),
+            previous_pods: memory.selector.as_ref().map(|selector| {
+                let mut selector = selector.clone();
+                selector.insert(self.config.version_label.clone(), w.previous.clone());
+                selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
         });
         let opened = polling.is_some();
         let changed = self.polling.send_if_modified(|p| {
@@ -632,6 +648,13 @@ fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
         Decision::Stable(s) => ("stable", s.reason.clone()),
         Decision::Expired(s) => ("expired", s.reason.clone()),
         Decision::Missed(s) => ("missed", s.reason.clone()),
+        Decision::PreviousScaledDown { state, ready, min } => (
+            "previous-scaled-down",
+            format!(
+                "{} has {ready} Ready pods, below min_ready_previous {min}",
+                state.previous
+            ),
+        ),
         Decision::Baseline { version, .. } => {
             ("baseline", format!("{version} recorded as serving"))
         }

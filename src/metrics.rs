@@ -44,6 +44,8 @@ pub struct Metrics {
     pub alerts_received_total: IntCounterVec,
     pub leader: IntGauge,
     pub service_relists_total: Family<family::Counter>,
+    /// Times blue's Ready Pods fell below `min_ready_previous` during a window.
+    pub previous_scaled_down_total: Family<family::Counter>,
     pub secret_reload_errors_total: IntCounterVec,
     /// 1 if the last read of the config file was put in force, 0 if it was refused.
     pub config_last_reload_successful: IntGauge,
@@ -216,6 +218,13 @@ impl Metrics {
                     "1 while this replica may write: it holds the leader lease, or election is off.",
                 ))?,
             )?,
+            previous_scaled_down_total: family(
+                r,
+                "previous_scaled_down_total",
+                "Times the rollback target's Ready pods fell below min_ready_previous during a \
+                 window (blue scaled down before green was proven).",
+                &["guard"],
+            )?,
             service_relists_total: family(
                 r,
                 "service_relists_total",
@@ -283,18 +292,24 @@ impl Metrics {
         Ok(m)
     }
 
+    /// The counters with only a `guard` label.
+    fn guard_counters(&self) -> [&Family<family::Counter>; 5] {
+        [
+            &self.cutovers_total,
+            &self.rollback_blocked_total,
+            &self.rollback_failures_total,
+            &self.service_relists_total,
+            &self.previous_scaled_down_total,
+        ]
+    }
+
     /// Creates every series a guard can have at zero, so dashboards show it from the start and
     /// `increase()` in alert rules sees the first event (an absent series has nothing to increase
     /// from). Also exports each check's threshold.
     pub fn init_guard(&self, guard: &GuardConfig) {
         let g = guard.name.as_str();
         self.window_active.with_label_values(&[g]).set(0);
-        for counter in [
-            &self.cutovers_total,
-            &self.rollback_blocked_total,
-            &self.rollback_failures_total,
-            &self.service_relists_total,
-        ] {
+        for counter in self.guard_counters() {
             counter.with_label_values(&[g]);
         }
         let triggers = guard
@@ -320,12 +335,7 @@ impl Metrics {
     /// Deletes every series of a guard that is gone, so that memory does not grow with churn.
     pub fn remove_guard(&self, guard: &GuardConfig) {
         let g = guard.name.as_str();
-        for family in [
-            &self.cutovers_total,
-            &self.rollback_blocked_total,
-            &self.rollback_failures_total,
-            &self.service_relists_total,
-        ] {
+        for family in self.guard_counters() {
             let _ = family.remove_label_values(&[g]);
         }
         let _ = self.window_active.remove_label_values(&[g]);

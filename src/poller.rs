@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -43,6 +44,8 @@ pub struct Poller {
     pub prometheus: Prometheus,
     /// Runs the `http` checks' synthetic transactions.
     pub prober: Prober,
+    /// Counts the rollback target's Ready Pods each round; `None`: they are not counted.
+    pub pods: Option<kube::Client>,
     pub metrics: Metrics,
     pub interval: Duration,
     /// Notified when a window opens, to poll at once rather than up to an interval later.
@@ -204,7 +207,9 @@ impl Poller {
             .iter()
             .filter_map(|g| Some((g, g.polling.borrow().clone()?)))
             .collect();
-        let (results, notes, asked_prometheus) = self.ask(&windows).await;
+        let counts = futures::future::join_all(windows.iter().map(|(g, w)| self.ready(g, w)));
+        let ((results, notes, asked_prometheus), ready) = tokio::join!(self.ask(&windows), counts);
+        let mut ready = ready.into_iter();
         // A query never sent is the Service's doing, not Prometheus's: it does not count here.
         let error = results
             .iter()
@@ -218,6 +223,7 @@ impl Poller {
         // Only guards with an open window were polled; the others have nothing to end.
         for (guard, w) in windows {
             let polled: Vec<_> = results.by_ref().take(w.checks.len()).collect();
+            let previous_ready = ready.next().flatten();
             // Stopped, or given other checks, while its queries were out: its series for these
             // checks are gone, and must stay gone.
             let current = guard.polling.borrow().as_ref().map(|p| p.checks.clone());
@@ -238,6 +244,7 @@ impl Poller {
                 samples,
                 version: w.version,
                 at,
+                previous_ready,
             };
             let input = Box::new(Input::Polled {
                 signal,
@@ -318,6 +325,29 @@ impl Poller {
             })
             .collect();
         (results, notes, !queries.is_empty())
+    }
+
+    /// The rollback target's Ready Pods for window `w` (blue kept); `None` when they cannot be
+    /// counted, which says nothing about them.
+    async fn ready(&self, guard: &GuardHandle, w: &Polling) -> Option<u32> {
+        let (client, labels) = (self.pods.as_ref()?, w.previous_pods.as_ref()?);
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &guard.config.namespace);
+        let params = kube::api::ListParams::default().labels(labels);
+        match tokio::time::timeout(self.interval, pods.list(&params)).await {
+            Ok(Ok(list)) => {
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|p| crate::service::is_ready(p))
+                    .count();
+                Some(u32::try_from(ready).unwrap_or(u32::MAX))
+            }
+            Ok(Err(e)) => {
+                debug!(guard = %guard.config.name, error = %crate::error::chain(&e), "could not count the rollback target's pods");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Every query's result, in order, batched.
@@ -468,6 +498,7 @@ mod tests {
             version: "v2".into(),
             previous: "v1".into(),
             checks: Arc::new([]),
+            previous_pods: None,
         };
         let (open, mut open_inbox) = guard("open", Some(window));
         // Nothing listens here; with no checks, the round asks Prometheus nothing.
@@ -476,6 +507,7 @@ mod tests {
             guards: crate::fleet::fixed(vec![closed, open]),
             prometheus: Prometheus::plain(&url, Duration::from_secs(1)).unwrap(),
             prober: Prober::new().unwrap(),
+            pods: None,
             metrics: Metrics::new().unwrap(),
             interval: Duration::from_secs(1),
             wake: Arc::default(),

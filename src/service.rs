@@ -221,7 +221,9 @@ pub fn selector(svc: &Service) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// Whether the Pod's `Ready` condition is true.
+#[must_use]
+pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

@@ -118,6 +118,7 @@ impl Running {
             version: "v2".into(),
             samples: vec![sample],
             at: self.clock.now(),
+            previous_ready: None,
         };
         let errors = vec![None];
         // The checks the open window polls: a poll of any others is dropped as stale.
@@ -342,6 +343,7 @@ async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken(
         version: "v2".into(),
         previous: "v1".into(),
         checks: Arc::new([]),
+        previous_pods: None,
     };
     let (_window, polling) = tokio::sync::watch::channel(Some(window));
     let g = Arc::new(config.guards[0].clone());
@@ -355,6 +357,7 @@ async fn the_poller_polls_every_interval_by_its_schedule_and_at_once_when_woken(
         guards: cutover_watchdog::fleet::fixed(vec![handle]),
         prometheus: Prometheus::plain(&config.prometheus.url, Duration::from_secs(1)).unwrap(),
         prober: cutover_watchdog::probe::Prober::new().unwrap(),
+        pods: None,
         metrics: Metrics::new().unwrap(),
         interval: Duration::from_secs(10),
         wake: wake.clone(),

@@ -1,7 +1,8 @@
-//! An `http` check, the runbook's "verify business logic via synthetic transaction", against a
-//! real HTTP endpoint per version: the watchdog binary probes it each poll; while it answers
-//! `expect_status` nothing happens, and once it answers 500 for longer than `for`, the selector
-//! goes back to blue with the check as the trigger.
+//! The runbook's checks during the window, on the watchdog binary: an `http` check ("verify
+//! business logic via synthetic transaction") against a real HTTP endpoint per version, which
+//! rolls back once it answers 500 for longer than `for`; and blue kept ("never scale down blue
+//! until green is proven stable"), which warns when blue's Ready Pods fall below
+//! `min_ready_previous` mid-window.
 
 // Test code: a failed setup step should panic right there.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use common::{Cluster, Setup, Watchdog};
+use common::{APP, Cluster, NS, Setup, Watchdog};
+use cutover_watchdog::sandbox::apiserver;
 
 /// `GET /{version}/checkout`: v2 answers what `green` holds, every other version 200.
 async fn checkout(State(green): State<Arc<AtomicU16>>, Path(version): Path<String>) -> StatusCode {
@@ -68,4 +70,49 @@ async fn an_http_check_that_turns_to_500_rolls_back_once_its_for_has_passed() {
     assert_eq!(cluster.wait_selector_patches(1).await, 1);
     let rollbacks = r#"cutover_watchdog_rollbacks_total{guard="checkout",trigger="checkout_txn"}"#;
     assert_eq!(common::metric(&w.metrics().await, rollbacks), Some(1.0));
+}
+
+#[tokio::test]
+async fn scaling_blue_down_mid_window_warns_once_and_rolls_nothing_back() {
+    let cluster = Cluster::start().await;
+    let w = Watchdog::start(&cluster, &Setup::default()).await;
+    cluster.cut_over_recorded("v2").await;
+    for i in 0..2 {
+        let labels = [("app", APP), ("version", "v1")];
+        let pod = apiserver::pod(NS, &format!("{APP}-v1-{i}"), &labels, false);
+        cluster.api.apply(pod).unwrap();
+    }
+    cluster.wait_event("PreviousVersionScaledDown").await;
+    let scaled = r#"cutover_watchdog_previous_scaled_down_total{guard="checkout"}"#;
+    let polls = async || common::metric(&w.metrics().await, scaled);
+    w.wait_until("the count", Duration::from_secs(5), polls, |n| {
+        *n == Some(1.0)
+    })
+    .await;
+    let g = w
+        .wait_status("the decision", Duration::from_secs(5), |g| {
+            g["last_decision"]["kind"] == "previous-scaled-down"
+        })
+        .await;
+    assert!(
+        g["last_decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("v1 has 0 Ready pods, below min_ready_previous 1"),
+        "{g:#}"
+    );
+    // Once per episode: later polls that still find blue short say nothing new.
+    let rounds = async || w.metrics().await;
+    w.wait_until(
+        "two more poll rounds",
+        Duration::from_secs(5),
+        rounds,
+        |m| {
+            common::metric(m, "cutover_watchdog_poll_duration_seconds_count")
+                .is_some_and(|n| n >= 6.0)
+        },
+    )
+    .await;
+    assert_eq!(cluster.events_with("PreviousVersionScaledDown"), 1);
+    assert_eq!(cluster.selector_version(), "v2");
 }

@@ -22,6 +22,7 @@ fn guard_in_window() -> Guard {
         stabilization: Duration::from_mins(5),
         dry_run: false,
         min_ready_previous: 1,
+        traffic: None,
         checks: vec![
             check("error_rate", Threshold::Above(0.02)),
             check("latency_p95", Threshold::Above(0.8)),
@@ -56,6 +57,7 @@ fn bench(c: &mut Criterion) {
                         samples: samples.clone(),
                         at: now,
                         previous_ready: None,
+                        traffic: None,
                     },
                     now,
                 ))

@@ -470,6 +470,41 @@ pub struct GuardConfig {
     /// Alertmanager alerts that revert at once; without this key, none do.
     #[serde(default)]
     pub alerts: Option<AlertsConfig>,
+    /// Whether traffic really moved at the cutover, and back at a rollback.
+    #[serde(default)]
+    pub traffic: Option<TrafficConfig>,
+}
+
+/// `traffic:` on a guard or a template.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    /// The request rate of `{{version}}`, with the checks' placeholders.
+    pub query: Template,
+    /// Green's share of green plus blue must reach this after the cutover (blue's, after a
+    /// rollback).
+    #[serde(default = "defaults::min_share")]
+    pub min_share: f64,
+    /// ... within this long.
+    #[serde(default = "defaults::within", with = "duration")]
+    pub within: Duration,
+    /// Green's rate falling below blue's just before the switch by more than this fraction is
+    /// the runbook's lost request volume parity.
+    #[serde(default = "defaults::volume_drop")]
+    pub volume_drop: f64,
+    /// What a failed traffic check does besides warning.
+    #[serde(default)]
+    pub action: TrafficAction,
+}
+
+/// `traffic.action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficAction {
+    #[default]
+    Warn,
+    /// Also roll back, with `trigger="traffic"`.
+    Rollback,
 }
 
 impl GuardConfig {
@@ -498,9 +533,17 @@ impl GuardConfig {
             }
             None => None,
         };
+        let traffic = self.traffic.as_ref().map(|t| {
+            let (query, lacks) = t.query.bind(vars);
+            if missing.is_none() {
+                missing = lacks;
+            }
+            TrafficConfig { query, ..t.clone() }
+        });
         let bound = Self {
             checks,
             alerts,
+            traffic,
             ..self.clone()
         };
         (bound, missing)
@@ -561,6 +604,8 @@ struct TemplateFields {
     checks: Vec<CheckConfig>,
     #[serde(default)]
     alerts: Option<AlertsConfig>,
+    #[serde(default)]
+    traffic: Option<TrafficConfig>,
 }
 
 impl From<TemplateFields> for TemplateConfig {
@@ -580,6 +625,7 @@ impl From<TemplateFields> for TemplateConfig {
                 min_ready_previous: t.min_ready_previous,
                 checks: t.checks,
                 alerts: t.alerts,
+                traffic: t.traffic,
             },
         }
     }
@@ -957,7 +1003,22 @@ fn validate_keys(prefix: &str, g: &GuardConfig) -> Checked {
             ));
         }
     }
+    validate_traffic(prefix, g)?;
     validate_checks(prefix, g)
+}
+
+/// `traffic`: shares and fractions between 0 and 1, a window to reach them in.
+fn validate_traffic(prefix: &str, g: &GuardConfig) -> Checked {
+    let Some(t) = &g.traffic else {
+        return Ok(());
+    };
+    let at = |k: &str| format!("{prefix}.traffic.{k}");
+    for (key, value) in [("min_share", t.min_share), ("volume_drop", t.volume_drop)] {
+        if !(value > 0.0 && value <= 1.0) {
+            return Err(refuse(at(key), format!("{value} is not in (0, 1]")));
+        }
+    }
+    nonzero(&at("within"), t.within)
 }
 
 /// The checks of a guard or template: valid, unique names (each check's own fields were
@@ -1087,6 +1148,15 @@ mod defaults {
     }
     pub(super) fn forward_timeout() -> Duration {
         Duration::from_secs(2)
+    }
+    pub(super) fn min_share() -> f64 {
+        0.95
+    }
+    pub(super) fn within() -> Duration {
+        Duration::from_mins(2)
+    }
+    pub(super) fn volume_drop() -> f64 {
+        0.5
     }
     pub(super) fn http_method() -> super::HttpMethod {
         super::HttpMethod::Get
@@ -1314,6 +1384,40 @@ guards:
         ] {
             let e = error_of(&yaml);
             assert!(e.contains(expected), "{yaml}\n{e}");
+        }
+    }
+
+    #[test]
+    fn traffic_takes_its_defaults_and_refuses_shares_outside_zero_to_one() {
+        let with = |keys: &str| {
+            format!(
+                "{MINIMAL}  traffic: {{query: 'sum(rate(r{{version=\"{{{{version}}}}\"}}[1m]))'{keys}}}\n"
+            )
+        };
+        let c = Config::from_yaml(&with("")).unwrap();
+        let t = c.guards[0].traffic.as_ref().unwrap();
+        assert_eq!((t.min_share, t.volume_drop), (0.95, 0.5));
+        assert_eq!(t.within, Duration::from_mins(2));
+        assert_eq!(t.action, TrafficAction::Warn);
+        let c = Config::from_yaml(&with(", action: rollback")).unwrap();
+        assert_eq!(
+            c.guards[0].traffic.as_ref().unwrap().action,
+            TrafficAction::Rollback
+        );
+        for (keys, expected) in [
+            (
+                ", min_share: 1.5",
+                "guards[0].traffic.min_share: 1.5 is not in (0, 1]",
+            ),
+            (
+                ", volume_drop: 0",
+                "guards[0].traffic.volume_drop: 0 is not in (0, 1]",
+            ),
+            (", within: 0s", "guards[0].traffic.within"),
+            (", action: page", "guards[0].traffic"),
+        ] {
+            let e = error_of(&with(keys));
+            assert!(e.contains(expected), "{keys}: {e}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::config::{GuardConfig, NoDataPolicy, Threshold};
+use crate::config::{GuardConfig, NoDataPolicy, Threshold, TrafficAction};
 
 /// A check as the core needs it.
 #[derive(Debug, Clone)]
@@ -30,6 +30,18 @@ pub struct Policy {
     pub checks: Vec<Check>,
     /// Ready Pods the rollback target must keep during the window.
     pub min_ready_previous: u32,
+    /// Whether traffic really moved; `None`: not checked.
+    pub traffic: Option<TrafficPolicy>,
+}
+
+/// A guard's `traffic` check, as the core needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficPolicy {
+    pub min_share: f64,
+    pub within: Duration,
+    pub volume_drop: f64,
+    /// A failed check also rolls back.
+    pub rollback: bool,
 }
 
 impl From<&GuardConfig> for Policy {
@@ -39,6 +51,12 @@ impl From<&GuardConfig> for Policy {
             stabilization: g.stabilization,
             dry_run: g.dry_run,
             min_ready_previous: g.min_ready_previous,
+            traffic: g.traffic.as_ref().map(|t| TrafficPolicy {
+                min_share: t.min_share,
+                within: t.within,
+                volume_drop: t.volume_drop,
+                rollback: t.action == TrafficAction::Rollback,
+            }),
             checks: g
                 .checks
                 .iter()
@@ -153,6 +171,54 @@ impl Sample {
     }
 }
 
+/// Green's and blue's request rates at one poll; `None` where the query gave no number.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Rates {
+    pub green: Option<f64>,
+    pub blue: Option<f64>,
+}
+
+impl Rates {
+    /// Green's share of green plus blue, when both are known and not both zero.
+    #[must_use]
+    pub fn green_share(self) -> Option<f64> {
+        let (g, b) = (self.green?, self.blue?);
+        (g + b > 0.0).then(|| g / (g + b))
+    }
+}
+
+/// How a traffic check failed: the closed set of `traffic_check_failures_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficKind {
+    NotSwitched,
+    NotRestored,
+    VolumeDropped,
+}
+
+impl TrafficKind {
+    pub const ALL: [Self; 3] = [Self::NotSwitched, Self::NotRestored, Self::VolumeDropped];
+
+    #[must_use]
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::NotSwitched => "not_switched",
+            Self::NotRestored => "not_restored",
+            Self::VolumeDropped => "volume_dropped",
+        }
+    }
+
+    /// The Warning Event's reason.
+    #[must_use]
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Self::NotSwitched => "TrafficNotSwitched",
+            Self::NotRestored => "RollbackTrafficNotRestored",
+            Self::VolumeDropped => "TrafficVolumeDropped",
+        }
+    }
+}
+
 /// What caused a rollback.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -169,6 +235,8 @@ pub enum Trigger {
         /// The alert's `severity` label, one of the guard's `alerts.severities`.
         severity: String,
     },
+    /// A failed traffic check, with `traffic.action: rollback`.
+    Traffic { detail: String },
 }
 
 impl Trigger {
@@ -178,6 +246,7 @@ impl Trigger {
         match self {
             Self::Check { name, .. } => name,
             Self::Alert { .. } => "alert",
+            Self::Traffic { .. } => "traffic",
         }
     }
 
@@ -201,6 +270,7 @@ impl Trigger {
                 alertname,
                 severity,
             } => format!("{severity} alert {alertname}"),
+            Self::Traffic { detail } => format!("traffic: {detail}"),
         }
     }
 }
@@ -272,6 +342,8 @@ pub enum Signal {
         at: Timestamp,
         /// The rollback target's Ready Pods at that poll, if they were counted.
         previous_ready: Option<u32>,
+        /// Green's and blue's request rates, with a `traffic` check.
+        traffic: Option<Rates>,
     },
     Alert(Alert),
     /// The executor's answer to a rollback for the window of `version`.
@@ -310,6 +382,12 @@ pub enum Decision {
     Baseline {
         version: String,
         resource_version: Option<String>,
+    },
+    /// A traffic check failed: warn (a rollback, if the policy says so, is its own decision).
+    TrafficFailed {
+        state: Persisted,
+        kind: TrafficKind,
+        detail: String,
     },
     /// The rollback target fell below `min_ready_previous` Ready Pods during the window: warn
     /// (once, until it is back).
@@ -371,6 +449,25 @@ struct Attempt {
     unanswered: Option<String>,
 }
 
+/// A window's traffic check: what moved, and what was decided of it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrafficTrack {
+    /// Green's share of green plus blue at the last poll.
+    pub share: Option<f64>,
+    /// Blue's rate at the first poll of the window (its rate window reaches back before the
+    /// switch): the volume green should carry.
+    pub before: Option<f64>,
+    /// Green's rate at the last poll.
+    pub green_rate: Option<f64>,
+    /// Green's share reached `min_share` (true), or did not within `within` (false).
+    pub switched: Option<bool>,
+    /// Green's rate at `within` was within `volume_drop` of `before`.
+    pub volume_kept: Option<bool>,
+    /// After our rollback: by when blue's share must be back, and whether it came back.
+    pub restore_by: Option<Timestamp>,
+    pub restored: Option<bool>,
+}
+
 /// A post-cutover window.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
@@ -386,6 +483,8 @@ pub struct Window {
     would_have_rolled_back: bool,
     /// The rollback target is below `min_ready_previous`, and that was announced.
     previous_short: bool,
+    /// Where the traffic check stands.
+    pub traffic: TrafficTrack,
     pub checks: Vec<CheckTrack>,
     reason: String,
 }
@@ -465,6 +564,10 @@ struct Sight<'a> {
     /// When a cutover seen now was made: `now`, unless it was seen late and the API server
     /// recorded the change.
     since: Timestamp,
+}
+
+fn share_text(share: Option<f64>) -> String {
+    share.map_or_else(|| "unknown (no rates)".to_owned(), |s| format!("{s:.2}"))
 }
 
 fn after(t: Timestamp, d: Duration) -> Timestamp {
@@ -565,12 +668,14 @@ impl Guard {
                 samples,
                 at,
                 previous_ready,
+                traffic,
             } => {
                 let short = previous_ready.and_then(|r| self.previous_ready(&version, r));
+                let moved = traffic.map_or_else(Vec::new, |t| self.traffic(&version, t, at));
                 let decided = self
                     .end_if_over(now)
                     .or_else(|| self.polled(&version, &samples, at));
-                return short.into_iter().chain(decided).collect();
+                return short.into_iter().chain(moved).chain(decided).collect();
             }
             Signal::Alert(alert) => self.alert(&alert, now),
             Signal::Executed { version, outcome } => self.executed(&version, outcome),
@@ -626,6 +731,7 @@ impl Guard {
             attempt: None,
             would_have_rolled_back: false,
             previous_short: false,
+            traffic: TrafficTrack::default(),
             checks: vec![CheckTrack::default(); self.policy.checks.len()],
             reason,
         })
@@ -842,6 +948,120 @@ impl Guard {
         None
     }
 
+    /// Did traffic move? After the cutover, green's share must reach `min_share` within
+    /// `within`, and green's rate then must be within `volume_drop` of blue's before; after our
+    /// rollback, blue's share must come back the same way. Each failure is announced once; with
+    /// `action: rollback`, a failure in an open window also rolls back.
+    fn traffic(&mut self, version: &str, rates: Rates, now: Timestamp) -> Vec<Decision> {
+        let Some(policy) = self.policy.traffic.clone() else {
+            return Vec::new();
+        };
+        let Some(w) = self.window.as_mut().filter(|w| w.version == version) else {
+            return Vec::new();
+        };
+        let t = &mut w.traffic;
+        t.share = rates.green_share();
+        if !w.open {
+            // Only our own rollback is followed: blue's share must come back.
+            if w.rollback != Rollback::Done || t.restored.is_some() {
+                return Vec::new();
+            }
+            let by = *t
+                .restore_by
+                .get_or_insert_with(|| after(now, policy.within));
+            let blue_share = t.share.map(|g| 1.0 - g);
+            if blue_share.is_some_and(|b| b >= policy.min_share) {
+                t.restored = Some(true);
+                return Vec::new();
+            }
+            if now < by {
+                return Vec::new();
+            }
+            t.restored = Some(false);
+            let detail = format!(
+                "{}'s share of traffic {} after the rollback, below min_share {}, {} after it",
+                w.previous,
+                share_text(blue_share),
+                policy.min_share,
+                humantime::format_duration(policy.within)
+            );
+            let state = w.persisted();
+            return vec![Decision::TrafficFailed {
+                state,
+                kind: TrafficKind::NotRestored,
+                detail,
+            }];
+        }
+        if t.before.is_none() {
+            t.before = rates.blue;
+        }
+        t.green_rate = rates.green;
+        if t.switched.is_none() && t.share.is_some_and(|s| s >= policy.min_share) {
+            t.switched = Some(true);
+        }
+        let due = now >= after(w.opened_at, policy.within);
+        let mut failed = Vec::new();
+        if due && t.switched.is_none() {
+            t.switched = Some(false);
+            failed.push((
+                TrafficKind::NotSwitched,
+                format!(
+                    "{}'s share of traffic {} after {}, below min_share {}",
+                    w.version,
+                    share_text(t.share),
+                    humantime::format_duration(policy.within),
+                    policy.min_share
+                ),
+            ));
+        }
+        if due
+            && t.volume_kept.is_none()
+            && let (Some(before), Some(green)) = (t.before, t.green_rate)
+        {
+            let kept = green >= before * (1.0 - policy.volume_drop);
+            t.volume_kept = Some(kept);
+            if !kept {
+                failed.push((
+                    TrafficKind::VolumeDropped,
+                    format!(
+                        "{}'s rate {green:.2}/s is {:.0}% below {}'s {before:.2}/s before the switch (volume_drop {})",
+                        w.version,
+                        (1.0 - green / before) * 100.0,
+                        w.previous,
+                        policy.volume_drop
+                    ),
+                ));
+            }
+        }
+        let state = w.persisted();
+        let rollback = policy
+            .rollback
+            .then(|| failed.first().map(|(_, d)| d.clone()))
+            .flatten();
+        let mut decisions: Vec<Decision> = failed
+            .into_iter()
+            .map(|(kind, detail)| Decision::TrafficFailed {
+                state: state.clone(),
+                kind,
+                detail,
+            })
+            .collect();
+        if let Some(detail) = rollback {
+            decisions.extend(self.roll_back(Trigger::Traffic { detail }, now));
+        }
+        decisions
+    }
+
+    /// The window the poller should poll: the open one, or one we rolled back whose traffic
+    /// must still be seen coming back to blue.
+    #[must_use]
+    pub fn polled_window(&self) -> Option<&Window> {
+        let traffic = self.policy.traffic.is_some();
+        self.window.as_ref().filter(|w| {
+            w.open || (traffic && w.rollback == Rollback::Done && w.traffic.restored.is_none())
+        })
+    }
+
     /// Blue kept: the rollback target's Ready Pods while the window is open. Falling below
     /// `min_ready_previous` is announced once, and again only after it was back.
     fn previous_ready(&mut self, version: &str, ready: u32) -> Option<Decision> {
@@ -1009,6 +1229,7 @@ mod tests {
             stabilization: Duration::from_mins(5),
             dry_run,
             min_ready_previous: 1,
+            traffic: None,
             checks: vec![
                 check(
                     "error_rate",
@@ -1058,6 +1279,7 @@ mod tests {
                 samples: vec![err, p95],
                 at: at(t),
                 previous_ready: None,
+                traffic: None,
             },
             at(t),
         )
@@ -1122,6 +1344,7 @@ mod tests {
                 samples: vec![OK, BAD],
                 at: at(140),
                 previous_ready: None,
+                traffic: None,
             },
             at(140),
         );
@@ -1963,6 +2186,7 @@ mod tests {
                     samples: vec![OK, FAST],
                     at: at(t),
                     previous_ready: ready,
+                    traffic: None,
                 },
                 at(t),
             )
@@ -1999,6 +2223,129 @@ mod tests {
         let mut idle = guard(false);
         observe(&mut idle, "v1", 0);
         assert_eq!(short(&poll_with(&mut idle, 10, Some(0))), 0);
+    }
+
+    fn traffic_guard(rollback: bool) -> Guard {
+        let mut policy = guard(false).policy().clone();
+        policy.traffic = Some(TrafficPolicy {
+            min_share: 0.95,
+            within: Duration::from_mins(2),
+            volume_drop: 0.5,
+            rollback,
+        });
+        Guard::new(policy)
+    }
+
+    /// A clean poll at `t` with these request rates.
+    fn rates(g: &mut Guard, t: i64, green: f64, blue: f64) -> Vec<Decision> {
+        g.handle(
+            Signal::Polled {
+                version: "v2".into(),
+                samples: vec![OK, FAST],
+                at: at(t),
+                previous_ready: None,
+                traffic: Some(Rates {
+                    green: Some(green),
+                    blue: Some(blue),
+                }),
+            },
+            at(t),
+        )
+    }
+
+    fn traffic_failures(d: &[Decision]) -> Vec<TrafficKind> {
+        d.iter()
+            .filter_map(|d| match d {
+                Decision::TrafficFailed { kind, .. } => Some(*kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn traffic_that_moves_to_green_passes_and_a_partial_switch_warns_once_at_within() {
+        let mut g = traffic_guard(false);
+        cut_over(&mut g); // at 10 s
+        assert!(traffic_failures(&rates(&mut g, 20, 60.0, 100.0)).is_empty());
+        assert!(traffic_failures(&rates(&mut g, 60, 97.0, 3.0)).is_empty());
+        assert_eq!(g.window().unwrap().traffic.switched, Some(true));
+        assert!(traffic_failures(&rates(&mut g, 200, 97.0, 3.0)).is_empty());
+
+        // Blue keeps 40%: at cutover + 2m, TrafficNotSwitched, once; no rollback under `warn`.
+        let mut g = traffic_guard(false);
+        cut_over(&mut g);
+        assert!(traffic_failures(&rates(&mut g, 20, 60.0, 40.0)).is_empty());
+        let d = rates(&mut g, 130, 60.0, 40.0);
+        assert_eq!(traffic_failures(&d), [TrafficKind::NotSwitched]);
+        assert!(!d.iter().any(|d| matches!(d, Decision::RollBack { .. })));
+        let Some(Decision::TrafficFailed { detail, .. }) = d.first() else {
+            panic!("{d:?}");
+        };
+        assert!(
+            detail.contains("v2's share of traffic 0.60 after 2m, below min_share 0.95"),
+            "{detail}"
+        );
+        assert!(
+            traffic_failures(&rates(&mut g, 140, 60.0, 40.0)).is_empty(),
+            "once"
+        );
+    }
+
+    #[test]
+    fn a_drop_in_volume_warns_and_action_rollback_rolls_back_with_trigger_traffic() {
+        let mut g = traffic_guard(true);
+        cut_over(&mut g);
+        // Blue carried 100/s before the switch; green carries 30/s, all of the traffic.
+        assert!(traffic_failures(&rates(&mut g, 20, 0.0, 100.0)).is_empty());
+        let d = rates(&mut g, 130, 30.0, 0.0);
+        assert_eq!(traffic_failures(&d), [TrafficKind::VolumeDropped]);
+        let rollback = d.iter().find_map(|d| match d {
+            Decision::RollBack { trigger, .. } => Some(trigger.clone()),
+            _ => None,
+        });
+        let trigger = rollback.expect("action: rollback");
+        assert_eq!(trigger.label(), "traffic");
+        assert!(
+            trigger.describe().contains("70% below v1's 100.00/s"),
+            "{}",
+            trigger.describe()
+        );
+    }
+
+    #[test]
+    fn after_our_rollback_blue_must_get_its_traffic_back_within_within() {
+        let rolled_back = |g: &mut Guard| {
+            cut_over(g);
+            g.handle(
+                Signal::Alert(Alert {
+                    alertname: "HighErrorRate".into(),
+                    severity: "critical".into(),
+                    version: None,
+                    starts_at: Some(at(15)),
+                }),
+                at(20),
+            );
+            g.handle(
+                Signal::Executed {
+                    version: "v2".into(),
+                    outcome: Outcome::RolledBack,
+                },
+                at(21),
+            );
+        };
+        let mut g = traffic_guard(false);
+        rolled_back(&mut g);
+        assert!(g.polled_window().is_some(), "still polled for traffic");
+        assert!(traffic_failures(&rates(&mut g, 30, 60.0, 40.0)).is_empty());
+        let d = rates(&mut g, 160, 60.0, 40.0);
+        assert_eq!(traffic_failures(&d), [TrafficKind::NotRestored]);
+        assert!(g.polled_window().is_none(), "decided: no more polls");
+
+        let mut g = traffic_guard(false);
+        rolled_back(&mut g);
+        assert!(traffic_failures(&rates(&mut g, 30, 2.0, 98.0)).is_empty());
+        assert_eq!(g.window().unwrap().traffic.restored, Some(true));
+        assert!(g.polled_window().is_none());
     }
 
     #[test]

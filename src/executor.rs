@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::GuardConfig;
-use crate::decision::{Decision, Outcome, Persisted, Signal, Trigger};
+use crate::decision::{Decision, Outcome, Persisted, Signal, TrafficKind, Trigger};
 use crate::error::{Error, Result, chain};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
@@ -352,6 +352,11 @@ impl Executor {
             // A baseline goes to the guards' shared writer, never down a lane.
             Decision::Resumed(_) | Decision::Baseline { .. } => {}
             Decision::Missed(state) => self.missed(target, r, state).await,
+            Decision::TrafficFailed {
+                state,
+                kind,
+                detail,
+            } => self.traffic_failed(target, r, state, (*kind, detail)).await,
             Decision::PreviousScaledDown { state, ready, min } => {
                 self.previous_scaled_down(target, r, state, (*ready, *min))
                     .await;
@@ -384,18 +389,7 @@ impl Executor {
                 self.recorded(target, r, state, event).await;
             }
             Decision::WouldRollBack { state, trigger } => {
-                self.metrics
-                    .dry_run_rollbacks_total
-                    .with_label_values(&[guard, trigger.label()])
-                    .inc();
-                warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), reason = %trigger.describe(), "dry run: would roll back");
-                let note = format!(
-                    "dry run: would revert selector to {}: {}",
-                    state.previous,
-                    trigger.describe()
-                );
-                self.event(r, EventType::Normal, "WouldRollBack", "Rollback", note)
-                    .await;
+                self.would_roll_back(target, r, state, trigger).await;
             }
             Decision::Landed {
                 state,
@@ -433,6 +427,51 @@ impl Executor {
                 let _ = command.reply.send(reply).await;
             }
         }
+    }
+
+    async fn would_roll_back(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        trigger: &Trigger,
+    ) {
+        let guard = target.guard.as_str();
+        self.metrics
+            .dry_run_rollbacks_total
+            .with_label_values(&[guard, trigger.label()])
+            .inc();
+        warn!(guard, from = %state.version, to = %state.previous, trigger = trigger.label(), reason = %trigger.describe(), "dry run: would roll back");
+        let note = format!(
+            "dry run: would revert selector to {}: {}",
+            state.previous,
+            trigger.describe()
+        );
+        self.event(r, EventType::Normal, "WouldRollBack", "Rollback", note)
+            .await;
+    }
+
+    async fn traffic_failed(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        (kind, detail): (TrafficKind, &str),
+    ) {
+        let guard = target.guard.as_str();
+        self.metrics
+            .traffic_check_failures_total
+            .with_label_values(&[guard, kind.as_label()])
+            .inc();
+        warn!(guard, version = %state.version, kind = kind.as_label(), detail, "traffic check failed");
+        self.event(
+            r,
+            EventType::Warning,
+            kind.event_reason(),
+            "Watch",
+            detail.to_owned(),
+        )
+        .await;
     }
 
     async fn previous_scaled_down(

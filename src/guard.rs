@@ -169,6 +169,10 @@ pub struct WindowStatus {
     /// The window's rollback: `idle`, `in_flight`, `unknown` (sent, unanswered, not yet seen
     /// landed or not), `blocked` or `done`.
     pub rollback: &'static str,
+    /// With a `traffic` check: green's share, blue's rate before the switch, green's rate, and
+    /// what was decided of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<decision::TrafficTrack>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -247,6 +251,8 @@ struct Memory {
     /// The Service as last seen, for Events.
     reference: Option<ObjectReference>,
     selector_version: Option<String>,
+    /// The versions `traffic_share` has series for.
+    traffic_versions: Option<(String, String)>,
     /// The Service's selector as last seen, for counting the rollback target's Pods.
     selector: Option<std::collections::BTreeMap<String, String>>,
     last_decision: Option<DecisionStatus>,
@@ -376,7 +382,7 @@ impl GuardTask {
                 Ok(()) = self.bound.changed() => {
                     let bound = self.bound.borrow_and_update().clone();
                     self.reconfigure(bound, &mut memory);
-                    self.publish(&memory);
+                    self.publish(&mut memory);
                     continue;
                 }
                 Ok(()) = self.observed.changed() => {
@@ -415,7 +421,7 @@ impl GuardTask {
             if !Box::pin(self.execute(decisions, &mut memory, now)).await {
                 return;
             }
-            self.publish(&memory);
+            self.publish(&mut memory);
         }
     }
 
@@ -536,7 +542,7 @@ impl GuardTask {
         })
     }
 
-    fn publish(&self, memory: &Memory) {
+    fn publish(&self, memory: &mut Memory) {
         // A stopped guard's series are deleted; writing one now would bring it back for good.
         if self.retired.load(Ordering::SeqCst) {
             return;
@@ -548,7 +554,20 @@ impl GuardTask {
             .window_active
             .with_label_values(&[guard])
             .set(i64::from(open.is_some()));
-        let polling = open.map(|w| Polling {
+        if let Some(w) = window
+            && let Some(share) = w.traffic.share
+        {
+            let shares = &self.metrics.traffic_share;
+            if memory.traffic_versions.as_ref() != Some(&(w.version.clone(), w.previous.clone())) {
+                shares.remove_first(guard);
+                memory.traffic_versions = Some((w.version.clone(), w.previous.clone()));
+            }
+            shares.with_label_values(&[guard, &w.version]).set(share);
+            shares
+                .with_label_values(&[guard, &w.previous])
+                .set(1.0 - share);
+        }
+        let polling = self.core.polled_window().map(|w| Polling {
             version: w.version.clone(),
             previous: w.previous.clone(),
             checks: self.checks.clone(),
@@ -619,6 +638,7 @@ impl GuardTask {
                 end: w.ends_at,
                 open: w.open,
                 rollback: w.rollback_state(),
+                traffic: self.config.traffic.is_some().then(|| w.traffic.clone()),
             });
             s.checks = checks;
             s.last_decision.clone_from(&memory.last_decision);
@@ -648,6 +668,7 @@ fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
         Decision::Stable(s) => ("stable", s.reason.clone()),
         Decision::Expired(s) => ("expired", s.reason.clone()),
         Decision::Missed(s) => ("missed", s.reason.clone()),
+        Decision::TrafficFailed { kind, detail, .. } => (kind.event_reason(), detail.clone()),
         Decision::PreviousScaledDown { state, ready, min } => (
             "previous-scaled-down",
             format!(

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub service_relists_total: Family<family::Counter>,
     /// Times blue's Ready Pods fell below `min_ready_previous` during a window.
     pub previous_scaled_down_total: Family<family::Counter>,
+    /// A version's share of green plus blue traffic, while a `traffic` check watches.
+    pub traffic_share: Family<family::Gauge>,
+    pub traffic_check_failures_total: Family<family::Counter>,
     pub secret_reload_errors_total: IntCounterVec,
     /// 1 if the last read of the config file was put in force, 0 if it was refused.
     pub config_last_reload_successful: IntGauge,
@@ -218,6 +221,22 @@ impl Metrics {
                     "1 while this replica may write: it holds the leader lease, or election is off.",
                 ))?,
             )?,
+            traffic_share: family(
+                r,
+                "traffic_share",
+                "A version's share of green plus blue requests, at the last poll of a guard's \
+                 traffic check.",
+                &["guard", "version"],
+            )?,
+            traffic_check_failures_total: family(
+                r,
+                "traffic_check_failures_total",
+                "Traffic checks that failed, by kind: not_switched (green's share short of \
+                 min_share within `within`), not_restored (blue's, after a rollback), \
+                 volume_dropped (green's rate below blue's before the switch by more than \
+                 volume_drop).",
+                &["guard", "kind"],
+            )?,
             previous_scaled_down_total: family(
                 r,
                 "previous_scaled_down_total",
@@ -322,6 +341,13 @@ impl Metrics {
             self.dry_run_rollbacks_total
                 .with_label_values(&[g, trigger]);
         }
+        if guard.traffic.is_some() {
+            for kind in crate::decision::TrafficKind::ALL {
+                self.traffic_check_failures_total
+                    .with_label_values(&[g, kind.as_label()]);
+            }
+            self.rollbacks_total.with_label_values(&[g, "traffic"]);
+        }
         for check in &guard.checks {
             let labels = [g, check.name.as_str()];
             self.check_threshold
@@ -339,6 +365,9 @@ impl Metrics {
             let _ = family.remove_label_values(&[g]);
         }
         let _ = self.window_active.remove_label_values(&[g]);
+        self.traffic_share.remove_first(g);
+        self.traffic_check_failures_total.remove_first(g);
+        let _ = self.rollbacks_total.remove_label_values(&[g, "traffic"]);
         for trigger in guard
             .checks
             .iter()

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::{CheckConfig, Config, Probe};
-use crate::decision::{Sample, Signal};
+use crate::decision::{Rates, Sample, Signal};
 use crate::fleet::Registry;
 use crate::guard::{GuardHandle, Input, Polling};
 use crate::metrics::Metrics;
@@ -222,6 +222,13 @@ impl Poller {
         let mut results = results.into_iter().zip(notes);
         // Only guards with an open window were polled; the others have nothing to end.
         for (guard, w) in windows {
+            let traffic = guard.config.traffic.is_some().then(|| {
+                let mut rate = || results.next().and_then(|(r, _)| r.ok()).and_then(total);
+                Rates {
+                    green: rate(),
+                    blue: rate(),
+                }
+            });
             let polled: Vec<_> = results.by_ref().take(w.checks.len()).collect();
             let previous_ready = ready.next().flatten();
             // Stopped, or given other checks, while its queries were out: its series for these
@@ -245,6 +252,7 @@ impl Poller {
                 version: w.version,
                 at,
                 previous_ready,
+                traffic,
             };
             let input = Box::new(Input::Polled {
                 signal,
@@ -276,7 +284,24 @@ impl Poller {
         let mut asked = Vec::new();
         let mut queries = Vec::new();
         let mut transactions = Vec::new();
-        for (_, w) in windows {
+        for (guard, w) in windows {
+            // With a traffic check, green's and blue's request rates follow the checks.
+            let rates = guard.config.traffic.as_ref().map(|t| {
+                [(&w.version, &w.previous), (&w.previous, &w.previous)]
+                    .map(|(version, previous)| t.query.render(version, previous))
+            });
+            for rate in rates.into_iter().flatten() {
+                match rate {
+                    Ok(q) => {
+                        asked.push(Asked::Query);
+                        queries.push(q);
+                    }
+                    Err(unbound) => asked.push(Asked::Unsent(QueryFailure {
+                        kind: QueryError::Unbound,
+                        message: unbound.to_string(),
+                    })),
+                }
+            }
             for check in w.checks.iter() {
                 match &check.probe {
                     Probe::Query(query) => match query.render(&w.version, &w.previous) {
@@ -424,6 +449,14 @@ impl Poller {
         }
         sample
     }
+}
+
+/// A request rate: the sum of a query's series, NaN left out; `None` with none.
+fn total(values: Vec<f64>) -> Option<f64> {
+    values
+        .into_iter()
+        .filter(|v| !v.is_nan())
+        .reduce(|a, b| a + b)
 }
 
 /// How one check of a round is asked.

@@ -119,6 +119,7 @@ impl Running {
             samples: vec![sample],
             at: self.clock.now(),
             previous_ready: None,
+            traffic: None,
         };
         let errors = vec![None];
         // The checks the open window polls: a poll of any others is dropped as stale.

@@ -2,7 +2,9 @@
 //! business logic via synthetic transaction") against a real HTTP endpoint per version, which
 //! rolls back once it answers 500 for longer than `for`; and blue kept ("never scale down blue
 //! until green is proven stable"), which warns when blue's Ready Pods fall below
-//! `min_ready_previous` mid-window.
+//! `min_ready_previous` mid-window; and traffic really moved ("request volume parity", the
+//! sticky-session pitfall): a switch where blue keeps 40% of the requests, measured by the real
+//! Prometheus, is a Warning `TrafficNotSwitched`.
 
 // Test code: a failed setup step should panic right there.
 #![allow(clippy::unwrap_used)]
@@ -15,8 +17,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use common::{APP, Cluster, NS, Setup, Watchdog};
+use common::{APP, Cluster, NS, Setup, Stack, Watchdog};
 use cutover_watchdog::sandbox::apiserver;
+use cutover_watchdog::sandbox::traffic::Behaviour;
 
 /// `GET /{version}/checkout`: v2 answers what `green` holds, every other version 200.
 async fn checkout(State(green): State<Arc<AtomicU16>>, Path(version): Path<String>) -> StatusCode {
@@ -115,4 +118,64 @@ async fn scaling_blue_down_mid_window_warns_once_and_rolls_nothing_back() {
     .await;
     assert_eq!(cluster.events_with("PreviousVersionScaledDown"), 1);
     assert_eq!(cluster.selector_version(), "v2");
+}
+
+#[tokio::test]
+async fn a_partial_switch_where_blue_keeps_40_percent_is_traffic_not_switched() {
+    let extra = format!(
+        "  traffic:\n    query: 'sum(rate(http_requests_total{{app=\"{APP}\",version=\"{{{{version}}}}\"}}[5s]))'\n    within: 8s\n"
+    );
+    let setup = Setup {
+        extra: &extra,
+        window: "30s",
+        stabilization: "20s",
+        ..Setup::default()
+    };
+    let s = Stack::start(Cluster::start().await, setup).await;
+    common::warm_up(&s.prometheus.url()).await;
+    // Blue's rate at its steady 100/s, as a production Service's would be before the switch.
+    let blue = format!("sum(rate(http_requests_total{{app=\"{APP}\",version=\"v1\"}}[5s]))");
+    let prometheus = s.prometheus.url();
+    let rate = async || common::query_value(&prometheus, &blue).await;
+    s.wait_until(
+        "blue's rate to settle",
+        Duration::from_secs(20),
+        rate,
+        |r| r.is_some_and(|r| r > 90.0),
+    )
+    .await;
+    s.cut_over_to_v2().await;
+    // Sticky sessions keep some clients on blue.
+    let healthy = |rps| Behaviour {
+        rps,
+        error_ratio: 0.001,
+        latency_seconds: 0.05,
+    };
+    s.app.set("v1", healthy(40.0));
+    s.app.set("v2", healthy(60.0));
+    s.cluster.wait_event("TrafficNotSwitched").await;
+    let metrics = s.watchdog.metrics().await;
+    let failed =
+        r#"cutover_watchdog_traffic_check_failures_total{guard="checkout",kind="not_switched"}"#;
+    assert_eq!(common::metric(&metrics, failed), Some(1.0));
+    let share = common::metric(
+        &metrics,
+        r#"cutover_watchdog_traffic_share{guard="checkout",version="v2"}"#,
+    )
+    .unwrap();
+    assert!((0.5..0.75).contains(&share), "green's share {share}");
+    let g = s
+        .wait_status(
+            "the traffic check in /v1/guards",
+            Duration::from_secs(5),
+            |g| g["window"]["traffic"]["switched"] == false,
+        )
+        .await;
+    let before = g["window"]["traffic"]["before"].as_f64().unwrap();
+    assert!(
+        (90.0..110.0).contains(&before),
+        "blue's rate before the switch: {g:#}"
+    );
+    // `action: warn`: the selector stays.
+    assert_eq!(s.cluster.selector_version(), "v2");
 }

@@ -174,6 +174,19 @@ impl<V: Value> Family<V> {
             .is_some()
     }
 
+    /// Deletes every series whose first label value is `first` (a guard's, whatever its other
+    /// labels hold); how many there were.
+    pub fn remove_first(&self, first: &str) -> usize {
+        let mut series = self
+            .0
+            .series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = series.len();
+        series.retain(|key, _| key.first().is_none_or(|k| &**k != first));
+        before - series.len()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Series<V>> {
         // A panic while holding the lock cannot leave the map inconsistent.
         self.0.series.read().unwrap_or_else(PoisonError::into_inner)

@@ -356,3 +356,94 @@ async fn cutover_follows_a_rollback_to_exit_code_3_and_no_follow_returns_at_once
     assert!(text.contains("window ended rolled-back"), "{text}");
     assert_eq!(s.cluster.selector_version(), "v1");
 }
+
+#[tokio::test]
+async fn preflight_takes_a_template_guard_by_namespace_and_service() {
+    let s = Stack::start(Cluster::start().await, setup()).await;
+    common::warm_up(&s.prometheus.url()).await;
+    // The same check, from a template over the namespace instead of a guards[] entry.
+    let config = s.cluster.dir.path().join("templated.yaml");
+    let query = common::error_ratio("{{version}}").replace('\'', "''");
+    std::fs::write(
+        &config,
+        format!(
+            "prometheus: {{url: '{}'}}\n{TOP}templates:\n- name: shop\n  namespaces: [default]\n  \
+             checks: [{{name: error_rate, query: '{query}', above: 0.02}}]\n",
+            s.prometheus.url()
+        ),
+    )
+    .unwrap();
+    let home = s.cluster.dir.path().join("cli-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+        .args([
+            "preflight",
+            "--guard",
+            "default/svc-production",
+            "--to",
+            "v2",
+            "--config",
+        ])
+        .arg(&config)
+        .env_remove("CUTOVER_WATCHDOG_CONFIG")
+        .env("KUBECONFIG", &s.cluster.kubeconfig)
+        .env("HOME", &home)
+        .output()
+        .await
+        .unwrap();
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with(
+            "preflight default/svc-production (guard default/svc-production): v1 -> v2"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("PASS  check error_rate (blue)"), "{text}");
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_following_with_130_and_the_watchdog_goes_on_guarding() {
+    let s = Stack::start(
+        Cluster::start().await,
+        Setup {
+            window: "60s",
+            stabilization: "50s",
+            ..setup()
+        },
+    )
+    .await;
+    common::warm_up(&s.prometheus.url()).await;
+    let home = s.cluster.dir.path().join("cli-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+        .args(["cutover", "--guard", "checkout", "--to", "v2", "--config"])
+        .arg(&s.watchdog.config)
+        .env_remove("CUTOVER_WATCHDOG_CONFIG")
+        .env("KUBECONFIG", &s.cluster.kubeconfig)
+        .env("HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Following: the switch is done and the watchdog has adopted the window.
+    s.cluster.wait_event("CutoverDetected").await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("cutover exits on Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(s.cluster.annotation("state").as_deref(), Some("watching"));
+    let g = s
+        .wait_status("the window still guarded", Duration::from_secs(5), |g| {
+            g["window"]["open"] == true
+        })
+        .await;
+    assert_eq!(g["window"]["version"], "v2");
+}

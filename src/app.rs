@@ -71,7 +71,44 @@ pub fn client_for(mut config: kube::Config) -> Result<kube::Client> {
     let agent = axum::http::HeaderValue::from_str(&agent)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static(crate::USER_AGENT));
     config.headers.push((axum::http::header::USER_AGENT, agent));
-    kube::Client::try_from(config).map_err(|e| Error::KubeClient(Box::new(e)))
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| Error::KubeClient(Box::new(e)))?;
+    let named = tower::util::MapRequestLayer::new(with_field_manager);
+    Ok(builder.with_layer(&named).build())
+}
+
+/// The field manager every write names, so that `managedFields`, audit logs and Argo CD's
+/// `managedFieldsManagers` can tell the watchdog's writes apart.
+pub const FIELD_MANAGER: &str = "cutover-watchdog";
+
+/// Adds `fieldManager=cutover-watchdog` to a write that names none: the client's own calls and
+/// kube's event recorder alike (the `cutover` command names its own).
+fn with_field_manager(
+    mut request: axum::http::Request<kube::client::Body>,
+) -> axum::http::Request<kube::client::Body> {
+    use axum::http::Method;
+    let write = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    );
+    let uri = request.uri();
+    let query = uri.query().unwrap_or_default();
+    let named = query.split('&').any(|p| p.starts_with("fieldManager="));
+    if write && !named {
+        let separator = if query.is_empty() { "" } else { "&" };
+        let path_and_query = format!(
+            "{}?{query}{separator}fieldManager={FIELD_MANAGER}",
+            uri.path()
+        );
+        let mut parts = uri.clone().into_parts();
+        if let Ok(pq) = path_and_query.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    request
 }
 
 async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
@@ -471,6 +508,48 @@ fn workers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_write_names_the_field_manager_and_a_named_one_keeps_its_own() {
+        let request = |method: &str, uri: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(kube::client::Body::empty())
+                .unwrap()
+        };
+        let cases = [
+            (
+                "PATCH",
+                "/api/v1/namespaces/d/services/s",
+                "/api/v1/namespaces/d/services/s?fieldManager=cutover-watchdog",
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/d/events?",
+                "/apis/events.k8s.io/v1/namespaces/d/events?fieldManager=cutover-watchdog",
+            ),
+            (
+                "PUT",
+                "/x?dryRun=All",
+                "/x?dryRun=All&fieldManager=cutover-watchdog",
+            ),
+            (
+                "PATCH",
+                "/x?fieldManager=cutover-watchdog-cli",
+                "/x?fieldManager=cutover-watchdog-cli",
+            ),
+            (
+                "GET",
+                "/api/v1/services?watch=true",
+                "/api/v1/services?watch=true",
+            ),
+        ];
+        for (method, uri, want) in cases {
+            let got = with_field_manager(request(method, uri));
+            assert_eq!(got.uri().to_string(), want, "{method} {uri}");
+        }
+    }
 
     #[test]
     fn the_leader_address_is_pod_ip_with_the_listen_port_or_a_listen_that_names_one_address() {

@@ -82,6 +82,35 @@ async fn green_error_ratio_reverts_the_selector_within_for_plus_rate_window_plus
         common::metric(&m, r#"cutover_watchdog_window_active{guard="checkout"}"#),
         Some(0.0)
     );
+    // Every write names the watchdog as its field manager, and the selector's version key is
+    // now the watchdog's in managedFields, which is what Argo CD's managedFieldsManagers reads.
+    let writes: Vec<_> = s
+        .cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("cutover-watchdog/"))
+        .filter(|r| matches!(r.method.as_str(), "POST" | "PUT" | "PATCH"))
+        .collect();
+    assert!(!writes.is_empty());
+    for w in &writes {
+        assert!(
+            w.query.contains("fieldManager=cutover-watchdog"),
+            "{} {}?{}",
+            w.method,
+            w.path,
+            w.query
+        );
+    }
+    let svc = s.cluster.service();
+    let holder = svc["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| !e["fieldsV1"]["f:spec"]["f:selector"]["f:version"].is_null())
+        .unwrap()
+        .clone();
+    assert_eq!(holder["manager"], "cutover-watchdog");
 }
 
 #[tokio::test]

@@ -38,6 +38,7 @@ fn guard_in_window() -> Guard {
                 baseline: Some("v1".into()),
                 changed_at: None,
                 relisted: false,
+                changed_by: None,
             },
             t0,
         );

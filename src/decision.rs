@@ -330,6 +330,8 @@ pub enum Signal {
         changed_at: Option<Timestamp>,
         /// From a re-list: a change seen here may have been made while the watch was down.
         relisted: bool,
+        /// The field manager that last set the selector's version, if the server says.
+        changed_by: Option<String>,
     },
     /// One poll of every check, in config order, for the window of `version`, scheduled at
     /// `at`. Breaches are timed by the schedule, not by when answers arrived, so `for` spans
@@ -382,6 +384,12 @@ pub enum Decision {
     Baseline {
         version: String,
         resource_version: Option<String>,
+    },
+    /// After our rollback, someone set the selector back on the rolled-back green before the
+    /// window's end (a GitOps sync, most often): warn, naming who, and do not revert again.
+    RollbackOverridden {
+        state: Persisted,
+        by: Option<String>,
     },
     /// A traffic check failed: warn (a rollback, if the policy says so, is its own decision).
     TrafficFailed {
@@ -564,6 +572,7 @@ struct Sight<'a> {
     /// When a cutover seen now was made: `now`, unless it was seen late and the API server
     /// recorded the change.
     since: Timestamp,
+    changed_by: Option<&'a str>,
 }
 
 fn share_text(share: Option<f64>) -> String {
@@ -634,6 +643,7 @@ impl Guard {
                 baseline,
                 changed_at,
                 relisted,
+                changed_by,
             } => {
                 // A rollback in hand, overtaken by a new cutover: its window ends superseded,
                 // on the record, before the new one opens.
@@ -648,6 +658,7 @@ impl Guard {
                     resource_version: resource_version.as_deref(),
                     baseline: baseline.as_deref(),
                     since: changed_at.filter(|_| late).map_or(now, |t| t.min(now)),
+                    changed_by: changed_by.as_deref(),
                 };
                 let decision = self.observed(version, &sight, now);
                 return match (undecided.as_mut(), decision) {
@@ -798,7 +809,8 @@ impl Guard {
             return Some(self.open(version, target, sight.since, now));
         }
         // `cutover-watchdog cutover` writes the window's record with the selector, in one
-        // write: the window is that one, its clock the command's.
+        // write: the window is that one, its clock the command's. That is also how to re-cut
+        // deliberately to a green this watchdog rolled back.
         if let Some(p) = persisted
             .filter(|p| p.phase == Phase::Watching && p.version == version && p.previous == current)
         {
@@ -806,7 +818,37 @@ impl Guard {
             let w = self.new_window(version, current, start, Phase::Watching, p.reason.clone());
             return Some(Decision::Opened(w.persisted()));
         }
-        Some(self.open(version, current, sight.since, now))
+        if let Some(d) = self.overridden(&version, sight, now) {
+            return Some(d);
+        }
+        // After a revert that was overridden, green is still unproven: the target stays blue.
+        let target = match self.window.as_ref() {
+            Some(w) if !w.open && w.phase == Phase::RolledBack && w.version == current => {
+                w.previous.clone()
+            }
+            _ => current,
+        };
+        Some(self.open(version, target, sight.since, now))
+    }
+
+    /// GitOps awareness: the selector set back on the green this watchdog rolled back, before
+    /// that window's end, opens no window (it would only revert again, and fight the sync for
+    /// as long as it runs): a Warning naming who did it.
+    fn overridden(&self, version: &str, sight: &Sight, now: Timestamp) -> Option<Decision> {
+        let from_record = sight
+            .persisted
+            .filter(|p| p.phase == Phase::RolledBack)
+            .map(|p| (p.clone(), after(p.cutover_at, self.policy.window)));
+        let from_window = self
+            .window
+            .as_ref()
+            .filter(|w| !w.open && w.phase == Phase::RolledBack)
+            .map(|w| (w.persisted(), w.ends_at));
+        let (state, ends) = from_window.or(from_record)?;
+        (state.version == version && now < ends).then(|| Decision::RollbackOverridden {
+            state,
+            by: sight.changed_by.map(str::to_owned),
+        })
     }
 
     /// Records the serving version of a Service with no window record and no baseline, so a
@@ -856,6 +898,22 @@ impl Guard {
                     w.open = false;
                     let state = w.persisted();
                     Some(Decision::Expired(state))
+                }
+                // Rolled back, and set back on green within the window while we were away: a
+                // sync undoing the revert, not a cutover.
+                Phase::RolledBack if in_window => {
+                    let d = self.overridden(&version, sight, now);
+                    // Remembered, closed, so that the next cutover still targets blue.
+                    let w = self.new_window(
+                        p.version.clone(),
+                        p.previous.clone(),
+                        p.cutover_at,
+                        Phase::RolledBack,
+                        p.reason.clone(),
+                    );
+                    w.open = false;
+                    w.rollback = Rollback::Done;
+                    d
                 }
                 // Rolled back or superseded, yet the selector names the version again: a human
                 // cut over to it anew while we were away.
@@ -1263,6 +1321,31 @@ mod tests {
             baseline: baseline.map(str::to_owned),
             changed_at: changed_at.map(at),
             relisted,
+            changed_by: None,
+        }
+    }
+
+    /// `signal`, an observation, with the selector's version last set by `manager`.
+    fn written_by(signal: Signal, manager: &str) -> Signal {
+        match signal {
+            Signal::Observed {
+                version,
+                persisted,
+                resource_version,
+                baseline,
+                changed_at,
+                relisted,
+                ..
+            } => Signal::Observed {
+                version,
+                persisted,
+                resource_version,
+                baseline,
+                changed_at,
+                relisted,
+                changed_by: Some(manager.into()),
+            },
+            other => other,
         }
     }
 
@@ -1585,6 +1668,7 @@ mod tests {
             baseline: None,
             changed_at: None,
             relisted: false,
+            changed_by: None,
         };
         g.handle(observed, at(t))
     }
@@ -1979,10 +2063,19 @@ mod tests {
                 "opened",
                 Some("v1"),
             ),
+            // The rolled-back green again within its window: a sync undoing the revert.
             (
                 "v2",
                 persisted("v2", "v1", 0, RolledBack),
                 100,
+                "overridden",
+                None,
+            ),
+            // After the window: a human's new cutover to it.
+            (
+                "v2",
+                persisted("v2", "v1", 0, RolledBack),
+                700,
                 "opened",
                 Some("v1"),
             ),
@@ -1999,6 +2092,7 @@ mod tests {
                 Some(Decision::Expired(_)) => "expired",
                 Some(Decision::Superseded { .. }) => "superseded",
                 Some(Decision::Opened(_)) => "opened",
+                Some(Decision::RollbackOverridden { .. }) => "overridden",
                 Some(other) => panic!("row {i}: {other:?}"),
             };
             assert_eq!(got, *kind, "row {i}");
@@ -2346,6 +2440,77 @@ mod tests {
         assert!(traffic_failures(&rates(&mut g, 30, 2.0, 98.0)).is_empty());
         assert_eq!(g.window().unwrap().traffic.restored, Some(true));
         assert!(g.polled_window().is_none());
+    }
+
+    #[test]
+    fn a_sync_that_undoes_a_rollback_is_named_and_not_reverted_again() {
+        let by = |manager: &str, version: &str| {
+            written_by(sight(version, None, Some("v1"), None, false), manager)
+        };
+        let mut g = guard(false);
+        cut_over(&mut g); // v2 at 10 s, window to 610 s
+        g.handle(
+            Signal::Alert(Alert {
+                alertname: "HighErrorRate".into(),
+                severity: "critical".into(),
+                version: None,
+                starts_at: Some(at(15)),
+            }),
+            at(20),
+        );
+        let outcome = Signal::Executed {
+            version: "v2".into(),
+            outcome: Outcome::RolledBack,
+        };
+        g.handle(outcome, at(21));
+        // Argo CD syncs the selector back to v2.
+        let d = g.handle(by("argocd-controller", "v2"), at(60));
+        assert!(
+            matches!(&d[..], [Decision::RollbackOverridden { by: Some(m), state }] if m == "argocd-controller" && state.version == "v2"),
+            "{d:?}"
+        );
+        assert!(g.open_window().is_none(), "no new window: no second revert");
+        // A change to another version is a new cutover, whose target is still blue.
+        let d = g.handle(by("kubectl-patch", "v3"), at(70));
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if p.previous == "v1"),
+            "{d:?}"
+        );
+
+        // After the window's end, the same green again is a cutover.
+        let mut g = guard(false);
+        cut_over(&mut g);
+        g.handle(
+            Signal::Alert(Alert {
+                alertname: "HighErrorRate".into(),
+                severity: "critical".into(),
+                version: None,
+                starts_at: Some(at(15)),
+            }),
+            at(20),
+        );
+        let outcome = Signal::Executed {
+            version: "v2".into(),
+            outcome: Outcome::RolledBack,
+        };
+        g.handle(outcome, at(21));
+        let d = g.handle(by("kubectl-patch", "v2"), at(700));
+        assert!(matches!(&d[..], [Decision::Opened(_)]), "{d:?}");
+
+        // Seen at start-up: a rolled-back record, the selector on green within the window.
+        let mut g = guard(false);
+        let record = persisted("v2", "v1", 0, Phase::RolledBack);
+        let seen = sight("v2", Some(record), Some("v1"), Some(100), false);
+        let d = g.handle(written_by(seen, "kustomize-controller"), at(300));
+        assert!(
+            matches!(&d[..], [Decision::RollbackOverridden { by: Some(m), .. }] if m == "kustomize-controller"),
+            "{d:?}"
+        );
+        let d = g.handle(by("kubectl-patch", "v3"), at(310));
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if p.previous == "v1"),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -357,6 +357,9 @@ impl Executor {
                 kind,
                 detail,
             } => self.traffic_failed(target, r, state, (*kind, detail)).await,
+            Decision::RollbackOverridden { state, by } => {
+                self.overridden(target, r, state, by.as_deref()).await;
+            }
             Decision::PreviousScaledDown { state, ready, min } => {
                 self.previous_scaled_down(target, r, state, (*ready, *min))
                     .await;
@@ -427,6 +430,30 @@ impl Executor {
                 let _ = command.reply.send(reply).await;
             }
         }
+    }
+
+    async fn overridden(
+        &self,
+        target: &Target,
+        r: &ObjectReference,
+        state: &Persisted,
+        by: Option<&str>,
+    ) {
+        let guard = target.guard.as_str();
+        self.metrics
+            .rollback_overridden_total
+            .with_label_values(&[guard])
+            .inc();
+        let by = by.unwrap_or("an unknown field manager");
+        warn!(guard, version = %state.version, by, "the rollback was overridden: the selector is back on the rolled-back version; not reverting again");
+        let note = format!(
+            "selector set back to {} by {by} after the rollback to {}, before the window's end: \
+             not reverting again. A GitOps sync? Exclude spec.selector from it (README, GitOps), \
+             or re-cut deliberately with `cutover-watchdog cutover`",
+            state.version, state.previous
+        );
+        self.event(r, EventType::Warning, "RollbackOverridden", "Watch", note)
+            .await;
     }
 
     async fn would_roll_back(

@@ -432,6 +432,11 @@ impl GuardTask {
             warn!(guard = %self.config.name, label = %self.config.version_label, "service selector has no version key; nothing to guard");
         }
         memory.selector_version.clone_from(&version);
+        if memory.selector.is_none()
+            && let Some(applier) = crate::gitops::applier(svc)
+        {
+            warn!(guard = %self.config.name, tool = applier.tool, "{}", crate::gitops::warning(&applier));
+        }
         memory.selector = Some(service::selector(svc));
         let signal = Signal::Observed {
             version,
@@ -440,6 +445,7 @@ impl GuardTask {
             baseline: service::baseline(svc),
             changed_at: service::selector_changed_at(svc, &self.config.version_label),
             relisted: self.relisted.swap(false, Ordering::SeqCst),
+            changed_by: service::selector_changed_by(svc, &self.config.version_label),
         };
         self.core.handle(signal, now)
     }
@@ -668,6 +674,14 @@ fn describe(d: &Decision, at: Timestamp) -> DecisionStatus {
         Decision::Stable(s) => ("stable", s.reason.clone()),
         Decision::Expired(s) => ("expired", s.reason.clone()),
         Decision::Missed(s) => ("missed", s.reason.clone()),
+        Decision::RollbackOverridden { state, by } => (
+            "rollback-overridden",
+            format!(
+                "selector set back to {} by {} after the rollback; not reverting again",
+                state.version,
+                by.as_deref().unwrap_or("an unknown field manager")
+            ),
+        ),
         Decision::TrafficFailed { kind, detail, .. } => (kind.event_reason(), detail.clone()),
         Decision::PreviousScaledDown { state, ready, min } => (
             "previous-scaled-down",

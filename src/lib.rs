@@ -19,6 +19,7 @@ pub mod error;
 pub mod executor;
 pub mod fleet;
 pub mod forward;
+pub mod gitops;
 pub mod guard;
 pub mod http;
 pub mod leader;

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub service_relists_total: Family<family::Counter>,
     /// Times blue's Ready Pods fell below `min_ready_previous` during a window.
     pub previous_scaled_down_total: Family<family::Counter>,
+    /// Times the selector was set back on a rolled-back version before its window's end.
+    pub rollback_overridden_total: Family<family::Counter>,
     /// A version's share of green plus blue traffic, while a `traffic` check watches.
     pub traffic_share: Family<family::Gauge>,
     pub traffic_check_failures_total: Family<family::Counter>,
@@ -221,6 +223,14 @@ impl Metrics {
                     "1 while this replica may write: it holds the leader lease, or election is off.",
                 ))?,
             )?,
+            rollback_overridden_total: family(
+                r,
+                "rollback_overridden_total",
+                "Times the selector was set back on a version the watchdog had rolled back, \
+                 before that window's end (a GitOps sync undoing the revert, most often); the \
+                 Warning Event RollbackOverridden names who.",
+                &["guard"],
+            )?,
             traffic_share: family(
                 r,
                 "traffic_share",
@@ -312,13 +322,14 @@ impl Metrics {
     }
 
     /// The counters with only a `guard` label.
-    fn guard_counters(&self) -> [&Family<family::Counter>; 5] {
+    fn guard_counters(&self) -> [&Family<family::Counter>; 6] {
         [
             &self.cutovers_total,
             &self.rollback_blocked_total,
             &self.rollback_failures_total,
             &self.service_relists_total,
             &self.previous_scaled_down_total,
+            &self.rollback_overridden_total,
         ]
     }
 

@@ -162,6 +162,8 @@ pub struct Facts {
     /// For `cutover`, which refuses to switch an unguarded Service: the watchdog item is
     /// critical then.
     pub cutover: bool,
+    /// A GitOps tool that applies the Service, whose sync would undo a revert.
+    pub applier: Option<crate::gitops::Applier>,
 }
 
 fn item(name: impl Into<String>, critical: bool, met: bool, evidence: String) -> Item {
@@ -231,6 +233,10 @@ pub fn assess(facts: &Facts, now: Timestamp) -> Vec<Item> {
         ),
     });
     items.push(guarded(&facts.guarded, facts.cutover, now));
+    items.push(match &facts.applier {
+        None => item("gitops", false, true, "no Argo CD or Flux marks".into()),
+        Some(a) => item("gitops", false, false, crate::gitops::warning(a)),
+    });
     items
 }
 
@@ -578,6 +584,7 @@ pub async fn gather(
         dry_run,
         guarded,
         cutover: false,
+        applier: crate::gitops::applier(svc),
     })
 }
 
@@ -672,6 +679,7 @@ mod tests {
                 window: Duration::from_mins(10),
             },
             cutover: false,
+            applier: None,
         }
     }
 
@@ -825,6 +833,19 @@ mod tests {
                 "watchdog",
                 Fail,
                 "no watchdog is known",
+            ),
+            (
+                "applied by Argo CD",
+                |f| {
+                    f.applier = Some(crate::gitops::Applier {
+                        tool: "Argo CD",
+                        mark: "argocd.argoproj.io/tracking-id=shop".into(),
+                        fix: "managedFieldsManagers [cutover-watchdog]",
+                    });
+                },
+                "gitops",
+                Warn,
+                "Argo CD applies this service",
             ),
         ]
     }

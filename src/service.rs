@@ -259,6 +259,16 @@ pub fn baseline(svc: &Service) -> Option<String> {
 /// ([`selector_fields`]).
 #[must_use]
 pub fn selector_changed_at(svc: &Service, label: &str) -> Option<Timestamp> {
+    selector_writer(svc, label)?.time.as_ref().map(|t| t.0)
+}
+
+/// Who last set `spec.selector[label]`: the field manager of that entry.
+#[must_use]
+pub fn selector_changed_by(svc: &Service, label: &str) -> Option<String> {
+    selector_writer(svc, label)?.manager.clone()
+}
+
+fn selector_writer<'a>(svc: &'a Service, label: &str) -> Option<&'a ManagedFieldsEntry> {
     svc.metadata
         .managed_fields
         .as_ref()?
@@ -270,12 +280,11 @@ pub fn selector_changed_at(svc: &Service, label: &str) -> Option<Timestamp> {
                 .and_then(|f| f.0.as_str())
                 .is_some_and(|keys| keys.split(',').any(|k| k == label))
         })
-        .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
-        .max()
+        .max_by_key(|entry| entry.time.as_ref().map(|t| t.0))
 }
 
-/// Keeps of `entries` only what [`selector_changed_at`] reads: when each writer of the selector
-/// last wrote, and which of its keys it holds, as `"app,version"` in place of its `fieldsV1`
+/// Keeps of `entries` only what [`selector_changed_at`] and [`selector_changed_by`] read: who
+/// wrote the selector, when it last wrote, and which of its keys it holds, as `"app,version"` in place of its `fieldsV1`
 /// tree. A Service is kept for as long as it exists, and the tree costs a few KiB of maps.
 #[must_use]
 pub fn selector_fields(entries: Vec<ManagedFieldsEntry>) -> Option<Vec<ManagedFieldsEntry>> {
@@ -295,6 +304,7 @@ pub fn selector_fields(entries: Vec<ManagedFieldsEntry>) -> Option<Vec<ManagedFi
                 .collect();
             Some(ManagedFieldsEntry {
                 fields_v1: Some(FieldsV1(serde_json::Value::String(keys.join(",")))),
+                manager: entry.manager,
                 time: entry.time,
                 ..ManagedFieldsEntry::default()
             })
@@ -417,6 +427,10 @@ mod tests {
             Some("2026-11-30T08:00:00Z".parse().unwrap())
         );
         assert_eq!(selector_changed_at(&svc, "track"), None);
+        assert_eq!(
+            selector_changed_by(&svc, "version").as_deref(),
+            Some("kubectl-patch")
+        );
     }
 
     #[test]

@@ -571,6 +571,7 @@ async fn a_warning_alert_that_acts_is_named_as_a_warning_in_the_rollback() {
             baseline: Some("v1".into()),
             changed_at: None,
             relisted: false,
+            changed_by: None,
         };
         core.handle(observed, now);
     }

@@ -28,6 +28,7 @@ use crate::http::{self, AppState};
 use crate::leader::{Elector, Fence};
 use crate::live::ConfigReloader;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::poller::{Poller, PrometheusHealth};
 use crate::probe::Prober;
 use crate::promql::Prometheus;
@@ -183,16 +184,18 @@ pub async fn serve_with(
         registry,
         health,
         configs,
+        notify_secrets,
     } = workers(
         &config,
-        (prometheus, Prober::new()?),
+        prometheus,
         (&client, &metrics, &fence, &identity),
         &guards_stop,
         &shutdown,
-    );
+    )?;
 
     let mut tasks = JoinSet::new();
-    let reloader = reloader(&webhook, certs, &metrics, config.webhook.reload_interval);
+    let mut reloader = reloader(&webhook, certs, &metrics, config.webhook.reload_interval);
+    reloader.targets.extend(notify_secrets);
     tasks.spawn(reloader.run(shutdown.clone()));
     if let Some(ConfigFile { path, text }) = file {
         let live = ConfigReloader::new(
@@ -446,25 +449,32 @@ struct Workers {
     health: Arc<PrometheusHealth>,
     /// Where a reload puts a new config in force.
     configs: watch::Sender<Arc<Config>>,
+    /// The notification receivers' secret files, to rotate.
+    notify_secrets: Vec<Arc<dyn Reload>>,
 }
 
 fn workers(
     config: &Config,
-    (prometheus, prober): (Prometheus, Prober),
+    prometheus: Prometheus,
     (client, metrics, fence, identity): (&kube::Client, &Metrics, &Fence, &str),
     guards_stop: &CancellationToken,
     shutdown: &CancellationToken,
-) -> Workers {
+) -> Result<Workers> {
+    let (notifier, notify_secrets) =
+        Notifier::start(&config.notifications, client, metrics, shutdown)?;
     let reporter = Reporter {
         controller: "cutover-watchdog".into(),
         instance: Some(identity.chars().take(128).collect()),
     };
-    let lanes = Lanes::new(Arc::new(Executor::new(
-        Recorder::new(client.clone(), reporter),
-        metrics.clone(),
-        config.kube_timeout,
-        fence.clone(),
-    )));
+    let lanes = Lanes::new(Arc::new(
+        Executor::new(
+            Recorder::new(client.clone(), reporter),
+            metrics.clone(),
+            config.kube_timeout,
+            fence.clone(),
+        )
+        .with_notifier(notifier),
+    ));
     let baselines = lanes.baselines(shutdown.clone());
     let wake = Arc::new(Notify::new());
     let (configs, in_force) = watch::channel(Arc::new(config.clone()));
@@ -487,7 +497,7 @@ fn workers(
     let poller = Poller {
         guards: registry.clone(),
         prometheus,
-        prober,
+        prober: Prober::new()?,
         pods: Some(client.clone()),
         metrics: metrics.clone(),
         interval: config.poll_interval,
@@ -495,14 +505,15 @@ fn workers(
         health: health.clone(),
         configs: Some(in_force),
     };
-    Workers {
+    Ok(Workers {
         fleet,
         poller,
         lanes,
         registry,
         health,
         configs,
-    }
+        notify_secrets,
+    })
 }
 
 #[cfg(test)]

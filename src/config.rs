@@ -49,6 +49,124 @@ pub struct Config {
     /// Leader election, for two or more replicas. Absent: this replica acts alone.
     #[serde(default)]
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Where to tell people what the watchdog did, with the evidence.
+    #[serde(default)]
+    pub notifications: Vec<ReceiverConfig>,
+}
+
+/// One receiver of notifications: a webhook that takes a JSON POST.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// Unique; the `receiver` label of `notifications_total`.
+    pub name: String,
+    /// The URL, when it is not a secret.
+    #[serde(default)]
+    pub url: Option<Url>,
+    /// A file holding the URL, when it is one (a Slack webhook's secret is its path).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    #[serde(default)]
+    pub format: NotifyFormat,
+    /// A file holding a bearer token to send.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Plain headers on every delivery; not for secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The Event reasons to send; without it, every Warning Event the watchdog emits.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// A link to the dashboard for the window: `{{guard}}`, `{{from_ms}}` and `{{to_ms}}` are
+    /// filled in, URL-encoded.
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
+    /// One delivery attempt's bound (three attempts, with backoff).
+    #[serde(default = "defaults::notify_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// The payload a receiver takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    /// The facts as one JSON object.
+    #[default]
+    Json,
+    /// Slack's incoming-webhook payload: blocks, and a text fallback.
+    Slack,
+}
+
+/// Every Event reason the watchdog emits, and whether it is a Warning.
+pub const EVENT_REASONS: [(&str, bool); 16] = [
+    ("CutoverDetected", false),
+    ("CutoverStable", false),
+    ("WouldRollBack", false),
+    ("WindowSuperseded", false),
+    ("RollbackTriggered", true),
+    ("RolledBack", true),
+    ("RollbackBlocked", true),
+    ("RollbackOutcomeUnknown", true),
+    ("RollbackFailed", true),
+    ("WindowExpired", true),
+    ("CutoverMissed", true),
+    ("PreviousVersionScaledDown", true),
+    ("TrafficNotSwitched", true),
+    ("RollbackTrafficNotRestored", true),
+    ("TrafficVolumeDropped", true),
+    ("RollbackOverridden", true),
+];
+
+impl ReceiverConfig {
+    /// Whether this receiver takes Events with `reason`.
+    #[must_use]
+    pub fn wants(&self, reason: &str) -> bool {
+        match &self.events {
+            Some(events) => events.iter().any(|e| e == reason),
+            None => EVENT_REASONS
+                .iter()
+                .any(|(r, warning)| *r == reason && *warning),
+        }
+    }
+
+    fn validate(&self, at: &str) -> Checked {
+        let key = |k: &str| format!("{at}.{k}");
+        check_name(&key("name"), &self.name)?;
+        match (&self.url, &self.url_file) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(refuse(
+                    at.into(),
+                    "exactly one of `url` or `url_file` is required".into(),
+                ));
+            }
+            (Some(url), None) if !matches!(url.scheme(), "http" | "https") => {
+                return Err(refuse(
+                    key("url"),
+                    format!("must be http or https, got {}", url.scheme()),
+                ));
+            }
+            _ => {}
+        }
+        headers(
+            &key("headers"),
+            &self.headers,
+            &format!("{at}.bearer_token_file"),
+        )?;
+        nonzero(&key("timeout"), self.timeout)?;
+        for (i, event) in self.events.iter().flatten().enumerate() {
+            if !EVENT_REASONS.iter().any(|(r, _)| r == event) {
+                let known: Vec<&str> = EVENT_REASONS.iter().map(|(r, _)| *r).collect();
+                return Err(refuse(
+                    format!("{at}.events[{i}]"),
+                    format!(
+                        "{event:?} is not an Event the watchdog emits ({})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease: only the holder writes, and it stops
@@ -343,26 +461,11 @@ impl PrometheusConfig {
                 "set either `bearer_token_file` or `basic_auth`, not both".into(),
             ));
         }
-        for (name, value) in &self.headers {
-            let at = format!("prometheus.headers.{name}");
-            if name.eq_ignore_ascii_case("authorization") {
-                return Err(refuse(
-                    at,
-                    "credentials do not go in headers: use prometheus.bearer_token_file or \
-                     prometheus.basic_auth, which read them from files"
-                        .into(),
-                ));
-            }
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(refuse(at, "is not a valid HTTP header name".into()));
-            }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
-                return Err(refuse(
-                    at,
-                    "must be visible ASCII (no control characters)".into(),
-                ));
-            }
-        }
+        headers(
+            "prometheus.headers",
+            &self.headers,
+            "prometheus.bearer_token_file or prometheus.basic_auth",
+        )?;
         let tls = &self.tls;
         pair(
             "prometheus.tls",
@@ -382,6 +485,32 @@ impl PrometheusConfig {
         }
         Ok(())
     }
+}
+
+/// Plain headers under `at`: valid names and values, and no credentials, which belong in
+/// `instead` (keys that read them from files).
+fn headers(at: &str, headers: &BTreeMap<String, String>, instead: &str) -> Checked {
+    for (name, value) in headers {
+        let at = format!("{at}.{name}");
+        if name.eq_ignore_ascii_case("authorization") {
+            return Err(refuse(
+                at,
+                format!(
+                    "credentials do not go in headers: use {instead}, which read them from files"
+                ),
+            ));
+        }
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(refuse(at, "is not a valid HTTP header name".into()));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(refuse(
+                at,
+                "must be visible ASCII (no control characters)".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A name TLS can verify a certificate for, if one is given.
@@ -875,6 +1004,17 @@ impl Config {
             le.validate()?;
         }
         nonzero("config_reload_interval", self.config_reload_interval)?;
+        let mut receivers = HashSet::new();
+        for (i, r) in self.notifications.iter().enumerate() {
+            let at = format!("notifications[{i}]");
+            r.validate(&at)?;
+            if !receivers.insert(r.name.as_str()) {
+                return Err(refuse(
+                    format!("{at}.name"),
+                    format!("duplicate receiver name {:?}", r.name),
+                ));
+            }
+        }
         if self.guards.is_empty() && self.templates.is_empty() {
             return Err(refuse(
                 "guards".into(),
@@ -954,6 +1094,9 @@ impl Config {
         if self.leader_election != new.leader_election {
             changed.push("leader_election");
         }
+        if self.notifications != new.notifications {
+            changed.push("notifications");
+        }
         changed
     }
 
@@ -966,6 +1109,7 @@ impl Config {
             kube_timeout: self.kube_timeout,
             webhook: self.webhook.clone(),
             leader_election: self.leader_election.clone(),
+            notifications: self.notifications.clone(),
             ..new
         }
     }
@@ -1148,6 +1292,9 @@ mod defaults {
     }
     pub(super) fn forward_timeout() -> Duration {
         Duration::from_secs(2)
+    }
+    pub(super) fn notify_timeout() -> Duration {
+        Duration::from_secs(5)
     }
     pub(super) fn min_share() -> f64 {
         0.95
@@ -1419,6 +1566,59 @@ guards:
             let e = error_of(&with(keys));
             assert!(e.contains(expected), "{keys}: {e}");
         }
+    }
+
+    #[test]
+    fn notification_receivers_take_their_defaults_and_refuse_what_cannot_work() {
+        let with = |r: &str| format!("{MINIMAL}notifications:\n- {r}\n");
+        let c = Config::from_yaml(&with("{name: sre, url: 'https://hooks.example/x'}")).unwrap();
+        let r = &c.notifications[0];
+        assert_eq!(r.format, NotifyFormat::Json);
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        assert!(r.wants("RolledBack") && r.wants("RollbackOverridden"));
+        assert!(
+            !r.wants("CutoverDetected"),
+            "Normal Events only when listed"
+        );
+        let listed = Config::from_yaml(&with(
+            "{name: sre, url: 'https://x', events: [CutoverStable], format: slack}",
+        ))
+        .unwrap();
+        assert!(listed.notifications[0].wants("CutoverStable"));
+        assert!(!listed.notifications[0].wants("RolledBack"));
+        for (r, expected) in [
+            (
+                "{name: a}",
+                "notifications[0]: exactly one of `url` or `url_file` is required",
+            ),
+            (
+                "{name: a, url: 'https://x', url_file: /u}",
+                "exactly one of `url` or `url_file`",
+            ),
+            (
+                "{name: a, url: 'ftp://x'}",
+                "notifications[0].url: must be http or https",
+            ),
+            (
+                "{name: a, url: 'https://x', events: [RolledBak]}",
+                "notifications[0].events[0]: \"RolledBak\" is not an Event the watchdog emits",
+            ),
+            (
+                "{name: a, url: 'https://x', headers: {Authorization: 'Bearer t'}}",
+                "notifications[0].headers.Authorization: credentials do not go in headers",
+            ),
+            (
+                "{name: a, url: 'https://x', format: teams}",
+                "notifications[0]",
+            ),
+        ] {
+            let e = error_of(&with(r));
+            assert!(e.contains(expected), "{r}: {e}");
+        }
+        let twice = format!(
+            "{MINIMAL}notifications:\n- {{name: a, url: 'https://x'}}\n- {{name: a, url: 'https://y'}}\n"
+        );
+        assert!(error_of(&twice).contains("notifications[1].name: duplicate receiver name"));
     }
 
     #[test]

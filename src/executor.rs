@@ -30,6 +30,7 @@ use crate::decision::{Decision, Outcome, Persisted, Signal, TrafficKind, Trigger
 use crate::error::{Error, Result, chain};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
+use crate::notify::{Notice, Notifier};
 use crate::service::{self, PatchError, ServiceHandle};
 
 /// A stale `resourceVersion` is re-read and retried this many times before giving up.
@@ -86,6 +87,35 @@ impl Target {
     }
 }
 
+/// What an Event is about: the Service it is published on, the window, and what triggered
+/// and how long the revert took, where those apply; for the Event and its notification.
+struct About<'a> {
+    r: &'a ObjectReference,
+    target: &'a Target,
+    state: &'a Persisted,
+    trigger: Option<&'a Trigger>,
+    took: Option<Duration>,
+}
+
+impl<'a> About<'a> {
+    fn window(r: &'a ObjectReference, target: &'a Target, state: &'a Persisted) -> Self {
+        Self {
+            r,
+            target,
+            state,
+            trigger: None,
+            took: None,
+        }
+    }
+
+    fn triggered(self, trigger: &'a Trigger) -> Self {
+        Self {
+            trigger: Some(trigger),
+            ..self
+        }
+    }
+}
+
 /// Owns every Kubernetes write; shared by the lanes.
 pub struct Executor {
     recorder: Recorder,
@@ -94,6 +124,8 @@ pub struct Executor {
     kube_timeout: Duration,
     /// Whether this replica may write at all.
     fence: Fence,
+    /// Tells the receivers in `notifications[]` of each Event published.
+    notifier: Notifier,
 }
 
 enum RollbackResult {
@@ -307,7 +339,14 @@ impl Executor {
             metrics,
             kube_timeout,
             fence,
+            notifier: Notifier::default(),
         }
+    }
+
+    /// The executor, telling `notifier` of each Event it publishes.
+    #[must_use]
+    pub fn with_notifier(self, notifier: Notifier) -> Self {
+        Self { notifier, ..self }
     }
 
     /// Carries out one guard's commands in order until `shutdown`, finishing the one in hand.
@@ -452,8 +491,15 @@ impl Executor {
              or re-cut deliberately with `cutover-watchdog cutover`",
             state.version, state.previous
         );
-        self.event(r, EventType::Warning, "RollbackOverridden", "Watch", note)
-            .await;
+        let about = About::window(r, target, state);
+        self.event(
+            &about,
+            EventType::Warning,
+            "RollbackOverridden",
+            "Watch",
+            note,
+        )
+        .await;
     }
 
     async fn would_roll_back(
@@ -474,7 +520,8 @@ impl Executor {
             state.previous,
             trigger.describe()
         );
-        self.event(r, EventType::Normal, "WouldRollBack", "Rollback", note)
+        let about = About::window(r, target, state).triggered(trigger);
+        self.event(&about, EventType::Normal, "WouldRollBack", "Rollback", note)
             .await;
     }
 
@@ -492,7 +539,7 @@ impl Executor {
             .inc();
         warn!(guard, version = %state.version, kind = kind.as_label(), detail, "traffic check failed");
         self.event(
-            r,
+            &About::window(r, target, state),
             EventType::Warning,
             kind.event_reason(),
             "Watch",
@@ -521,7 +568,7 @@ impl Executor {
             state.previous, state.version
         );
         self.event(
-            r,
+            &About::window(r, target, state),
             EventType::Warning,
             "PreviousVersionScaledDown",
             "Watch",
@@ -558,8 +605,15 @@ impl Executor {
                 state.previous,
                 trigger.describe()
             );
-            self.event(r, EventType::Warning, "RollbackTriggered", "Rollback", note)
-                .await;
+            let about = About::window(r, target, state).triggered(trigger);
+            self.event(
+                &about,
+                EventType::Warning,
+                "RollbackTriggered",
+                "Rollback",
+                note,
+            )
+            .await;
         }
         match self.patch_until_done(target, state).await {
             Ok(RollbackResult::RolledBack { confirmed }) => {
@@ -586,8 +640,9 @@ impl Executor {
                     "patch reverting selector {} to {} sent, no answer ({cause}): it may or may not have landed; the next sight of the service decides",
                     target.service.version_label, state.previous,
                 );
+                let about = About::window(r, target, state).triggered(trigger);
                 self.event(
-                    r,
+                    &about,
                     EventType::Warning,
                     "RollbackOutcomeUnknown",
                     "Rollback",
@@ -608,8 +663,15 @@ impl Executor {
                         state.previous,
                         target.min_ready_previous()
                     );
-                    self.event(r, EventType::Warning, "RollbackBlocked", "Rollback", note)
-                        .await;
+                    let about = About::window(r, target, state).triggered(trigger);
+                    self.event(
+                        &about,
+                        EventType::Warning,
+                        "RollbackBlocked",
+                        "Rollback",
+                        note,
+                    )
+                    .await;
                 } else {
                     debug!(guard, ready, "rollback still blocked");
                 }
@@ -658,7 +720,11 @@ impl Executor {
             state.previous,
             trigger.describe()
         );
-        self.event(r, EventType::Warning, "RolledBack", "Rollback", note)
+        let about = About {
+            took: Some(took),
+            ..About::window(r, target, state).triggered(trigger)
+        };
+        self.event(&about, EventType::Warning, "RolledBack", "Rollback", note)
             .await;
     }
 
@@ -678,8 +744,15 @@ impl Executor {
             .inc();
         error!(guard, trigger = trigger.label(), error = %cause, "rollback failed; selector unchanged");
         let note = format!("rollback to {} failed: {cause}", state.previous);
-        self.event(r, EventType::Warning, "RollbackFailed", "Rollback", note)
-            .await;
+        let about = About::window(r, target, state).triggered(trigger);
+        self.event(
+            &about,
+            EventType::Warning,
+            "RollbackFailed",
+            "Rollback",
+            note,
+        )
+        .await;
     }
 
     /// Re-read, check, patch. A stale `resourceVersion` (409) is re-read at once, a few times;
@@ -874,7 +947,8 @@ impl Executor {
         (type_, reason, note): (EventType, &str, String),
     ) {
         self.record(target, state).await;
-        self.event(r, type_, reason, "Watch", note).await;
+        let about = About::window(r, target, state);
+        self.event(&about, type_, reason, "Watch", note).await;
     }
 
     async fn record(&self, target: &Target, state: &Persisted) {
@@ -897,14 +971,36 @@ impl Executor {
         }
     }
 
+    /// Publishes an Event on the Service, and hands it with its facts to the notifier. Only
+    /// the leader does either.
     async fn event(
         &self,
-        reference: &ObjectReference,
+        about: &About<'_>,
         type_: EventType,
         reason: &str,
         action: &str,
         note: String,
     ) {
+        let Some(left) = self.fence.remaining() else {
+            debug!(reason, "not the leader; not publishing event");
+            return;
+        };
+        let (target, state) = (about.target, about.state);
+        self.notifier.notify(Notice {
+            event: reason.to_owned(),
+            warning: type_ == EventType::Warning,
+            guard: target.guard.clone(),
+            namespace: target.service.namespace.clone(),
+            service: target.service.name.clone(),
+            version_label: target.service.version_label.clone(),
+            green: state.version.clone(),
+            blue: state.previous.clone(),
+            trigger: about.trigger.cloned(),
+            cutover_at: state.cutover_at,
+            at: jiff::Timestamp::now(),
+            took: about.took,
+            note: note.clone(),
+        });
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -912,13 +1008,9 @@ impl Executor {
             action: action.to_owned(),
             secondary: None,
         };
-        let Some(left) = self.fence.remaining() else {
-            debug!(reason, "not the leader; not publishing event");
-            return;
-        };
         let publish = tokio::time::timeout(
             self.kube_timeout.min(left),
-            self.recorder.publish(&event, reference),
+            self.recorder.publish(&event, about.r),
         );
         let failed = match publish.await {
             Ok(Ok(())) => return,

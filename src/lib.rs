@@ -25,6 +25,7 @@ pub mod http;
 pub mod leader;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod poller;
 pub mod preflight;
 pub mod probe;

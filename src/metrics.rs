@@ -41,6 +41,8 @@ pub struct Metrics {
     pub webhook_requests_total: IntCounterVec,
     /// A follower's webhook forwards to the leader, by [`crate::forward::Outcome`].
     pub webhook_forwarded_total: IntCounterVec,
+    /// Notifications by receiver and [`crate::notify::Delivery`].
+    pub notifications_total: IntCounterVec,
     pub alerts_received_total: IntCounterVec,
     pub leader: IntGauge,
     pub service_relists_total: Family<family::Counter>,
@@ -204,6 +206,17 @@ impl Metrics {
                          no_leader (none known, or it published no address).",
                     ),
                     &["result"],
+                )?,
+            )?,
+            notifications_total: reg(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "notifications_total",
+                        "Notifications by receiver and result: sent, failed (after retries), \
+                         dropped (the receiver's queue was full).",
+                    ),
+                    &["receiver", "result"],
                 )?,
             )?,
             alerts_received_total: reg(

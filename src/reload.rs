@@ -41,17 +41,23 @@ pub enum SecretKind {
     PrometheusPassword,
     /// `prometheus.tls.ca_file`, `cert_file` and `key_file`, as one.
     PrometheusTls,
+    /// `notifications[].url_file`.
+    NotificationUrl,
+    /// `notifications[].bearer_token_file`.
+    NotificationToken,
 }
 
 impl SecretKind {
     /// Every label value, for metrics that start at zero.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Token,
         Self::Password,
         Self::Tls,
         Self::PrometheusToken,
         Self::PrometheusPassword,
         Self::PrometheusTls,
+        Self::NotificationUrl,
+        Self::NotificationToken,
     ];
 
     /// The metric label value.
@@ -64,6 +70,8 @@ impl SecretKind {
             Self::PrometheusToken => "prometheus_token",
             Self::PrometheusPassword => "prometheus_password",
             Self::PrometheusTls => "prometheus_tls",
+            Self::NotificationUrl => "notification_url",
+            Self::NotificationToken => "notification_token",
         }
     }
 }

@@ -885,6 +885,10 @@ pub mod secrets {
     pub const PROM_TOKEN: &str = "prom-token-1a7e";
     pub const PROM_ROTATED_TOKEN: &str = "prom-token-2b8f";
     pub const PROM_PASSWORD: &str = "prom-test-password";
+    /// A notification receiver's secret path (as a Slack webhook's is) and bearer token
+    /// (`tests/notify.rs`).
+    pub const NOTIFY_PATH: &str = "T0NOTIFY/B0NOTIFY/s3cr3tHookPath";
+    pub const NOTIFY_TOKEN: &str = "notify-token-5c3d";
 
     /// Test TLS keys (P-256, PKCS#8). Fixed, so the logs can be checked for them; the
     /// certificates are made from them at test time ([`super::TestCert`]).
@@ -926,6 +930,8 @@ vME4k5Pyab3ZDFk3nDh41CkuaQahRANCAATd8HZj+1+RZQjhY8+SF3LLtLzdcqAk
             PROM_TOKEN,
             PROM_ROTATED_TOKEN,
             PROM_PASSWORD,
+            NOTIFY_PATH,
+            NOTIFY_TOKEN,
         ]
         .map(str::to_owned)
         .into();

@@ -47,6 +47,10 @@ pub enum Command {
     /// FAIL or an error; 2: usage; 3: rolled back; 4: expired; 5: superseded; 130: Ctrl-C
     /// (which stops following, not guarding).
     Cutover(CutoverArgs),
+    /// What the watchdog would have decided over a past cutover's window, from Prometheus's
+    /// history, with the very decision core `serve` runs; `--since` finds the past cutovers,
+    /// `--set` tries other thresholds. Exit 0 whatever the outcome; 1: an error; 2: usage.
+    Replay(ReplayArgs),
     /// Play the runbook's story on a local sandbox (no cluster needed): cutover, a fault in v2,
     /// detection, the revert. Needs the Debian packages prometheus and prometheus-alertmanager.
     #[cfg(feature = "sandbox")]
@@ -93,6 +97,7 @@ impl Command {
                     Exit::OK
                 });
             }
+            Self::Replay(args) => return crate::replay::command(args).await,
             Self::Cutover(args) => {
                 let config = Config::load(&args.config.config)?;
                 let prometheus = Prometheus::new(&config.prometheus)?;
@@ -155,7 +160,11 @@ impl Command {
         match self {
             // The demo's and discover's output is their story or table; the log only says what
             // went wrong.
-            Self::Demo { .. } | Self::Discover(_) | Self::Preflight(_) | Self::Cutover(_) => "warn",
+            Self::Demo { .. }
+            | Self::Discover(_)
+            | Self::Preflight(_)
+            | Self::Cutover(_)
+            | Self::Replay(_) => "warn",
             Self::Serve(_) | Self::CheckConfig(_) => "info",
         }
     }
@@ -213,8 +222,40 @@ pub struct CutoverArgs {
     pub no_follow: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The guard: its name in `guards[]`, or NAMESPACE/SERVICE for a template's (its
+    /// placeholders filled from the cluster).
+    #[arg(long)]
+    pub guard: String,
+    /// When the cutover happened (RFC 3339); with `--version` and `--previous`.
+    #[arg(long, requires_all = ["version", "previous"], conflicts_with = "since")]
+    pub cutover_at: Option<String>,
+    /// The green version of that cutover.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The blue version of that cutover.
+    #[arg(long)]
+    pub previous: Option<String>,
+    /// Replay every window the watchdog recorded in this past span (e.g. `7d`), from
+    /// `cutover_watchdog_window_info`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// The poll interval to replay at; the config's `poll_interval` by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub step: Option<std::time::Duration>,
+    /// Try another threshold: `checks.<name>.<above|below|for|on_no_data>=<value>`, repeatable.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// `text`: the timeline (or, with `--since`, a summary); `json`: the same as data.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
 /// Pretty JSON for stdout.
-fn json(value: &impl serde::Serialize) -> Result<String> {
+pub(crate) fn json(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|e| Error::Unusable(format!("output as JSON: {e}")))
 }
 

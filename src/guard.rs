@@ -548,11 +548,8 @@ impl GuardTask {
         })
     }
 
-    fn publish(&self, memory: &mut Memory) {
-        // A stopped guard's series are deleted; writing one now would bring it back for good.
-        if self.retired.load(Ordering::SeqCst) {
-            return;
-        }
+    /// The window's series: whether one is open, its versions, and its traffic shares.
+    fn publish_window_metrics(&self, memory: &mut Memory) {
         let guard = self.config.name.as_str();
         let window = self.core.window();
         let open = self.core.open_window();
@@ -560,6 +557,20 @@ impl GuardTask {
             .window_active
             .with_label_values(&[guard])
             .set(i64::from(open.is_some()));
+        let info = &self.metrics.window_info;
+        match open {
+            Some(w) => {
+                let labels = [guard, w.version.as_str(), w.previous.as_str()];
+                if info.with_label_values(&labels).get() == 0 {
+                    // One series per guard: the previous window's goes.
+                    info.remove_first(guard);
+                    info.with_label_values(&labels).set(1);
+                }
+            }
+            None => {
+                info.remove_first(guard);
+            }
+        }
         if let Some(w) = window
             && let Some(share) = w.traffic.share
         {
@@ -573,6 +584,17 @@ impl GuardTask {
                 .with_label_values(&[guard, &w.previous])
                 .set(1.0 - share);
         }
+    }
+
+    fn publish(&self, memory: &mut Memory) {
+        // A stopped guard's series are deleted; writing one now would bring it back for good.
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
+        let guard = self.config.name.as_str();
+        let window = self.core.window();
+        let open = self.core.open_window();
+        self.publish_window_metrics(memory);
         let polling = self.core.polled_window().map(|w| Polling {
             version: w.version.clone(),
             previous: w.previous.clone(),

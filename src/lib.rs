@@ -31,6 +31,7 @@ pub mod preflight;
 pub mod probe;
 pub mod promql;
 pub mod reload;
+pub mod replay;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod selector;

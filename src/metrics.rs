@@ -48,6 +48,9 @@ pub struct Metrics {
     pub service_relists_total: Family<family::Counter>,
     /// Times blue's Ready Pods fell below `min_ready_previous` during a window.
     pub previous_scaled_down_total: Family<family::Counter>,
+    /// 1 while a window is open, by its versions: the record `replay --since` finds past
+    /// cutovers in.
+    pub window_info: Family<family::IntGauge>,
     /// Times the selector was set back on a rolled-back version before its window's end.
     pub rollback_overridden_total: Family<family::Counter>,
     /// A version's share of green plus blue traffic, while a `traffic` check watches.
@@ -236,6 +239,13 @@ impl Metrics {
                     "1 while this replica may write: it holds the leader lease, or election is off.",
                 ))?,
             )?,
+            window_info: family(
+                r,
+                "window_info",
+                "1 while a post-cutover window is open, by guard and versions (dry runs too): \
+                 the record of past cutovers that `replay --since` reads.",
+                &["guard", "version", "previous_version"],
+            )?,
             rollback_overridden_total: family(
                 r,
                 "rollback_overridden_total",
@@ -390,6 +400,7 @@ impl Metrics {
         }
         let _ = self.window_active.remove_label_values(&[g]);
         self.traffic_share.remove_first(g);
+        self.window_info.remove_first(g);
         self.traffic_check_failures_total.remove_first(g);
         let _ = self.rollbacks_total.remove_label_values(&[g, "traffic"]);
         for trigger in guard

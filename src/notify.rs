@@ -523,7 +523,7 @@ mod tests {
         );
         assert_eq!(
             link,
-            "https://grafana.example/d/cw?var-guard=shop%2Fsvc-production&from=1795521600000&to=1795521840000"
+            "https://grafana.example/d/cw?var-guard=shop%2Fsvc-production&from=1796040000000&to=1796040240000"
         );
         let p = json_payload(&n, &["app-v2-0".into()], Some(&link));
         assert_eq!(p["trigger"]["check"], "error_rate");

@@ -506,15 +506,42 @@ impl Prometheus {
         }
     }
 
+    /// `query` over `[start, end]` at `step` (`/api/v1/query_range`): each series' points, as
+    /// (Unix seconds, value). For `replay`.
+    pub async fn range(
+        &self,
+        query: &str,
+        (start, end): (jiff::Timestamp, jiff::Timestamp),
+        step: Duration,
+    ) -> QueryResult<Vec<Series>> {
+        let (start, end) = (start.to_string(), end.to_string());
+        let step = format!("{}", step.as_secs_f64());
+        let form = [
+            ("query", query),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", step.as_str()),
+        ];
+        let body = self
+            .send_to("query_range", &form)
+            .await
+            .map_err(QueryFailure::from)?;
+        parse_matrix(&body).map_err(|m| QueryFailure::new(QueryError::Body, m))
+    }
+
     async fn send(&self, query: &str) -> Result<Bytes, Failure> {
+        self.send_to("query", &[("query", query)]).await
+    }
+
+    async fn send_to(&self, endpoint: &str, form: &[(&str, &str)]) -> Result<Bytes, Failure> {
         let current = self.connection.current();
-        let endpoint = api_url(&current.base, "query")
+        let endpoint = api_url(&current.base, endpoint)
             .map_err(|e| Failure::Failed(QueryFailure::new(QueryError::Connect, e.to_string())))?;
         let response = current
             .http
             .post(endpoint)
             .headers(current.headers.clone())
-            .form(&[("query", query)])
+            .form(form)
             .send()
             .await
             .map_err(|e| Failure::Failed(request_failure(&e)))?;
@@ -699,6 +726,49 @@ enum ApiData {
 #[derive(Deserialize)]
 struct VectorSample {
     value: (f64, String),
+}
+
+/// One series of a range query: its labels, and its points as (Unix seconds, value).
+pub type Series = (BTreeMap<String, String>, Vec<(f64, f64)>);
+
+/// Parses a `query_range` response body into each series' labels and points.
+pub fn parse_matrix(body: &[u8]) -> std::result::Result<Vec<Series>, String> {
+    #[derive(Deserialize)]
+    struct Range {
+        status: String,
+        error: Option<String>,
+        data: Option<RangeData>,
+    }
+    #[derive(Deserialize)]
+    struct RangeData {
+        result: Vec<RangeSeries>,
+    }
+    #[derive(Deserialize)]
+    struct RangeSeries {
+        #[serde(default)]
+        metric: BTreeMap<String, String>,
+        values: Vec<(f64, String)>,
+    }
+    let response: Range = serde_json::from_slice(body)
+        .map_err(|e| format!("unparseable response: {e}; {}", snippet(body)))?;
+    if response.status != "success" {
+        return Err(format!(
+            "query failed: {}",
+            response.error.unwrap_or(response.status)
+        ));
+    }
+    let data = response.data.ok_or("response has no data")?;
+    data.result
+        .into_iter()
+        .map(|s| {
+            let points = s
+                .values
+                .into_iter()
+                .map(|(t, v)| number(&v).map(|v| (t, v)))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok((s.metric, points))
+        })
+        .collect()
 }
 
 /// Parses a query response body into the values of its series.

@@ -254,7 +254,8 @@ struct Memory {
     /// The versions `traffic_share` has series for.
     traffic_versions: Option<(String, String)>,
     /// The Service's selector as last seen, for counting the rollback target's Pods.
-    selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Shared with the fleet's cache, not copied: a guard is kept for every Service in scope.
+    service: Option<Arc<Service>>,
     last_decision: Option<DecisionStatus>,
     /// Why each check's query failed at the last poll of the open window, in check order.
     poll_errors: Vec<Option<String>>,
@@ -415,7 +416,7 @@ impl GuardTask {
                     }
                     self.core.handle(signal, now)
                 }
-                Input::Service(svc) => self.observe(&svc, &mut memory, now),
+                Input::Service(svc) => self.observe(svc, &mut memory, now),
                 Input::Alert { alert, seen } => self.alert(alert, seen, now),
             };
             if !Box::pin(self.execute(decisions, &mut memory, now)).await {
@@ -425,19 +426,24 @@ impl GuardTask {
         }
     }
 
-    fn observe(&mut self, svc: &Service, memory: &mut Memory, now: Timestamp) -> Vec<Decision> {
+    fn observe(
+        &mut self,
+        shared: Arc<Service>,
+        memory: &mut Memory,
+        now: Timestamp,
+    ) -> Vec<Decision> {
+        let svc = shared.as_ref();
         memory.reference = Some(svc.object_ref(&()));
         let version = self.service.version_of(svc);
         if version.is_none() {
             warn!(guard = %self.config.name, label = %self.config.version_label, "service selector has no version key; nothing to guard");
         }
         memory.selector_version.clone_from(&version);
-        if memory.selector.is_none()
+        if memory.service.is_none()
             && let Some(applier) = crate::gitops::applier(svc)
         {
             warn!(guard = %self.config.name, tool = applier.tool, "{}", crate::gitops::warning(&applier));
         }
-        memory.selector = Some(service::selector(svc));
         let signal = Signal::Observed {
             version,
             persisted: service::persisted(svc),
@@ -447,6 +453,7 @@ impl GuardTask {
             relisted: self.relisted.swap(false, Ordering::SeqCst),
             changed_by: service::selector_changed_by(svc, &self.config.version_label),
         };
+        memory.service = Some(shared);
         self.core.handle(signal, now)
     }
 
@@ -599,8 +606,8 @@ impl GuardTask {
             version: w.version.clone(),
             previous: w.previous.clone(),
             checks: self.checks.clone(),
-            previous_pods: memory.selector.as_ref().map(|selector| {
-                let mut selector = selector.clone();
+            previous_pods: memory.service.as_deref().map(|svc| {
+                let mut selector = service::selector(svc);
                 selector.insert(self.config.version_label.clone(), w.previous.clone());
                 selector
                     .iter()

@@ -355,8 +355,17 @@ fn elector(
         metrics.clone(),
     );
     let tls = config.webhook.tls.files().is_some();
+    if !tls && webhook_has_credentials(&config.webhook) {
+        warn!(
+            "followers forward webhooks, with their credentials, to the leader over plain http: set webhook.tls (and leader_election.forward_server_name) to protect them"
+        );
+    }
     let forward = Forwarder::new(le, tls, lead)?;
     Ok((Some(elector), fence, Some(Arc::new(forward))))
+}
+
+fn webhook_has_credentials(webhook: &WebhookConfig) -> bool {
+    webhook.bearer_token_file.is_some() || webhook.basic_auth.is_some()
 }
 
 /// Where followers reach this replica's main listener: `POD_IP` with the port of `listen`, or

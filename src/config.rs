@@ -1162,7 +1162,14 @@ fn validate_traffic(prefix: &str, g: &GuardConfig) -> Checked {
             return Err(refuse(at(key), format!("{value} is not in (0, 1]")));
         }
     }
-    nonzero(&at("within"), t.within)
+    nonzero(&at("within"), t.within)?;
+    if t.within >= g.window {
+        return Err(refuse(
+            at("within"),
+            "must be shorter than the guard's `window`: traffic is checked inside it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The checks of a guard or template: valid, unique names (each check's own fields were

@@ -158,7 +158,7 @@ pub fn ended(svc: &Service, record: &Persisted) -> Option<Exit> {
     match now.phase {
         Phase::Watching => None,
         Phase::Stable => Some(Exit::OK),
-        Phase::RolledBack => Some(Exit::ROLLED_BACK),
+        Phase::RolledBack | Phase::Overridden => Some(Exit::ROLLED_BACK),
         Phase::Expired | Phase::Missed => Some(Exit::EXPIRED),
         Phase::Superseded => Some(Exit::SUPERSEDED),
     }
@@ -179,7 +179,22 @@ async fn follow(
     let terminal = std::io::stdout().is_terminal();
     let mut ticks = tokio::time::interval(Duration::from_secs(if terminal { 1 } else { 30 }));
     let mut last: Option<Service> = None;
+    // A watchdog records the end within a poll of it; long after, none is guarding.
+    let overdue = record
+        .cutover_at
+        .checked_add(
+            jiff::SignedDuration::try_from(guard.window + Duration::from_mins(1))
+                .unwrap_or_default(),
+        )
+        .unwrap_or(record.cutover_at);
     loop {
+        if Timestamp::now() > overdue {
+            println!(
+                "{}the window's end passed a minute ago with no decision on the record: is a watchdog guarding this service?",
+                if terminal { "\n" } else { "" }
+            );
+            return Ok(Exit::FAIL);
+        }
         tokio::select! {
             () = interrupt.cancelled() => {
                 println!("\nstopped following; the watchdog goes on guarding the window");

@@ -83,6 +83,9 @@ pub enum Phase {
     /// A cutover made while no watchdog was watching, found longer than `window` after it
     /// happened: recorded, never watched.
     Missed,
+    /// Rolled back, then set back on the green by someone else (a sync) within the window:
+    /// green serves, unproven, and is not reverted again.
+    Overridden,
 }
 
 impl Phase {
@@ -95,6 +98,7 @@ impl Phase {
             Self::Superseded => "superseded",
             Self::Expired => "expired",
             Self::Missed => "missed",
+            Self::Overridden => "overridden",
         }
     }
 
@@ -105,7 +109,7 @@ impl Phase {
     pub fn serving<'a>(self, version: &'a str, previous: &'a str) -> Option<&'a str> {
         match self {
             Self::Watching => None,
-            Self::Stable | Self::Expired | Self::Missed => Some(version),
+            Self::Stable | Self::Expired | Self::Missed | Self::Overridden => Some(version),
             Self::RolledBack | Self::Superseded => Some(previous),
         }
     }
@@ -119,6 +123,7 @@ impl Phase {
             Self::Superseded,
             Self::Expired,
             Self::Missed,
+            Self::Overridden,
         ]
         .into_iter()
         .find(|p| p.as_str() == s)
@@ -474,6 +479,10 @@ pub struct TrafficTrack {
     /// After our rollback: by when blue's share must be back, and whether it came back.
     pub restore_by: Option<Timestamp>,
     pub restored: Option<bool>,
+    /// The window was opened by this watchdog at the cutover, not resumed: its first poll's
+    /// blue rate is the traffic before the switch.
+    #[serde(skip)]
+    opened_live: bool,
 }
 
 /// A post-cutover window.
@@ -573,6 +582,16 @@ struct Sight<'a> {
     /// recorded the change.
     since: Timestamp,
     changed_by: Option<&'a str>,
+}
+
+/// The record `cutover-watchdog cutover` writes with a switch from `current` to `version`.
+fn adopted<'a>(
+    persisted: Option<&'a Persisted>,
+    version: &str,
+    current: &str,
+) -> Option<&'a Persisted> {
+    persisted
+        .filter(|p| p.phase == Phase::Watching && p.version == version && p.previous == current)
 }
 
 fn share_text(share: Option<f64>) -> String {
@@ -681,11 +700,11 @@ impl Guard {
                 previous_ready,
                 traffic,
             } => {
+                // A window whose time is up ends first: nothing is decided for it after.
+                let ended = self.end_if_over(now);
                 let short = previous_ready.and_then(|r| self.previous_ready(&version, r));
                 let moved = traffic.map_or_else(Vec::new, |t| self.traffic(&version, t, at));
-                let decided = self
-                    .end_if_over(now)
-                    .or_else(|| self.polled(&version, &samples, at));
+                let decided = ended.or_else(|| self.polled(&version, &samples, at));
                 return short.into_iter().chain(moved).chain(decided).collect();
             }
             Signal::Alert(alert) => self.alert(&alert, now),
@@ -709,6 +728,7 @@ impl Guard {
         if since == now.round(jiff::Unit::Millisecond).unwrap_or(now) {
             let reason = format!("cutover from {previous} to {version}");
             let w = self.new_window(version, previous, since, Phase::Watching, reason);
+            w.traffic.opened_live = true;
             return Decision::Opened(w.persisted());
         }
         let reason = format!(
@@ -806,24 +826,23 @@ impl Guard {
             } else {
                 w.version.clone()
             };
+            if let Some(p) = adopted(persisted, &version, &current) {
+                return Some(self.adopt(version, target, p, now));
+            }
             return Some(self.open(version, target, sight.since, now));
         }
         // `cutover-watchdog cutover` writes the window's record with the selector, in one
         // write: the window is that one, its clock the command's. That is also how to re-cut
         // deliberately to a green this watchdog rolled back.
-        if let Some(p) = persisted
-            .filter(|p| p.phase == Phase::Watching && p.version == version && p.previous == current)
-        {
-            let start = p.cutover_at.min(now);
-            let w = self.new_window(version, current, start, Phase::Watching, p.reason.clone());
-            return Some(Decision::Opened(w.persisted()));
+        if let Some(p) = adopted(persisted, &version, &current) {
+            return Some(self.adopt(version, current, p, now));
         }
         if let Some(d) = self.overridden(&version, sight, now) {
             return Some(d);
         }
         // After a revert that was overridden, green is still unproven: the target stays blue.
         let target = match self.window.as_ref() {
-            Some(w) if !w.open && w.phase == Phase::RolledBack && w.version == current => {
+            Some(w) if !w.open && w.phase == Phase::Overridden && w.version == current => {
                 w.previous.clone()
             }
             _ => current,
@@ -831,23 +850,59 @@ impl Guard {
         Some(self.open(version, target, sight.since, now))
     }
 
+    /// The window `cutover-watchdog cutover` recorded with its switch: its clock and reason,
+    /// and the rollback target the watchdog's own rules give.
+    fn adopt(
+        &mut self,
+        version: String,
+        target: String,
+        p: &Persisted,
+        now: Timestamp,
+    ) -> Decision {
+        let start = p.cutover_at.min(now);
+        let w = self.new_window(version, target, start, Phase::Watching, p.reason.clone());
+        w.traffic.opened_live = true;
+        Decision::Opened(w.persisted())
+    }
+
     /// GitOps awareness: the selector set back on the green this watchdog rolled back, before
     /// that window's end, opens no window (it would only revert again, and fight the sync for
     /// as long as it runs): a Warning naming who did it.
-    fn overridden(&self, version: &str, sight: &Sight, now: Timestamp) -> Option<Decision> {
-        let from_record = sight
-            .persisted
-            .filter(|p| p.phase == Phase::RolledBack)
-            .map(|p| (p.clone(), after(p.cutover_at, self.policy.window)));
-        let from_window = self
+    fn overridden(&mut self, version: &str, sight: &Sight, now: Timestamp) -> Option<Decision> {
+        let window = self.policy.window;
+        let remembered = self
             .window
             .as_ref()
-            .filter(|w| !w.open && w.phase == Phase::RolledBack)
-            .map(|w| (w.persisted(), w.ends_at));
-        let (state, ends) = from_window.or(from_record)?;
-        (state.version == version && now < ends).then(|| Decision::RollbackOverridden {
-            state,
-            by: sight.changed_by.map(str::to_owned),
+            .is_some_and(|w| !w.open && w.phase == Phase::RolledBack && w.version == version);
+        if !remembered {
+            // Seen at start-up: the record is all there is.
+            let p = sight
+                .persisted
+                .filter(|p| p.phase == Phase::RolledBack && p.version == version)?;
+            let w = self.new_window(
+                p.version.clone(),
+                p.previous.clone(),
+                p.cutover_at,
+                Phase::RolledBack,
+                p.reason.clone(),
+            );
+            w.open = false;
+            w.rollback = Rollback::Done;
+        }
+        let w = self.window.as_mut()?;
+        if now >= after(w.opened_at, window) {
+            return None;
+        }
+        let by = sight.changed_by.map(str::to_owned);
+        w.phase = Phase::Overridden;
+        w.reason = format!(
+            "selector set back to {} by {} after the rollback; not reverted again",
+            w.version,
+            by.as_deref().unwrap_or("an unknown field manager")
+        );
+        Some(Decision::RollbackOverridden {
+            state: w.persisted(),
+            by,
         })
     }
 
@@ -901,31 +956,26 @@ impl Guard {
                 }
                 // Rolled back, and set back on green within the window while we were away: a
                 // sync undoing the revert, not a cutover.
-                Phase::RolledBack if in_window => {
-                    let d = self.overridden(&version, sight, now);
-                    // Remembered, closed, so that the next cutover still targets blue.
-                    let w = self.new_window(
-                        p.version.clone(),
-                        p.previous.clone(),
-                        p.cutover_at,
-                        Phase::RolledBack,
-                        p.reason.clone(),
-                    );
-                    w.open = false;
-                    w.rollback = Rollback::Done;
-                    d
-                }
+                // Remembered, closed, so that the next cutover still targets blue.
+                Phase::RolledBack if in_window => self.overridden(&version, sight, now),
                 // Rolled back or superseded, yet the selector names the version again: a human
                 // cut over to it anew while we were away.
                 Phase::RolledBack | Phase::Superseded => {
                     Some(self.open(version, p.previous.clone(), sight.since, now))
                 }
-                Phase::Stable | Phase::Expired | Phase::Missed => None,
+                Phase::Stable | Phase::Expired | Phase::Missed | Phase::Overridden => None,
             };
         }
         if version == p.previous {
             if !(live && in_window) {
-                return None;
+                // Back on the version before, made while nobody watched: a cutover unless the
+                // record already says that version serves (a rollback).
+                return match p.phase.serving(&p.version, &p.previous) {
+                    Some(serving) if serving != version => {
+                        Some(self.open(version, serving.to_owned(), sight.since, now))
+                    }
+                    _ => None,
+                };
             }
             let reason = format!("selector changed back to {version} by someone else");
             let w = self.new_window(
@@ -942,7 +992,8 @@ impl Guard {
         // A cutover to a third version happened while we were away.
         let target = match p.phase {
             Phase::Watching if in_window => p.previous.clone(),
-            Phase::RolledBack | Phase::Superseded => p.previous.clone(),
+            // An overridden green is still unproven.
+            Phase::RolledBack | Phase::Superseded | Phase::Overridden => p.previous.clone(),
             Phase::Watching | Phase::Stable | Phase::Expired | Phase::Missed => p.version.clone(),
         };
         Some(self.open(version, target, sight.since, now))
@@ -1021,7 +1072,8 @@ impl Guard {
         t.share = rates.green_share();
         if !w.open {
             // Only our own rollback is followed: blue's share must come back.
-            if w.rollback != Rollback::Done || t.restored.is_some() {
+            if w.phase != Phase::RolledBack || w.rollback != Rollback::Done || t.restored.is_some()
+            {
                 return Vec::new();
             }
             let by = *t
@@ -1050,7 +1102,9 @@ impl Guard {
                 detail,
             }];
         }
-        if t.before.is_none() {
+        // Blue's rate before the switch is only known at a live window's first poll (its rate
+        // window reaches back before the switch); a resumed window cannot tell volume parity.
+        if t.opened_live && t.before.is_none() && t.green_rate.is_none() {
             t.before = rates.blue;
         }
         t.green_rate = rates.green;
@@ -1059,7 +1113,8 @@ impl Guard {
         }
         let due = now >= after(w.opened_at, policy.within);
         let mut failed = Vec::new();
-        if due && t.switched.is_none() {
+        // Unknown rates (Prometheus failing, no data) are never a failure: it waits for a share.
+        if due && t.switched.is_none() && t.share.is_some() {
             t.switched = Some(false);
             failed.push((
                 TrafficKind::NotSwitched,
@@ -1116,7 +1171,11 @@ impl Guard {
     pub fn polled_window(&self) -> Option<&Window> {
         let traffic = self.policy.traffic.is_some();
         self.window.as_ref().filter(|w| {
-            w.open || (traffic && w.rollback == Rollback::Done && w.traffic.restored.is_none())
+            w.open
+                || (traffic
+                    && w.phase == Phase::RolledBack
+                    && w.rollback == Rollback::Done
+                    && w.traffic.restored.is_none())
         })
     }
 
@@ -2511,6 +2570,64 @@ mod tests {
             matches!(&d[..], [Decision::Opened(p)] if p.previous == "v1"),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn review_fixes_adoption_in_a_window_restart_after_override_and_a_revert_while_away() {
+        // `cutover` from a stable window's green to the next: its clock is kept.
+        let mut g = guard(false);
+        cut_over(&mut g);
+        let mut record = persisted("v3", "v2", 395, Phase::Watching);
+        record.reason = "cutover from v2 to v3 by cutover-watchdog cutover".into();
+        let d = g.handle(sight("v3", Some(record), Some("v1"), None, false), at(400));
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if p.cutover_at == at(395)),
+            "{d:?}"
+        );
+
+        // A restart after an override: nothing new, not a cutover.
+        let mut g = guard(false);
+        let d = g.handle(
+            sight(
+                "v2",
+                Some(persisted("v2", "v1", 0, Phase::Overridden)),
+                Some("v2"),
+                Some(100),
+                false,
+            ),
+            at(300),
+        );
+        assert!(d.is_empty(), "{d:?}");
+
+        // Stable on v2, then back on v1 while nobody watched: a cutover to v1.
+        let mut g = guard(false);
+        let d = g.handle(
+            sight(
+                "v1",
+                Some(persisted("v2", "v1", 0, Phase::Stable)),
+                Some("v2"),
+                Some(800),
+                false,
+            ),
+            at(900),
+        );
+        assert!(
+            matches!(&d[..], [Decision::Opened(p)] if p.version == "v1" && p.previous == "v2"),
+            "{d:?}"
+        );
+        // Rolled back to v1, still on v1: nothing.
+        let mut g = guard(false);
+        let d = g.handle(
+            sight(
+                "v1",
+                Some(persisted("v2", "v1", 0, Phase::RolledBack)),
+                Some("v1"),
+                None,
+                false,
+            ),
+            at(900),
+        );
+        assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]

@@ -491,15 +491,9 @@ impl Executor {
              or re-cut deliberately with `cutover-watchdog cutover`",
             state.version, state.previous
         );
-        let about = About::window(r, target, state);
-        self.event(
-            &about,
-            EventType::Warning,
-            "RollbackOverridden",
-            "Watch",
-            note,
-        )
-        .await;
+        // On the record, so that a restart neither warns again nor takes green for a new cutover.
+        let event = (EventType::Warning, "RollbackOverridden", note);
+        self.recorded(target, r, state, event).await;
     }
 
     async fn would_roll_back(

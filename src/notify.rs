@@ -213,7 +213,10 @@ async fn deliver(
                 None => return,
             },
         };
-        let pods = green_pods(&client, &notice).await;
+        // Best effort, and bounded: a slow API server must not hold the queue.
+        let pods = tokio::time::timeout(receiver.config.timeout, green_pods(&client, &notice))
+            .await
+            .unwrap_or_default();
         let dashboard = receiver
             .config
             .dashboard_url

@@ -164,6 +164,8 @@ pub struct Facts {
     pub cutover: bool,
     /// A GitOps tool that applies the Service, whose sync would undo a revert.
     pub applier: Option<crate::gitops::Applier>,
+    /// The guard only records what it would do, and writes no window record.
+    pub dry_run_guard: bool,
 }
 
 fn item(name: impl Into<String>, critical: bool, met: bool, evidence: String) -> Item {
@@ -233,6 +235,16 @@ pub fn assess(facts: &Facts, now: Timestamp) -> Vec<Item> {
         ),
     });
     items.push(guarded(&facts.guarded, facts.cutover, now));
+    if facts.dry_run_guard {
+        items.push(item(
+            "dry_run",
+            facts.cutover,
+            false,
+            "the guard is a dry run: it would roll nothing back, and writes no window record \
+             for `cutover` to follow"
+                .into(),
+        ));
+    }
     items.push(match &facts.applier {
         None => item("gitops", false, true, "no Argo CD or Flux marks".into()),
         Some(a) => item("gitops", false, false, crate::gitops::warning(a)),
@@ -585,6 +597,7 @@ pub async fn gather(
         guarded,
         cutover: false,
         applier: crate::gitops::applier(svc),
+        dry_run_guard: guard.dry_run,
     })
 }
 
@@ -680,6 +693,7 @@ mod tests {
             },
             cutover: false,
             applier: None,
+            dry_run_guard: false,
         }
     }
 

@@ -69,7 +69,8 @@ impl Prober {
                     u64::try_from(probe.timeout.as_millis()).unwrap_or(u64::MAX)
                 ))
             )),
-            Err(e) => failed(crate::error::chain(&e)),
+            // Without the URL: a token in its query string must not reach status or logs.
+            Err(e) => failed(crate::error::chain(&e.without_url())),
         }
     }
 }

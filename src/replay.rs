@@ -174,7 +174,13 @@ pub async fn find(
     step: Duration,
 ) -> Result<Vec<Cutover>> {
     let escaped = guard.name.replace('\\', "\\\\").replace('"', "\\\"");
-    let query = format!("cutover_watchdog_window_info{{guard=\"{escaped}\"}} == 1");
+    // One series per window whatever replica exported it: a failover changes `instance`.
+    let query = format!(
+        "max by (version, previous_version) (cutover_watchdog_window_info{{guard=\"{escaped}\"}} == 1)"
+    );
+    // Prometheus answers at most 11,000 points per series: a long span takes a coarser step.
+    let span = to.duration_since(from).as_secs_f64().max(0.0);
+    let step = step.max(Duration::from_secs_f64(span / 10_000.0));
     let series = prometheus
         .range(&query, (from, to), step)
         .await

@@ -65,7 +65,11 @@ async fn a_sync_that_undoes_the_rollback_is_named_and_not_reverted_again() {
     // No second revert: the sync's selector stands.
     assert_eq!(cluster.selector_version(), "v2");
     assert_eq!(cluster.selector_patches(), 1);
-    assert_eq!(cluster.annotation("state").as_deref(), Some("rolled-back"));
+    // On the record, so that a restart neither warns again nor reverts green.
+    cluster.wait_state("overridden").await;
+    assert_eq!(cluster.annotation("baseline-version").as_deref(), Some("v2"));
+    let reason = cluster.annotation("reason").unwrap();
+    assert!(reason.contains("by argocd-controller"), "{reason}");
 }
 
 #[tokio::test]

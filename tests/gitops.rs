@@ -67,7 +67,10 @@ async fn a_sync_that_undoes_the_rollback_is_named_and_not_reverted_again() {
     assert_eq!(cluster.selector_patches(), 1);
     // On the record, so that a restart neither warns again nor reverts green.
     cluster.wait_state("overridden").await;
-    assert_eq!(cluster.annotation("baseline-version").as_deref(), Some("v2"));
+    assert_eq!(
+        cluster.annotation("baseline-version").as_deref(),
+        Some("v2")
+    );
     let reason = cluster.annotation("reason").unwrap();
     assert!(reason.contains("by argocd-controller"), "{reason}");
 }

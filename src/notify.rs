@@ -554,6 +554,59 @@ mod tests {
         assert!(blocks.contains("check error_rate: observed 0.0500") && blocks.contains(&link));
     }
 
+    #[tokio::test]
+    async fn a_rotated_url_or_token_takes_effect_and_an_unusable_one_keeps_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url_path, token_path) = (dir.path().join("url"), dir.path().join("token"));
+        std::fs::write(&url_path, "https://hooks.example/one\n").unwrap();
+        std::fs::write(&token_path, "t1").unwrap();
+        let config: crate::config::Config = crate::config::Config::from_yaml(&format!(
+            "prometheus: {{url: 'http://p'}}\nguards: [{{name: g, service: s}}]\nnotifications:\n- {{name: r, url_file: {}, bearer_token_file: {}}}\n",
+            url_path.display(),
+            token_path.display()
+        ))
+        .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let stop = CancellationToken::new();
+        let (notifier, rotation) =
+            Notifier::start(&config.notifications, &client, &metrics, &stop).unwrap();
+        assert_eq!(rotation.len(), 2);
+        let receiver = &notifier.receivers[0];
+        std::fs::write(&url_path, "https://hooks.example/two").unwrap();
+        std::fs::write(&token_path, "t2").unwrap();
+        for r in &rotation {
+            if let crate::reload::Polled::Changed(c) = r.watched().poll() {
+                r.apply(&c).unwrap();
+            }
+        }
+        assert_eq!(
+            receiver.url.read().unwrap().as_str(),
+            "https://hooks.example/two"
+        );
+        assert_eq!(receiver.token.read().unwrap().as_deref(), Some("t2"));
+        std::fs::write(&url_path, "not a url").unwrap();
+        let url = rotation
+            .iter()
+            .find(|r| r.kind() == SecretKind::NotificationUrl)
+            .unwrap();
+        let crate::reload::Polled::Changed(c) = url.watched().poll() else {
+            panic!("a change");
+        };
+        let e = url.apply(&c).unwrap_err().to_string();
+        assert!(
+            !e.contains("not a url"),
+            "the contents are never quoted: {e}"
+        );
+        assert_eq!(
+            receiver.url.read().unwrap().as_str(),
+            "https://hooks.example/two"
+        );
+        stop.cancel();
+    }
+
     #[test]
     fn a_url_is_logged_by_scheme_and_host_only() {
         let url = Url::parse("https://hooks.slack.com/services/T000/B000/XXXX").unwrap();

@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::{Cluster, Setup, Stack, critical_alert, metric, rss_kib};
 
 const CUTOVERS: usize = 100;
+/// The time-scaled window, as in the config below.
+const WINDOW: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_memory() {
@@ -56,6 +58,19 @@ async fn a_soak_of_100_cutovers_rolls_back_exactly_the_failing_ones_with_flat_me
                     |(state, selector)| {
                         state.as_deref() == Some("rolled-back") && *selector == blue
                     },
+                )
+                .await;
+            // The same green again inside the rolled-back window would be a sync undoing the
+            // revert (RollbackOverridden), not a cutover: the next one comes after the window.
+            let cutover_at: jiff::Timestamp =
+                cluster.annotation("cutover-at").unwrap().parse().unwrap();
+            let over = cutover_at + WINDOW;
+            stack
+                .wait_until(
+                    &format!("cutover {i}: window over"),
+                    Duration::from_secs(10),
+                    async || jiff::Timestamp::now(),
+                    |now| *now > over,
                 )
                 .await;
         } else {

@@ -1684,6 +1684,19 @@ mod tests {
         g
     }
 
+    /// Cut over to v2 at 10 s, rolled back by a critical alert at 20 s, landed at 21 s.
+    fn rolled_back_by_alert(g: &mut Guard) {
+        cut_over(g);
+        let alert = Alert {
+            alertname: "HighErrorRate".into(),
+            severity: "critical".into(),
+            version: None,
+            starts_at: Some(at(15)),
+        };
+        g.handle(Signal::Alert(alert), at(20));
+        executed(g, Outcome::RolledBack, 21);
+    }
+
     fn executed(g: &mut Guard, outcome: Outcome, t: i64) -> Vec<Decision> {
         let s = Signal::Executed {
             version: "v2".into(),
@@ -2467,27 +2480,8 @@ mod tests {
 
     #[test]
     fn after_our_rollback_blue_must_get_its_traffic_back_within_within() {
-        let rolled_back = |g: &mut Guard| {
-            cut_over(g);
-            g.handle(
-                Signal::Alert(Alert {
-                    alertname: "HighErrorRate".into(),
-                    severity: "critical".into(),
-                    version: None,
-                    starts_at: Some(at(15)),
-                }),
-                at(20),
-            );
-            g.handle(
-                Signal::Executed {
-                    version: "v2".into(),
-                    outcome: Outcome::RolledBack,
-                },
-                at(21),
-            );
-        };
         let mut g = traffic_guard(false);
-        rolled_back(&mut g);
+        rolled_back_by_alert(&mut g);
         assert!(g.polled_window().is_some(), "still polled for traffic");
         assert!(traffic_failures(&rates(&mut g, 30, 60.0, 40.0)).is_empty());
         let d = rates(&mut g, 160, 60.0, 40.0);
@@ -2495,7 +2489,7 @@ mod tests {
         assert!(g.polled_window().is_none(), "decided: no more polls");
 
         let mut g = traffic_guard(false);
-        rolled_back(&mut g);
+        rolled_back_by_alert(&mut g);
         assert!(traffic_failures(&rates(&mut g, 30, 2.0, 98.0)).is_empty());
         assert_eq!(g.window().unwrap().traffic.restored, Some(true));
         assert!(g.polled_window().is_none());
@@ -2507,21 +2501,7 @@ mod tests {
             written_by(sight(version, None, Some("v1"), None, false), manager)
         };
         let mut g = guard(false);
-        cut_over(&mut g); // v2 at 10 s, window to 610 s
-        g.handle(
-            Signal::Alert(Alert {
-                alertname: "HighErrorRate".into(),
-                severity: "critical".into(),
-                version: None,
-                starts_at: Some(at(15)),
-            }),
-            at(20),
-        );
-        let outcome = Signal::Executed {
-            version: "v2".into(),
-            outcome: Outcome::RolledBack,
-        };
-        g.handle(outcome, at(21));
+        rolled_back_by_alert(&mut g); // v2 at 10 s, window to 610 s
         // Argo CD syncs the selector back to v2.
         let d = g.handle(by("argocd-controller", "v2"), at(60));
         assert!(
@@ -2538,21 +2518,7 @@ mod tests {
 
         // After the window's end, the same green again is a cutover.
         let mut g = guard(false);
-        cut_over(&mut g);
-        g.handle(
-            Signal::Alert(Alert {
-                alertname: "HighErrorRate".into(),
-                severity: "critical".into(),
-                version: None,
-                starts_at: Some(at(15)),
-            }),
-            at(20),
-        );
-        let outcome = Signal::Executed {
-            version: "v2".into(),
-            outcome: Outcome::RolledBack,
-        };
-        g.handle(outcome, at(21));
+        rolled_back_by_alert(&mut g);
         let d = g.handle(by("kubectl-patch", "v2"), at(700));
         assert!(matches!(&d[..], [Decision::Opened(_)]), "{d:?}");
 

@@ -2,7 +2,8 @@
 //! through a breach and the watchdog guarding it (Prometheus scrapes both). A replay of that
 //! cutover reaches the rollback `serve` made within one poll; a replay with a higher threshold
 //! does not; a replay of a version without metrics is no data; and `--since` finds each window
-//! the watchdog recorded.
+//! the watchdog recorded. A blip, and no data taken as a breach, end in replay as in `serve`, at
+//! the same poll.
 
 // Test code: a failed setup step should panic right there.
 #![allow(clippy::unwrap_used)]
@@ -27,7 +28,7 @@ const HEALTHY: Behaviour = Behaviour {
 };
 
 /// `cutover-watchdog replay ARGS --config CONFIG`.
-async fn replay(config: &std::path::Path, args: &[&str]) -> Output {
+async fn replay(config: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
         .arg("replay")
         .args(args)
@@ -53,15 +54,48 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `serve`'s last decision (its `/v1/guards` status) and replay's `outcome` came at the same
+/// poll: within one step, plus what a poll's own Prometheus round trip adds.
+fn assert_same_poll(what: &str, served: &Value, outcome: &Value) {
+    let at = |v: &Value| -> jiff::Timestamp { v["at"].as_str().unwrap().parse().unwrap() };
+    let (served_at, replayed_at) = (at(&served["last_decision"]), at(outcome));
+    let apart = replayed_at.duration_since(served_at).abs();
+    assert!(
+        apart
+            <= jiff::SignedDuration::try_from(POLL).unwrap()
+                + jiff::SignedDuration::from_millis(250),
+        "serve {what} at {served_at}, replay at {replayed_at}"
+    );
+}
+
+/// `replay --guard checkout --cutover-at AT --version V --previous v1 --output json`.
+fn window(at: &str, version: &str) -> Vec<String> {
+    [
+        "--guard",
+        "checkout",
+        "--cutover-at",
+        at,
+        "--version",
+        version,
+        "--previous",
+        "v1",
+        "--output",
+        "json",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 struct Recorded {
     cluster: Cluster,
     app: TrafficApp,
-    _prometheus: ChildServer,
+    prometheus: ChildServer,
     watchdog: Watchdog,
 }
 
-/// The app, a Prometheus scraping it and the watchdog's admin listener, and the watchdog.
-async fn recorded() -> Recorded {
+/// The app, a Prometheus scraping it and the watchdog's admin listener, and the watchdog, set
+/// up as `tuned` (with that Prometheus).
+async fn recorded(tuned: Setup<'static>) -> Recorded {
     let cluster = Cluster::start().await;
     let app = TrafficApp::start(APP, &[("v1", HEALTHY), ("v2", HEALTHY)])
         .await
@@ -77,9 +111,7 @@ async fn recorded() -> Recorded {
     let url = prometheus.url();
     let setup = Setup {
         prometheus: &url,
-        window: "8s",
-        stabilization: "3s",
-        ..Setup::default()
+        ..tuned
     };
     let config = cluster.dir.path().join("watchdog.yaml");
     std::fs::write(&config, setup.yaml(main, admin)).unwrap();
@@ -87,17 +119,17 @@ async fn recorded() -> Recorded {
     Recorded {
         cluster,
         app,
-        _prometheus: prometheus,
+        prometheus,
         watchdog,
     }
 }
 
 /// Window A replayed with a threshold its breach never reaches, and for a version Prometheus
 /// has no metrics for.
-async fn other_replays_of(config: &std::path::Path, cutover_a: &str, a: &[&str]) {
+async fn other_replays_of(config: &std::path::Path, cutover_a: &str) {
     // The same window with a threshold the breach never reaches: no rollback.
-    let mut tuned: Vec<&str> = a.to_vec();
-    tuned.extend(["--set", "checks.error_rate.above=0.5"]);
+    let mut tuned = window(cutover_a, "v2");
+    tuned.extend(["--set", "checks.error_rate.above=0.5"].map(str::to_owned));
     let timeline = json(&replay(config, &tuned).await);
     assert_ne!(
         timeline[0]["outcome"]["kind"], "rolled_back",
@@ -105,18 +137,7 @@ async fn other_replays_of(config: &std::path::Path, cutover_a: &str, a: &[&str])
     );
 
     // A version Prometheus has no metrics for: every step no data, never a breach.
-    let none = [
-        "--guard",
-        "checkout",
-        "--cutover-at",
-        cutover_a,
-        "--version",
-        "v9",
-        "--previous",
-        "v1",
-        "--output",
-        "json",
-    ];
+    let none = window(cutover_a, "v9");
     let timeline = json(&replay(config, &none).await);
     assert!(
         timeline[0]["steps"]
@@ -131,7 +152,12 @@ async fn other_replays_of(config: &std::path::Path, cutover_a: &str, a: &[&str])
 
 #[tokio::test]
 async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() {
-    let r = recorded().await;
+    let r = recorded(Setup {
+        window: "8s",
+        stabilization: "3s",
+        ..Setup::default()
+    })
+    .await;
     let config = r.watchdog.config.clone();
     // Window A: v2 fails; serve rolls back.
     r.cluster.cut_over_recorded("v2").await;
@@ -144,25 +170,8 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
         },
     );
     let served = r.watchdog.wait_rolled_back(&r.cluster).await;
-    let served_at: jiff::Timestamp = served["last_decision"]["at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
 
-    let a = [
-        "--guard",
-        "checkout",
-        "--cutover-at",
-        &cutover_a,
-        "--version",
-        "v2",
-        "--previous",
-        "v1",
-        "--output",
-        "json",
-    ];
-    let timeline = json(&replay(&config, &a).await);
+    let timeline = json(&replay(&config, &window(&cutover_a, "v2")).await);
     let outcome = &timeline[0]["outcome"];
     assert_eq!(outcome["kind"], "rolled_back", "{timeline:#}");
     assert!(
@@ -171,14 +180,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
             .unwrap()
             .contains("check error_rate")
     );
-    let replayed_at: jiff::Timestamp = outcome["at"].as_str().unwrap().parse().unwrap();
-    let apart = replayed_at.duration_since(served_at).abs();
-    assert!(
-        apart
-            <= jiff::SignedDuration::try_from(POLL).unwrap()
-                + jiff::SignedDuration::from_millis(250),
-        "serve rolled back at {served_at}, replay at {replayed_at}"
-    );
+    assert_same_poll("rolled back", &served, outcome);
     assert!(
         timeline[0]["not_replayed"][0]
             .as_str()
@@ -186,7 +188,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
             .starts_with("alerts")
     );
 
-    other_replays_of(&config, &cutover_a, &a).await;
+    other_replays_of(&config, &cutover_a).await;
 
     // Window B, after A's has ended: v2 healthy, stable.
     r.app.set("v2", HEALTHY);
@@ -233,6 +235,92 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
         text.contains("2 windows of checkout found") && text.contains("rolled back +"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_blip_shorter_than_for_turns_stable_in_replay_at_the_poll_serve_did() {
+    // `for` outlasts the blip's breach (the blip, plus the query's 5 s rate window), so the
+    // window turns stable at the first clean poll after it, in `serve` and in `replay` alike.
+    let r = recorded(Setup {
+        window: "20s",
+        stabilization: "3s",
+        for_: "12s",
+        ..Setup::default()
+    })
+    .await;
+    r.cluster.cut_over_recorded("v2").await;
+    let cutover = r.cluster.annotation("cutover-at").unwrap();
+    let failing = Behaviour {
+        error_ratio: 0.5,
+        ..HEALTHY
+    };
+    r.app.set("v2", failing);
+    // The blip lasts until Prometheus has recorded it.
+    let prometheus = r.prometheus.url();
+    let ratio = async || common::query_value(&prometheus, &common::error_ratio("v2")).await;
+    r.watchdog
+        .wait_until(
+            "the blip in Prometheus",
+            Duration::from_secs(10),
+            ratio,
+            |v| v.is_some_and(|v| v > 0.02),
+        )
+        .await;
+    r.app.set("v2", HEALTHY);
+    let served = r
+        .watchdog
+        .wait_status("the window stable", Duration::from_secs(20), |g| {
+            g["last_decision"]["kind"] == "stable"
+        })
+        .await;
+    assert_eq!(r.cluster.selector_version(), "v2");
+
+    let timeline = json(&replay(&r.watchdog.config, &window(&cutover, "v2")).await);
+    let t = &timeline[0];
+    assert_eq!(t["outcome"]["kind"], "stable", "{timeline:#}");
+    assert_same_poll("turned stable", &served, &t["outcome"]);
+    // The replay saw the blip breach, and its `for` never ran out.
+    let breached = |s: &Value| s["breached"][0] == true;
+    assert!(
+        t["steps"].as_array().unwrap().iter().any(breached),
+        "{timeline:#}"
+    );
+    assert!(
+        t["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["kind"] != "rollback"),
+        "{timeline:#}"
+    );
+}
+
+#[tokio::test]
+async fn no_data_as_a_breach_rolls_back_in_replay_at_the_poll_serve_did() {
+    // A green the app has no metrics for, and `on_no_data: breach`.
+    let r = recorded(Setup {
+        window: "8s",
+        stabilization: "3s",
+        on_no_data: "breach",
+        ..Setup::default()
+    })
+    .await;
+    r.cluster.cut_over_recorded("v3").await;
+    let cutover = r.cluster.annotation("cutover-at").unwrap();
+    let served = r.watchdog.wait_rolled_back(&r.cluster).await;
+
+    let timeline = json(&replay(&r.watchdog.config, &window(&cutover, "v3")).await);
+    let t = &timeline[0];
+    assert_eq!(t["outcome"]["kind"], "rolled_back", "{timeline:#}");
+    assert!(
+        t["outcome"]["trigger"]
+            .as_str()
+            .unwrap()
+            .contains("no data"),
+        "{timeline:#}"
+    );
+    assert_same_poll("rolled back", &served, &t["outcome"]);
+    assert!(t["steps"][0]["values"][0].is_null(), "{timeline:#}");
 }
 
 #[tokio::test]

@@ -18,14 +18,37 @@ use serde::Serialize;
 use crate::config::{GuardConfig, NoDataPolicy, Probe, Threshold};
 use crate::decision::{Decision, Guard, Outcome, Policy, Sample, Signal};
 use crate::error::{Error, Result};
-use crate::promql::Prometheus;
+use crate::promql::{Prometheus, Series};
 
 /// The cutover to replay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cutover {
     pub at: Timestamp,
     pub version: String,
     pub previous: String,
+    pub found_by: FoundBy,
+}
+
+/// Where a cutover to replay comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// `--cutover-at`.
+    Given,
+    /// A window in the watchdog's own record, `cutover_watchdog_window_info`.
+    Recorded,
+    /// A change of version the `--version-changes` expression marks.
+    Marked,
+}
+
+impl FoundBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Given => "given",
+            Self::Recorded => "recorded",
+            Self::Marked => "marked",
+        }
+    }
 }
 
 /// One check's history: its series' values at each step, by Unix milliseconds.
@@ -76,6 +99,7 @@ pub struct Timeline {
     pub cutover_at: Timestamp,
     pub version: String,
     pub previous: String,
+    pub found_by: FoundBy,
     pub step_seconds: f64,
     /// The replayed checks, in the order of each step's values.
     pub checks: Vec<String>,
@@ -164,27 +188,57 @@ fn left_out(guard: &GuardConfig) -> Vec<String> {
     out
 }
 
-/// The cutovers of `guard` whose windows opened in `[from, to]`, from the
-/// `cutover_watchdog_window_info` record: each run of points is one window, its first point
-/// the cutover (to the scrape interval).
+/// The cutovers of `guard` whose windows opened in `span`: the windows the watchdog recorded
+/// ([`windows`]) and, with `changes` (a PromQL expression), the version changes it marks that
+/// no recorded window explains ([`marked`], [`merge`]).
 pub async fn find(
     prometheus: &Prometheus,
     guard: &GuardConfig,
-    (from, to): (Timestamp, Timestamp),
+    span: (Timestamp, Timestamp),
     step: Duration,
+    changes: Option<&str>,
 ) -> Result<Vec<Cutover>> {
     let escaped = guard.name.replace('\\', "\\\\").replace('"', "\\\"");
     // One series per window whatever replica exported it: a failover changes `instance`.
     let query = format!(
         "max by (version, previous_version) (cutover_watchdog_window_info{{guard=\"{escaped}\"}} == 1)"
     );
-    // Prometheus answers at most 11,000 points per series: a long span takes a coarser step.
-    let span = to.duration_since(from).as_secs_f64().max(0.0);
-    let step = step.max(Duration::from_secs_f64(span / 10_000.0));
-    let series = prometheus
-        .range(&query, (from, to), step)
+    let (series, step) = history(prometheus, &query, span, step)
         .await
         .map_err(|e| Error::Unusable(format!("finding past windows failed: {e}")))?;
+    let recorded = windows(series, step)?;
+    let Some(changes) = changes else {
+        return Ok(recorded);
+    };
+    let (series, step) = history(prometheus, changes, span, step)
+        .await
+        .map_err(|e| Error::Unusable(format!("--version-changes query failed: {e}")))?;
+    Ok(merge(recorded, marked(&series)?, guard.window, step))
+}
+
+/// `query` over `span` at `step`, or coarser where Prometheus's limit of 11,000 points per
+/// series needs it; with the step taken.
+async fn history(
+    prometheus: &Prometheus,
+    query: &str,
+    (from, to): (Timestamp, Timestamp),
+    step: Duration,
+) -> crate::promql::QueryResult<(Vec<Series>, Duration)> {
+    let span = to.duration_since(from).as_secs_f64().max(0.0);
+    let step = step.max(Duration::from_secs_f64(span / 10_000.0));
+    Ok((prometheus.range(query, (from, to), step).await?, step))
+}
+
+/// A point's time (Unix seconds) as a timestamp, to the millisecond.
+fn at_seconds(t: f64) -> Result<Timestamp> {
+    #[allow(clippy::cast_possible_truncation)] // Unix seconds, far from i64's range
+    Timestamp::from_millisecond((t * 1000.0).round() as i64)
+        .map_err(|e| Error::Unusable(format!("a point at {t}: {e}")))
+}
+
+/// The windows in the `cutover_watchdog_window_info` record, as read at `step`: each run of
+/// points is one window, its first point the cutover (to the scrape interval).
+fn windows(series: Vec<Series>, step: Duration) -> Result<Vec<Cutover>> {
     let gap = step.as_secs_f64() * 2.5;
     let mut found = Vec::new();
     for (labels, points) in series {
@@ -196,13 +250,11 @@ pub async fn find(
         let mut last: Option<f64> = None;
         for (t, _) in points {
             if last.is_none_or(|l| t - l > gap) {
-                #[allow(clippy::cast_possible_truncation)] // Unix seconds
-                let at = Timestamp::from_millisecond((t * 1000.0).round() as i64)
-                    .map_err(|e| Error::Unusable(format!("a point at {t}: {e}")))?;
                 found.push(Cutover {
-                    at,
+                    at: at_seconds(t)?,
                     version: version.clone(),
                     previous: previous.clone(),
+                    found_by: FoundBy::Recorded,
                 });
             }
             last = Some(t);
@@ -212,12 +264,94 @@ pub async fn find(
     Ok(found)
 }
 
+/// The version changes a `--version-changes` expression marks. At each step, the version
+/// serving is the series (by its `version` label) with the highest value; a tie, or no
+/// series, says nothing. Each step whose serving version differs from the last one known is a
+/// cutover from that one.
+fn marked(series: &[Series]) -> Result<Vec<Cutover>> {
+    if !series.is_empty()
+        && series
+            .iter()
+            .all(|(labels, _)| !labels.contains_key("version"))
+    {
+        return Err(Error::Usage(
+            "the --version-changes expression's series carry no `version` label; aggregate \
+             `by (version)`, or label_replace the label your versions are in"
+                .into(),
+        ));
+    }
+    // Per step (Unix milliseconds): the highest value, and its version, if only one has it.
+    let mut serving: BTreeMap<i64, (f64, Option<&str>)> = BTreeMap::new();
+    for (labels, points) in series {
+        let Some(version) = labels.get("version") else {
+            continue;
+        };
+        for &(t, v) in points {
+            if v.is_nan() {
+                continue;
+            }
+            #[allow(clippy::cast_possible_truncation)] // Unix seconds, far from i64's range
+            let at = (t * 1000.0).round() as i64;
+            let best = serving.entry(at).or_insert((v, Some(version.as_str())));
+            if v > best.0 {
+                *best = (v, Some(version.as_str()));
+            } else if v.total_cmp(&best.0).is_eq() && best.1 != Some(version.as_str()) {
+                best.1 = None;
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut last: Option<&str> = None;
+    for (at, (_, version)) in serving {
+        let Some(version) = version else { continue };
+        if let Some(previous) = last.filter(|l| *l != version) {
+            found.push(Cutover {
+                at: Timestamp::from_millisecond(at)
+                    .map_err(|e| Error::Unusable(format!("a point at {at} ms: {e}")))?,
+                version: version.to_owned(),
+                previous: previous.to_owned(),
+                found_by: FoundBy::Marked,
+            });
+        }
+        last = Some(version);
+    }
+    Ok(found)
+}
+
+/// `recorded` windows, and the `marked` changes none of them explains, in time order. A
+/// recorded window explains a change between its two versions from its cutover (less two
+/// steps: the expression is read at `step`) to its end (plus two): its own cutover, seen late
+/// by the expression, or its rollback.
+fn merge(
+    recorded: Vec<Cutover>,
+    marked: Vec<Cutover>,
+    window: Duration,
+    step: Duration,
+) -> Vec<Cutover> {
+    let slack = SignedDuration::try_from(step * 2).unwrap_or(SignedDuration::MAX);
+    let explains = |r: &Cutover, m: &Cutover| {
+        let same_pair = (r.version == m.version && r.previous == m.previous)
+            || (r.version == m.previous && r.previous == m.version);
+        same_pair
+            && m.at >= r.at.saturating_sub(slack).unwrap_or(r.at)
+            && m.at <= after(r.at, window).saturating_add(slack).unwrap_or(r.at)
+    };
+    let unexplained: Vec<Cutover> = marked
+        .into_iter()
+        .filter(|m| !recorded.iter().any(|r| explains(r, m)))
+        .collect();
+    let mut all = recorded;
+    all.extend(unexplained);
+    all.sort_by_key(|c| c.at);
+    all
+}
+
 /// One line per replayed cutover: when, which versions, how it would have ended, and why.
 #[must_use]
 pub fn summary(timelines: &[Timeline]) -> String {
     let mut out = format!(
-        "{:<25}  {:<10}  {:<10}  {:<12}  {}\n",
-        "cutover", "from", "to", "outcome", "first trigger"
+        "{:<25}  {:<10}  {:<10}  {:<8}  {:<18}  {}\n",
+        "cutover", "from", "to", "found", "outcome", "first trigger"
     );
     for t in timelines {
         let (outcome, trigger) = match &t.outcome {
@@ -234,10 +368,11 @@ pub fn summary(timelines: &[Timeline]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<25}  {:<10}  {:<10}  {:<12}  {trigger}",
+            "{:<25}  {:<10}  {:<10}  {:<8}  {:<18}  {trigger}",
             t.cutover_at.to_string(),
             t.previous,
             t.version,
+            t.found_by.as_str(),
             outcome
         );
     }
@@ -366,6 +501,7 @@ pub fn replay(
         cutover_at: cutover.at,
         version: cutover.version.clone(),
         previous: cutover.previous.clone(),
+        found_by: cutover.found_by,
         step_seconds: step.as_secs_f64(),
         checks: replayed.checks.iter().map(|c| c.name.clone()).collect(),
         steps,
@@ -518,13 +654,22 @@ pub async fn command(args: crate::cli::ReplayArgs) -> Result<crate::cutover::Exi
                 .map_err(|e| Error::Usage(format!("--cutover-at {at:?} is not RFC 3339: {e}")))?,
             version: args.version.clone().unwrap_or_default(),
             previous: args.previous.clone().unwrap_or_default(),
+            found_by: FoundBy::Given,
         }],
         (None, Some(since)) => {
             let now = Timestamp::now();
             let from = now
                 .checked_sub(SignedDuration::try_from(since).unwrap_or(SignedDuration::MAX))
                 .unwrap_or(Timestamp::UNIX_EPOCH);
-            find(&prometheus, &guard, (from, now), config.poll_interval).await?
+            let changes = args.version_changes.as_deref();
+            find(
+                &prometheus,
+                &guard,
+                (from, now),
+                config.poll_interval,
+                changes,
+            )
+            .await?
         }
         (None, None) => {
             return Err(Error::Usage(
@@ -533,7 +678,18 @@ pub async fn command(args: crate::cli::ReplayArgs) -> Result<crate::cutover::Exi
         }
     };
     let mut timelines = Vec::new();
-    for cutover in &cutovers {
+    for (i, cutover) in cutovers.iter().enumerate() {
+        if cutovers.len() > 1 {
+            // Each is a query per check: say where a long span's replay is.
+            eprintln!(
+                "replaying {}/{}: {} -> {} at {}",
+                i + 1,
+                cutovers.len(),
+                cutover.previous,
+                cutover.version,
+                cutover.at
+            );
+        }
         let histories = fetch(&prometheus, &guard, cutover, step).await?;
         timelines.push(replay(&guard, cutover, step, &histories));
     }
@@ -584,6 +740,7 @@ mod tests {
             at: "2026-11-30T12:00:00Z".parse().unwrap(),
             version: "v2".into(),
             previous: "v1".into(),
+            found_by: FoundBy::Given,
         }
     }
 
@@ -658,5 +815,110 @@ mod tests {
             let e = apply_set(&mut g, set).unwrap_err().to_string();
             assert!(e.contains(said), "{set}: {e}");
         }
+    }
+
+    /// A series of `--version-changes` for `version`: its values at Unix seconds 0, 15, 30, ...
+    fn serving(version: &str, values: &[f64]) -> Series {
+        let labels = BTreeMap::from([("version".to_owned(), version.to_owned())]);
+        let points = (0..).step_by(15).map(f64::from).zip(values.iter().copied());
+        (labels, points.collect())
+    }
+
+    /// (Unix seconds, from, to) of a cutover.
+    type Change<'a> = (i64, &'a str, &'a str);
+
+    fn changes(found: &[Cutover]) -> Vec<Change<'_>> {
+        found
+            .iter()
+            .map(|c| (c.at.as_second(), c.previous.as_str(), c.version.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn version_changes_are_where_the_highest_series_changes_and_a_tie_says_nothing() {
+        let nan = f64::NAN;
+        #[rustfmt::skip]
+        let cases: [(&str, Vec<Series>, Vec<Change>); 5] = [
+            ("a cutover and a revert",
+             vec![serving("v1", &[9.0, 9.0, 1.0, 1.0, 9.0]), serving("v2", &[1.0, 1.0, 9.0, 9.0, 1.0])],
+             vec![(30, "v1", "v2"), (60, "v2", "v1")]),
+            ("one version all along",
+             vec![serving("v1", &[9.0, 9.0, 9.0])],
+             vec![]),
+            ("a tie, then a gap, say nothing: the change is at the first clear step",
+             vec![serving("v1", &[9.0, 5.0, nan, 1.0]), serving("v2", &[1.0, 5.0, nan, 9.0])],
+             vec![(45, "v1", "v2")]),
+            ("a new version after one that stopped reporting",
+             vec![serving("v1", &[9.0]), serving("v3", &[nan, nan, 4.0])],
+             vec![(30, "v1", "v3")]),
+            ("nothing at all", vec![], vec![]),
+        ];
+        for (case, series, expected) in cases {
+            let found = marked(&series).unwrap();
+            assert_eq!(changes(&found), expected, "{case}");
+            assert!(
+                found.iter().all(|c| c.found_by == FoundBy::Marked),
+                "{case}"
+            );
+        }
+        let unlabelled = vec![(BTreeMap::new(), vec![(0.0, 1.0)])];
+        let e = marked(&unlabelled).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("`version` label"));
+    }
+
+    #[test]
+    fn a_recorded_window_explains_its_own_cutover_and_its_rollback_but_no_other_change() {
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let cutover = |s, from: &str, to: &str, found_by| Cutover {
+            at: at(s),
+            version: to.into(),
+            previous: from.into(),
+            found_by,
+        };
+        let recorded = vec![cutover(1000, "v1", "v2", FoundBy::Recorded)];
+        let marked = vec![
+            cutover(990, "v1", "v2", FoundBy::Marked), // the same cutover, one step early
+            cutover(1015, "v1", "v2", FoundBy::Marked), // the same cutover, seen late
+            cutover(1100, "v2", "v1", FoundBy::Marked), // its rollback
+            cutover(1110, "v2", "v3", FoundBy::Marked), // another version: not explained
+            cutover(1300, "v1", "v2", FoundBy::Marked), // after the window and its slack
+            cutover(500, "v0", "v1", FoundBy::Marked), // before any record
+        ];
+        let all = merge(
+            recorded,
+            marked,
+            Duration::from_mins(2),
+            Duration::from_secs(15),
+        );
+        let found: Vec<(i64, FoundBy)> =
+            all.iter().map(|c| (c.at.as_second(), c.found_by)).collect();
+        assert_eq!(
+            found,
+            [
+                (500, FoundBy::Marked),
+                (1000, FoundBy::Recorded),
+                (1110, FoundBy::Marked),
+                (1300, FoundBy::Marked),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_run_of_the_window_record_is_one_window() {
+        let labels = BTreeMap::from([
+            ("version".to_owned(), "v2".to_owned()),
+            ("previous_version".to_owned(), "v1".to_owned()),
+        ]);
+        // Two runs 15 s apart at a 1 s step, then one point after a gap of two steps (a missed
+        // scrape, not a new window).
+        let points = [0.0, 1.0, 2.0, 17.0, 18.0, 20.0].map(|t| (t, 1.0)).to_vec();
+        let found = windows(vec![(labels, points)], Duration::from_secs(1)).unwrap();
+        assert_eq!(changes(&found), [(0, "v1", "v2"), (17, "v1", "v2")]);
+        let unlabelled = vec![(BTreeMap::new(), vec![(0.0, 1.0)])];
+        assert!(
+            windows(unlabelled, Duration::from_secs(1))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -96,10 +96,13 @@ struct Recorded {
 /// The app, a Prometheus scraping it and the watchdog's admin listener, and the watchdog, set
 /// up as `tuned` (with that Prometheus).
 async fn recorded(tuned: Setup<'static>) -> Recorded {
+    recorded_with(tuned, &[("v1", HEALTHY), ("v2", HEALTHY)]).await
+}
+
+/// [`recorded`], with the app's versions behaving as `versions`.
+async fn recorded_with(tuned: Setup<'static>, versions: &[(&str, Behaviour)]) -> Recorded {
     let cluster = Cluster::start().await;
-    let app = TrafficApp::start(APP, &[("v1", HEALTHY), ("v2", HEALTHY)])
-        .await
-        .unwrap();
+    let app = TrafficApp::start(APP, versions).await.unwrap();
     let (main, admin) = (free_port().unwrap(), free_port().unwrap());
     let prometheus = processes::prometheus(&PrometheusSetup {
         targets: vec![app.addr(), format!("127.0.0.1:{admin}").parse().unwrap()],
@@ -321,6 +324,161 @@ async fn no_data_as_a_breach_rolls_back_in_replay_at_the_poll_serve_did() {
     );
     assert_same_poll("rolled back", &served, &t["outcome"]);
     assert!(t["steps"][0]["values"][0].is_null(), "{timeline:#}");
+}
+
+/// Which version has the most traffic: the README's `--version-changes` example.
+const SERVING: &str = r#"sum by (version) (rate(http_requests_total{app="my-microservice"}[3s]))"#;
+
+/// The app's traffic moves to `to` (100 rps; `from` keeps 5), and Prometheus has seen it.
+async fn move_traffic(r: &Recorded, from: &str, to: &str) {
+    r.app.set(to, HEALTHY);
+    r.app.set(
+        from,
+        Behaviour {
+            rps: 5.0,
+            ..HEALTHY
+        },
+    );
+    let prometheus = r.prometheus.url();
+    let rate =
+        |v: &str| format!(r#"sum(rate(http_requests_total{{app="{APP}",version="{v}"}}[3s]))"#);
+    let (to_rate, from_rate) = (rate(to), rate(from));
+    let rates = async || {
+        let to = common::query_value(&prometheus, &to_rate).await;
+        let from = common::query_value(&prometheus, &from_rate).await;
+        to.zip(from)
+    };
+    let what = format!("{to} serving in Prometheus");
+    r.watchdog
+        .wait_until(&what, Duration::from_secs(10), rates, |r| {
+            r.is_some_and(|(to, from)| to > from * 5.0)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn version_changes_marked_by_a_query_are_replayed_beside_the_recorded_windows() {
+    let quiet = Behaviour {
+        rps: 5.0,
+        ..HEALTHY
+    };
+    let mut r = recorded_with(
+        Setup {
+            window: "8s",
+            stabilization: "3s",
+            ..Setup::default()
+        },
+        &[("v1", HEALTHY), ("v2", quiet)],
+    )
+    .await;
+    let config = r.watchdog.config.clone();
+    move_traffic(&r, "v2", "v1").await;
+    // A cutover the watchdog records, with the traffic: the query marks it too.
+    r.cluster.cut_over_recorded("v2").await;
+    let recorded_at = r.cluster.annotation("cutover-at").unwrap();
+    move_traffic(&r, "v1", "v2").await;
+    r.cluster.wait_state("stable").await;
+    let window_end = recorded_at.parse::<jiff::Timestamp>().unwrap() + Duration::from_secs(9);
+    r.watchdog
+        .wait_until(
+            "the window's end",
+            Duration::from_secs(15),
+            async || jiff::Timestamp::now(),
+            |now| *now > window_end,
+        )
+        .await;
+    // With the watchdog gone, a cutover it never saw: traffic moves back to v1.
+    r.watchdog.child.kill().await.unwrap();
+    move_traffic(&r, "v2", "v1").await;
+
+    let args = [
+        "--guard",
+        "checkout",
+        "--since",
+        "5m",
+        "--version-changes",
+        SERVING,
+        "--output",
+        "json",
+    ];
+    let since = async || json(&replay(&config, &args).await);
+    // The change back is in the query's history once Prometheus has it at a step.
+    let found = r
+        .watchdog
+        .wait_until(
+            "the change back to v1 marked",
+            Duration::from_secs(10),
+            since,
+            |t| t.as_array().is_some_and(|a| a.len() >= 2),
+        )
+        .await;
+    let seen: Vec<(&str, &str, &str, &str)> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let s = |k: &str| t[k].as_str().unwrap();
+            (
+                s("found_by"),
+                s("previous"),
+                s("version"),
+                t["outcome"]["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // The recorded window explains the change the query marked for it (its own cutover, seen
+    // through a 3 s rate); the change back is replayed from the query alone.
+    assert_eq!(
+        seen,
+        [
+            ("recorded", "v1", "v2", "stable"),
+            ("marked", "v2", "v1", "stable"),
+        ],
+        "{found:#}"
+    );
+
+    let out = replay(&config, &args[..args.len() - 2]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2 windows of checkout found") && text.contains(" marked "),
+        "{text}"
+    );
+    // Progress on stderr, stdout kept for the table (or the JSON).
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains("replaying 2/2: v2 -> v1 at "),
+        "{progress}"
+    );
+
+    refused_expressions(&config).await;
+}
+
+/// An expression Prometheus refuses is an error; one without a `version` label, a usage error.
+async fn refused_expressions(config: &std::path::Path) {
+    for (expression, code, said) in [
+        ("sum by (version) (", 1, "--version-changes query failed"),
+        (
+            "sum(rate(http_requests_total[3s]))",
+            2,
+            "no `version` label",
+        ),
+    ] {
+        let out = replay(
+            config,
+            &[
+                "--guard",
+                "checkout",
+                "--since",
+                "5m",
+                "--version-changes",
+                expression,
+            ],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{expression}: {stderr}");
+        assert!(stderr.contains(said), "{expression}: {stderr}");
+    }
 }
 
 #[tokio::test]

@@ -246,7 +246,7 @@ pub struct ReplayArgs {
     /// With `--since`: a PromQL expression whose series (by their `version` label) mark which
     /// version served, the highest value at each step; each change it marks is replayed too,
     /// for cutovers the watchdog never recorded. E.g.
-    /// `sum by (version) (rate(http_requests_total{app="checkout"}[1m]))`.
+    /// `sum by (version) (rate(http_requests_total{app="my-microservice"}[1m]))`.
     #[arg(long, requires = "since", value_name = "PROMQL")]
     pub version_changes: Option<String>,
     /// The poll interval to replay at; the config's `poll_interval` by default.

@@ -73,6 +73,81 @@ pub struct Moment {
     pub reason: String,
 }
 
+/// A run of breached polls of one check: when its `for` started, when it would trip, and how
+/// the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Breach {
+    pub check: String,
+    pub since: Timestamp,
+    pub since_offset_seconds: f64,
+    /// `since` plus the check's `for`.
+    pub trips_at: Timestamp,
+    pub trips_offset_seconds: f64,
+    /// It was still breached at `trips_at`: its `for` ran out.
+    pub tripped: bool,
+    /// The first poll it was no longer breached, if the window got that far.
+    pub cleared_at: Option<Timestamp>,
+}
+
+/// The breaches of a replay so far, and which one each check is in.
+struct Breaches {
+    fors: Vec<(String, Duration)>,
+    current: Vec<Option<usize>>,
+    list: Vec<Breach>,
+}
+
+impl Breaches {
+    fn new(guard: &GuardConfig) -> Self {
+        let fors: Vec<_> = guard
+            .checks
+            .iter()
+            .map(|c| (c.name.clone(), c.for_))
+            .collect();
+        Self {
+            current: vec![None; fors.len()],
+            fors,
+            list: Vec::new(),
+        }
+    }
+
+    /// The core's checks after the poll at `at`.
+    fn observe(&mut self, core: &Guard, cutover: Timestamp, at: Timestamp) {
+        let Some(window) = core.window() else { return };
+        for (i, track) in window.checks.iter().enumerate() {
+            let (Some(current), Some((name, for_))) = (self.current.get_mut(i), self.fors.get(i))
+            else {
+                continue;
+            };
+            match (track.breached, *current) {
+                (true, None) => {
+                    let since = track.breach_since.unwrap_or(at);
+                    let trips_at = after(since, *for_);
+                    *current = Some(self.list.len());
+                    self.list.push(Breach {
+                        check: name.clone(),
+                        since,
+                        since_offset_seconds: offset(cutover, since),
+                        trips_at,
+                        trips_offset_seconds: offset(cutover, trips_at),
+                        tripped: false,
+                        cleared_at: None,
+                    });
+                }
+                (false, Some(open)) => {
+                    if let Some(b) = self.list.get_mut(open) {
+                        b.cleared_at = Some(at);
+                    }
+                    *current = None;
+                }
+                _ => {}
+            }
+            if let Some(b) = current.and_then(|open| self.list.get_mut(open)) {
+                b.tripped |= at >= b.trips_at;
+            }
+        }
+    }
+}
+
 /// How the window would have ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -104,6 +179,8 @@ pub struct Timeline {
     /// The replayed checks, in the order of each step's values.
     pub checks: Vec<String>,
     pub steps: Vec<Step>,
+    /// Each check's runs of breached polls.
+    pub breaches: Vec<Breach>,
     pub decisions: Vec<Moment>,
     pub outcome: End,
     /// What a replay cannot show, said plainly.
@@ -461,6 +538,7 @@ pub fn replay(
         decisions.push(moment(cutover.at, &d));
     }
     let mut steps = Vec::new();
+    let mut breaches = Breaches::new(&replayed);
     let mut stable = None;
     let end = after(cutover.at, guard.window);
     let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
@@ -477,6 +555,7 @@ pub fn replay(
             .collect();
         let (step, made) = poll(&mut core, cutover, samples, at);
         steps.push(step);
+        breaches.observe(&core, cutover.at, at);
         let mut ended = None;
         for d in &made {
             decisions.push(moment(at, d));
@@ -505,6 +584,7 @@ pub fn replay(
         step_seconds: step.as_secs_f64(),
         checks: replayed.checks.iter().map(|c| c.name.clone()).collect(),
         steps,
+        breaches: breaches.list,
         decisions,
         outcome,
         not_replayed: left_out(guard),
@@ -609,12 +689,34 @@ impl Timeline {
                 .collect();
             let _ = writeln!(out, "T+{:>6.0}s  {}", s.offset_seconds, cells.join("  "));
         }
-        for m in &self.decisions {
-            let _ = writeln!(
-                out,
-                "T+{:>6.0}s  {}: {}",
-                m.offset_seconds, m.kind, m.reason
-            );
+        // Each `for` and each decision, in time order.
+        let mut moments: Vec<(f64, String)> = self
+            .breaches
+            .iter()
+            .map(|b| {
+                let end = match (b.tripped, b.cleared_at) {
+                    (true, _) => "tripped".to_owned(),
+                    (false, Some(at)) => format!(
+                        "cleared at T+{:.0}s, short of its `for`",
+                        offset(self.cutover_at, at)
+                    ),
+                    (false, None) => "still breached at the window's end".to_owned(),
+                };
+                let line = format!(
+                    "{}: `for` started; would trip at T+{:.0}s; {end}",
+                    b.check, b.trips_offset_seconds
+                );
+                (b.since_offset_seconds, line)
+            })
+            .collect();
+        moments.extend(
+            self.decisions
+                .iter()
+                .map(|m| (m.offset_seconds, format!("{}: {}", m.kind, m.reason))),
+        );
+        moments.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (offset_seconds, line) in moments {
+            let _ = writeln!(out, "T+{offset_seconds:>6.0}s  {line}");
         }
         let outcome = match &self.outcome {
             End::RolledBack {
@@ -771,6 +873,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let run = |b: &Breach| {
+            (
+                b.since_offset_seconds,
+                b.trips_offset_seconds,
+                b.tripped,
+                b.cleared_at.map(|at| offset(cutover().at, at)),
+            )
+        };
+        assert_eq!(
+            t.breaches.iter().map(run).collect::<Vec<_>>(),
+            [(30.0, 60.0, true, None)]
+        );
         let blip: Vec<(i64, f64)> = (0..=8)
             .map(|k| (k * 15, if k == 2 { 0.05 } else { 0.001 }))
             .collect();
@@ -780,10 +894,15 @@ mod tests {
             "{:?}",
             t.outcome
         );
+        assert_eq!(
+            t.breaches.iter().map(run).collect::<Vec<_>>(),
+            [(30.0, 60.0, false, Some(45.0))]
+        );
+        let text = t.text();
+        assert!(text.contains("error.rate=0.0500 BREACH"), "{text}");
         assert!(
-            t.text().contains("error.rate=0.0500 BREACH"),
-            "{}",
-            t.text()
+            text.contains("error.rate: `for` started; would trip at T+60s; cleared at T+45s"),
+            "{text}"
         );
         // No data at all: never a breach with on_no_data ignore; stable needs a clean poll.
         let t = replay(&guard(), &cutover(), step, &[History::new()]);

@@ -1,9 +1,10 @@
 //! `replay` against the real Prometheus, with history the test makes: the synthetic app
-//! through a breach and the watchdog guarding it (Prometheus scrapes both). A replay of that
-//! cutover reaches the rollback `serve` made within one poll; a replay with a higher threshold
-//! does not; a replay of a version without metrics is no data; and `--since` finds each window
-//! the watchdog recorded. A blip, and no data taken as a breach, end in replay as in `serve`, at
-//! the same poll.
+//! through a breach and the watchdog guarding it (Prometheus scrapes both). For a breach, a
+//! blip shorter than `for`, and no data taken as a breach, a replay of that cutover reaches the
+//! decision `serve` made at the same poll. A replay with a higher threshold does not roll back; a
+//! replay of a version without metrics is no data; a template's guard, bound from the cluster,
+//! replays as the explicit one; `--since` finds each window the watchdog recorded, and
+//! `--version-changes` a cutover it never saw.
 
 // Test code: a failed setup step should panic right there.
 #![allow(clippy::unwrap_used)]
@@ -27,17 +28,29 @@ const HEALTHY: Behaviour = Behaviour {
     latency_seconds: 0.05,
 };
 
-/// `cutover-watchdog replay ARGS --config CONFIG`.
+/// `cutover-watchdog replay ARGS --config CONFIG`, with no cluster.
 async fn replay(config: &std::path::Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"))
+    run(replay_command(config, args)).await
+}
+
+fn replay_command(
+    config: &std::path::Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover-watchdog"));
+    command
         .arg("replay")
         .args(args)
         .arg("--config")
         .arg(config)
         .env_remove("CUTOVER_WATCHDOG_CONFIG")
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_mins(1), run)
+        .env_remove("KUBECONFIG")
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: tokio::process::Command) -> Output {
+    tokio::time::timeout(Duration::from_mins(1), command.output())
         .await
         .unwrap()
         .unwrap()
@@ -153,6 +166,31 @@ async fn other_replays_of(config: &std::path::Path, cutover_a: &str) {
     assert_ne!(timeline[0]["outcome"]["kind"], "rolled_back");
 }
 
+/// Window A replayed for a template's guard, `default/svc-production`, its query's
+/// `{{selector.app}}` filled from the Service in the cluster: the explicit guard's `outcome`.
+async fn template_replay_of(r: &Recorded, cutover_a: &str, outcome: &Value) {
+    let query = common::error_ratio("{{version}}").replace(APP, "{{selector.app}}");
+    let config = r.cluster.dir.path().join("templates.yaml");
+    let yaml = format!(
+        "poll_interval: 500ms\nprometheus: {{url: '{}'}}\ntemplates:\n- name: shop\n  \
+         namespaces: [default]\n  window: 8s\n  stabilization: 3s\n  checks:\n  - {{name: \
+         error_rate, query: '{query}', above: 0.02, for: 3s}}\n",
+        r.prometheus.url()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let mut args = window(cutover_a, "v2");
+    "default/svc-production".clone_into(&mut args[1]);
+    let home = r.cluster.dir.path().join("replay-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut command = replay_command(&config, &args);
+    command
+        .env("KUBECONFIG", &r.cluster.kubeconfig)
+        .env("HOME", home);
+    let timeline = json(&run(command).await);
+    assert_eq!(&timeline[0]["outcome"], outcome, "{timeline:#}");
+    assert_eq!(timeline[0]["guard"], "default/svc-production");
+}
+
 #[tokio::test]
 async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() {
     let r = recorded(Setup {
@@ -184,6 +222,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
             .contains("check error_rate")
     );
     assert_same_poll("rolled back", &served, outcome);
+    assert_eq!(timeline[0]["breaches"][0]["tripped"], true, "{timeline:#}");
     assert!(
         timeline[0]["not_replayed"][0]
             .as_str()
@@ -192,6 +231,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
     );
 
     other_replays_of(&config, &cutover_a).await;
+    template_replay_of(&r, &cutover_a, outcome).await;
 
     // Window B, after A's has ended: v2 healthy, stable.
     r.app.set("v2", HEALTHY);
@@ -286,6 +326,11 @@ async fn a_blip_shorter_than_for_turns_stable_in_replay_at_the_poll_serve_did() 
     let breached = |s: &Value| s["breached"][0] == true;
     assert!(
         t["steps"].as_array().unwrap().iter().any(breached),
+        "{timeline:#}"
+    );
+    let blip = &t["breaches"][0];
+    assert!(
+        blip["tripped"] == false && blip["cleared_at"].is_string(),
         "{timeline:#}"
     );
     assert!(

@@ -564,19 +564,24 @@ impl GuardTask {
             .window_active
             .with_label_values(&[guard])
             .set(i64::from(open.is_some()));
-        let info = &self.metrics.window_info;
-        match open {
-            Some(w) => {
-                let labels = [guard, w.version.as_str(), w.previous.as_str()];
-                if info.with_label_values(&labels).get() == 0 {
-                    // One series per guard: the previous window's goes.
-                    info.remove_first(guard);
-                    info.with_label_values(&labels).set(1);
-                }
-            }
-            None => {
+        let (info, start) = (
+            &self.metrics.window_info,
+            &self.metrics.window_start_time_seconds,
+        );
+        if let Some(w) = open {
+            let labels = [guard, w.version.as_str(), w.previous.as_str()];
+            if info.with_label_values(&labels).get() == 0 {
+                // One series per guard: the previous window's goes.
                 info.remove_first(guard);
+                start.remove_first(guard);
+                info.with_label_values(&labels).set(1);
             }
+            #[allow(clippy::cast_precision_loss)] // Unix milliseconds, exact in an f64
+            let opened = w.opened_at.as_millisecond() as f64 / 1000.0;
+            start.with_label_values(&labels).set(opened);
+        } else {
+            info.remove_first(guard);
+            start.remove_first(guard);
         }
         if let Some(w) = window
             && let Some(share) = w.traffic.share

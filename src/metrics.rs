@@ -51,6 +51,9 @@ pub struct Metrics {
     /// 1 while a window is open, by its versions: the record `replay --since` finds past
     /// cutovers in.
     pub window_info: Family<family::IntGauge>,
+    /// The open window's cutover (Unix seconds), by its versions: when `replay --since` starts
+    /// each window it finds in `window_info`.
+    pub window_start_time_seconds: Family<family::Gauge>,
     /// Times the selector was set back on a rolled-back version before its window's end.
     pub rollback_overridden_total: Family<family::Counter>,
     /// A version's share of green plus blue traffic, while a `traffic` check watches.
@@ -246,6 +249,13 @@ impl Metrics {
                  the record of past cutovers that `replay --since` reads.",
                 &["guard", "version", "previous_version"],
             )?,
+            window_start_time_seconds: family(
+                r,
+                "window_start_time_seconds",
+                "The open post-cutover window's cutover time, in Unix seconds, by guard and \
+                 versions (dry runs too): where `replay --since` starts each window.",
+                &["guard", "version", "previous_version"],
+            )?,
             rollback_overridden_total: family(
                 r,
                 "rollback_overridden_total",
@@ -401,6 +411,7 @@ impl Metrics {
         let _ = self.window_active.remove_label_values(&[g]);
         self.traffic_share.remove_first(g);
         self.window_info.remove_first(g);
+        self.window_start_time_seconds.remove_first(g);
         self.traffic_check_failures_total.remove_first(g);
         let _ = self.rollbacks_total.remove_label_values(&[g, "traffic"]);
         for trigger in guard

@@ -3,10 +3,12 @@
 //!
 //! [`fetch`] reads each check over `[T, T + window]` with `query_range`; [`replay`] feeds those
 //! samples, in time order, to the very decision core `serve` runs ([`crate::decision::Guard`]),
-//! with no IO in between, and keeps the timeline. A step where a range query has no point is no
-//! data, as a poll that finds none is. What it cannot replay, it says: alerts (Alertmanager's
-//! history is not Prometheus's), `http` checks (a past endpoint cannot be asked), and traffic
-//! checks (not part of a check's `for`).
+//! with no IO in between, and keeps the timeline, up to the window's end or now. A step where a
+//! range query has no point is no data, as a poll that finds none is. [`find`] reads the past
+//! windows from the watchdog's own record, and the version changes a user's expression marks.
+//! What it cannot replay, it says: alerts (Alertmanager's history is not Prometheus's), `http`
+//! checks (a past endpoint cannot be asked), traffic checks (not part of a check's `for`), and
+//! blue's Ready Pods (each rollback is taken to land).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,9 +61,28 @@ pub type History = BTreeMap<i64, Vec<f64>>;
 pub struct Step {
     pub at: Timestamp,
     pub offset_seconds: f64,
-    /// Each replayed check's value (`None`: no data), in order.
+    /// Each replayed check's value (`None`: no data), in order; in JSON, an infinity is
+    /// `"+Inf"` or `"-Inf"`, as Prometheus writes it, not a `null` that would read as no data.
+    #[serde(serialize_with = "values_json")]
     pub values: Vec<Option<f64>>,
     pub breached: Vec<bool>,
+}
+
+fn values_json<S: serde::Serializer>(
+    values: &[Option<f64>],
+    out: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq as _;
+    let mut seq = out.serialize_seq(Some(values.len()))?;
+    for v in values {
+        match v {
+            Some(v) if v.is_infinite() => {
+                seq.serialize_element(if *v > 0.0 { "+Inf" } else { "-Inf" })?;
+            }
+            v => seq.serialize_element(v)?,
+        }
+    }
+    seq.end()
 }
 
 /// A decision the core made, and when.
@@ -165,6 +186,13 @@ pub enum End {
         at: Timestamp,
         offset_seconds: f64,
     },
+    /// The window had not ended at the replay: its last step so far, and when it was declared
+    /// stable, if it was (a check can still roll it back).
+    InProgress {
+        at: Timestamp,
+        offset_seconds: f64,
+        stable_at: Option<Timestamp>,
+    },
 }
 
 /// The replay of one cutover.
@@ -250,7 +278,17 @@ fn replayable(guard: &GuardConfig) -> GuardConfig {
 
 /// What a replay of `guard` leaves out.
 fn left_out(guard: &GuardConfig) -> Vec<String> {
-    let mut out = vec!["alerts: Alertmanager's history is not in Prometheus".to_owned()];
+    let mut out = Vec::new();
+    if guard.alerts.is_some() {
+        out.push("alerts: Alertmanager's history is not in Prometheus".to_owned());
+    }
+    if guard.min_ready_previous > 0 {
+        out.push(format!(
+            "min_ready_previous: blue's Ready Pods then are not in this history; each rollback is \
+             taken to land (serve refuses one onto fewer than {})",
+            guard.min_ready_previous
+        ));
+    }
     for c in &guard.checks {
         if matches!(c.probe, Probe::Http(_)) {
             out.push(format!(
@@ -276,20 +314,29 @@ pub async fn find(
     changes: Option<&str>,
 ) -> Result<Vec<Cutover>> {
     let escaped = guard.name.replace('\\', "\\\\").replace('"', "\\\"");
-    // One series per window whatever replica exported it: a failover changes `instance`.
+    // Each window open in the record, valued at its cutover. One series per window whatever
+    // replica exported it: a failover changes `instance`, not the cutover.
+    let by = "max by (version, previous_version)";
     let query = format!(
-        "max by (version, previous_version) (cutover_watchdog_window_info{{guard=\"{escaped}\"}} == 1)"
+        "{by} (cutover_watchdog_window_start_time_seconds{{guard=\"{escaped}\"}}) \
+         and on (version, previous_version) \
+         {by} (cutover_watchdog_window_info{{guard=\"{escaped}\"}} == 1)"
     );
     let (series, step) = history(prometheus, &query, span, step)
         .await
         .map_err(|e| Error::Unusable(format!("finding past windows failed: {e}")))?;
-    let recorded = windows(series, step)?;
+    let recorded = windows(&series, span)?;
     let Some(changes) = changes else {
         return Ok(recorded);
     };
     let (series, step) = history(prometheus, changes, span, step)
         .await
         .map_err(|e| Error::Unusable(format!("--version-changes query failed: {e}")))?;
+    if series.is_empty() {
+        tracing::warn!(
+            "the --version-changes expression has no series over the span: it marks no cutover"
+        );
+    }
     Ok(merge(recorded, marked(&series)?, guard.window, step))
 }
 
@@ -313,10 +360,9 @@ fn at_seconds(t: f64) -> Result<Timestamp> {
         .map_err(|e| Error::Unusable(format!("a point at {t}: {e}")))
 }
 
-/// The windows in the `cutover_watchdog_window_info` record, as read at `step`: each run of
-/// points is one window, its first point the cutover (to the scrape interval).
-fn windows(series: Vec<Series>, step: Duration) -> Result<Vec<Cutover>> {
-    let gap = step.as_secs_f64() * 2.5;
+/// The windows in the record whose cutover is in `span`: each distinct start time of a pair of
+/// versions is one window, however many points it has, and however a restart cut its run.
+fn windows(series: &[Series], (from, to): (Timestamp, Timestamp)) -> Result<Vec<Cutover>> {
     let mut found = Vec::new();
     for (labels, points) in series {
         let (Some(version), Some(previous)) =
@@ -324,17 +370,19 @@ fn windows(series: Vec<Series>, step: Duration) -> Result<Vec<Cutover>> {
         else {
             continue;
         };
-        let mut last: Option<f64> = None;
-        for (t, _) in points {
-            if last.is_none_or(|l| t - l > gap) {
+        for &(_, start) in points {
+            let at = at_seconds(start)?;
+            let seen = found
+                .iter()
+                .any(|c: &Cutover| c.at == at && c.version == *version);
+            if !seen && (from..=to).contains(&at) {
                 found.push(Cutover {
-                    at: at_seconds(t)?,
+                    at,
                     version: version.clone(),
                     previous: previous.clone(),
                     found_by: FoundBy::Recorded,
                 });
             }
-            last = Some(t);
         }
     }
     found.sort_by_key(|c| c.at);
@@ -342,9 +390,9 @@ fn windows(series: Vec<Series>, step: Duration) -> Result<Vec<Cutover>> {
 }
 
 /// The version changes a `--version-changes` expression marks. At each step, the version
-/// serving is the series (by its `version` label) with the highest value; a tie, or no
-/// series, says nothing. Each step whose serving version differs from the last one known is a
-/// cutover from that one.
+/// serving is the series (by its `version` label) with the highest value; a tie, or no series,
+/// says nothing. A version that serves at two known steps in a row, after another, is a cutover
+/// from that one, at the first of them: one step's gap or dip in a series is not two cutovers.
 fn marked(series: &[Series]) -> Result<Vec<Cutover>> {
     if !series.is_empty()
         && series
@@ -370,27 +418,38 @@ fn marked(series: &[Series]) -> Result<Vec<Cutover>> {
             #[allow(clippy::cast_possible_truncation)] // Unix seconds, far from i64's range
             let at = (t * 1000.0).round() as i64;
             let best = serving.entry(at).or_insert((v, Some(version.as_str())));
+            #[allow(clippy::float_cmp)] // a tie is exactly equal values, 0.0 and -0.0 too
             if v > best.0 {
                 *best = (v, Some(version.as_str()));
-            } else if v.total_cmp(&best.0).is_eq() && best.1 != Some(version.as_str()) {
+            } else if v == best.0 && best.1 != Some(version.as_str()) {
                 best.1 = None;
             }
         }
     }
+    let known = serving
+        .into_iter()
+        .filter_map(|(at, (_, version))| Some((at, version?)));
     let mut found = Vec::new();
+    // The version serving, and a change to another seen at one step, waiting for a second.
     let mut last: Option<&str> = None;
-    for (at, (_, version)) in serving {
-        let Some(version) = version else { continue };
-        if let Some(previous) = last.filter(|l| *l != version) {
-            found.push(Cutover {
-                at: Timestamp::from_millisecond(at)
-                    .map_err(|e| Error::Unusable(format!("a point at {at} ms: {e}")))?,
-                version: version.to_owned(),
-                previous: previous.to_owned(),
-                found_by: FoundBy::Marked,
-            });
+    let mut pending: Option<(i64, &str)> = None;
+    for (at, version) in known {
+        match (last, pending) {
+            (None, _) => last = Some(version),
+            (Some(l), _) if l == version => pending = None,
+            (Some(l), Some((since, p))) if p == version => {
+                found.push(Cutover {
+                    at: Timestamp::from_millisecond(since)
+                        .map_err(|e| Error::Unusable(format!("a point at {since} ms: {e}")))?,
+                    version: version.to_owned(),
+                    previous: l.to_owned(),
+                    found_by: FoundBy::Marked,
+                });
+                last = Some(version);
+                pending = None;
+            }
+            (Some(_), _) => pending = Some((at, version)),
         }
-        last = Some(version);
     }
     Ok(found)
 }
@@ -442,6 +501,7 @@ pub fn summary(timelines: &[Timeline]) -> String {
             ),
             End::Stable { .. } => ("stable".to_owned(), "-".to_owned()),
             End::Expired { .. } => ("expired".to_owned(), "-".to_owned()),
+            End::InProgress { .. } => ("in progress".to_owned(), "-".to_owned()),
         };
         let _ = writeln!(
             out,
@@ -499,13 +559,16 @@ fn offset(from: Timestamp, to: Timestamp) -> f64 {
 }
 
 /// The replay: `histories` (one per PromQL check of `guard`, in order) fed step by step to the
-/// decision core, as `serve` would have polled them.
+/// decision core, as `serve` would have polled them, up to the window's end or `now`, whichever
+/// comes first: Prometheus would answer a later step from its lookback, as if the last sample
+/// held, and that is not history.
 #[must_use]
 pub fn replay(
     guard: &GuardConfig,
     cutover: &Cutover,
     step: Duration,
     histories: &[History],
+    now: Timestamp,
 ) -> Timeline {
     let replayed = replayable(guard);
     let mut policy = Policy::from(&replayed);
@@ -554,8 +617,13 @@ pub fn replay(
             })
             .collect();
         let (step, made) = poll(&mut core, cutover, samples, at);
-        steps.push(step);
-        breaches.observe(&core, cutover.at, at);
+        // A poll at or after the window's end closes it unevaluated, in `serve` too.
+        let evaluated = core.open_window().is_some()
+            || made.iter().any(|d| matches!(d, Decision::RollBack { .. }));
+        if evaluated {
+            steps.push(step);
+            breaches.observe(&core, cutover.at, at);
+        }
         let mut ended = None;
         for d in &made {
             decisions.push(moment(at, d));
@@ -573,7 +641,15 @@ pub fn replay(
                 End::Expired { at, offset_seconds }
             };
         }
-        at = Timestamp::from_millisecond(key.saturating_add(step_ms)).unwrap_or(end);
+        let next = Timestamp::from_millisecond(key.saturating_add(step_ms)).unwrap_or(end);
+        if next > now {
+            break End::InProgress {
+                at,
+                offset_seconds: offset(cutover.at, at),
+                stable_at: stable,
+            };
+        }
+        at = next;
     };
     Timeline {
         guard: guard.name.clone(),
@@ -728,6 +804,20 @@ impl Timeline {
             End::Expired { offset_seconds, .. } => {
                 format!("expired at T+{offset_seconds:.0}s: never declared stable")
             }
+            End::InProgress {
+                offset_seconds,
+                stable_at,
+                ..
+            } => {
+                let so_far = stable_at.map_or_else(
+                    || "no decision yet".to_owned(),
+                    |at| format!("stable since T+{:.0}s", offset(self.cutover_at, at)),
+                );
+                format!(
+                    "in progress: the window had not ended at T+{offset_seconds:.0}s, the last \
+                     step so far; {so_far}"
+                )
+            }
         };
         let _ = writeln!(out, "outcome: {outcome}");
         for n in &self.not_replayed {
@@ -750,14 +840,7 @@ pub async fn command(args: crate::cli::ReplayArgs) -> Result<crate::cutover::Exi
         return Err(Error::Usage("--step must be longer than zero".into()));
     }
     let cutovers = match (&args.cutover_at, args.since) {
-        (Some(at), _) => vec![Cutover {
-            at: at
-                .parse()
-                .map_err(|e| Error::Usage(format!("--cutover-at {at:?} is not RFC 3339: {e}")))?,
-            version: args.version.clone().unwrap_or_default(),
-            previous: args.previous.clone().unwrap_or_default(),
-            found_by: FoundBy::Given,
-        }],
+        (Some(at), _) => vec![given(at, &args)?],
         (None, Some(since)) => {
             let now = Timestamp::now();
             let from = now
@@ -793,7 +876,7 @@ pub async fn command(args: crate::cli::ReplayArgs) -> Result<crate::cutover::Exi
             );
         }
         let histories = fetch(&prometheus, &guard, cutover, step).await?;
-        timelines.push(replay(&guard, cutover, step, &histories));
+        timelines.push(replay(&guard, cutover, step, &histories, Timestamp::now()));
     }
     match (
         args.output,
@@ -801,7 +884,7 @@ pub async fn command(args: crate::cli::ReplayArgs) -> Result<crate::cutover::Exi
     ) {
         (crate::cli::Output::Json, _) => println!("{}", crate::cli::json(&timelines)?),
         (crate::cli::Output::Text, true) => {
-            println!("{} windows of {} found", timelines.len(), guard.name);
+            println!("{} cutovers of {} found", timelines.len(), guard.name);
             print!("{}", summary(&timelines));
         }
         (crate::cli::Output::Text, false) => {
@@ -813,11 +896,38 @@ pub async fn command(args: crate::cli::ReplayArgs) -> Result<crate::cutover::Exi
     Ok(crate::cutover::Exit::OK)
 }
 
-/// The guard to replay: an explicit one bound to its own names (no cluster needed), or a
-/// template's, bound to its Service as read from the cluster.
+/// The cutover `--cutover-at`, `--version` and `--previous` name.
+fn given(at: &str, args: &crate::cli::ReplayArgs) -> Result<Cutover> {
+    let cutover = Cutover {
+        at: at
+            .parse()
+            .map_err(|e| Error::Usage(format!("--cutover-at {at:?} is not RFC 3339: {e}")))?,
+        version: args.version.clone().unwrap_or_default(),
+        previous: args.previous.clone().unwrap_or_default(),
+        found_by: FoundBy::Given,
+    };
+    if cutover.version.is_empty() || cutover.version == cutover.previous {
+        return Err(Error::Usage(
+            "--version and --previous must name two different versions".into(),
+        ));
+    }
+    if cutover.at > Timestamp::now() {
+        return Err(Error::Usage(format!(
+            "--cutover-at {at} is in the future: there is no history to replay"
+        )));
+    }
+    Ok(cutover)
+}
+
+/// The guard to replay: an explicit one bound to its own names (no cluster needed unless its
+/// queries use the Service's selector or labels), or a template's, bound to its Service as read
+/// from the cluster.
 async fn guard_for(config: &crate::config::Config, name: &str) -> Result<GuardConfig> {
     if let Some(g) = config.guards.iter().find(|g| g.name == name) {
-        return Ok(crate::coverage::bind_explicit(g, None).0);
+        let (bound, missing) = crate::coverage::bind_explicit(g, None);
+        if missing.is_none() {
+            return Ok(bound);
+        }
     }
     let client = crate::app::kube_client().await?;
     Ok(crate::preflight::resolve(config, &client, name).await?.0)
@@ -846,7 +956,7 @@ mod tests {
         }
     }
 
-    /// A history with `value` at every step from `from` to `to` seconds after the cutover.
+    /// A history of (seconds after the cutover, value) points.
     fn history(points: &[(i64, f64)]) -> History {
         let t0 = cutover().at.as_millisecond();
         points
@@ -855,13 +965,18 @@ mod tests {
             .collect()
     }
 
+    /// A day after the cutover: every window of these tests is over.
+    fn later() -> Timestamp {
+        after(cutover().at, Duration::from_hours(24))
+    }
+
     #[test]
     fn a_sustained_breach_rolls_back_when_for_has_passed_and_a_blip_does_not() {
         let step = Duration::from_secs(15);
         let bad: Vec<(i64, f64)> = (0..=8)
             .map(|k| (k * 15, if k >= 2 { 0.05 } else { 0.001 }))
             .collect();
-        let t = replay(&guard(), &cutover(), step, &[history(&bad)]);
+        let t = replay(&guard(), &cutover(), step, &[history(&bad)], later());
         match &t.outcome {
             End::RolledBack {
                 offset_seconds,
@@ -888,7 +1003,7 @@ mod tests {
         let blip: Vec<(i64, f64)> = (0..=8)
             .map(|k| (k * 15, if k == 2 { 0.05 } else { 0.001 }))
             .collect();
-        let t = replay(&guard(), &cutover(), step, &[history(&blip)]);
+        let t = replay(&guard(), &cutover(), step, &[history(&blip)], later());
         assert!(
             matches!(t.outcome, End::Stable { offset_seconds, .. } if (offset_seconds - 60.0).abs() < 0.1),
             "{:?}",
@@ -905,7 +1020,7 @@ mod tests {
             "{text}"
         );
         // No data at all: never a breach with on_no_data ignore; stable needs a clean poll.
-        let t = replay(&guard(), &cutover(), step, &[History::new()]);
+        let t = replay(&guard(), &cutover(), step, &[History::new()], later());
         assert!(matches!(t.outcome, End::Stable { .. }), "{:?}", t.outcome);
     }
 
@@ -957,18 +1072,21 @@ mod tests {
     fn version_changes_are_where_the_highest_series_changes_and_a_tie_says_nothing() {
         let nan = f64::NAN;
         #[rustfmt::skip]
-        let cases: [(&str, Vec<Series>, Vec<Change>); 5] = [
+        let cases: [(&str, Vec<Series>, Vec<Change>); 6] = [
             ("a cutover and a revert",
-             vec![serving("v1", &[9.0, 9.0, 1.0, 1.0, 9.0]), serving("v2", &[1.0, 1.0, 9.0, 9.0, 1.0])],
+             vec![serving("v1", &[9.0, 9.0, 1.0, 1.0, 9.0, 9.0]), serving("v2", &[1.0, 1.0, 9.0, 9.0, 1.0, 1.0])],
              vec![(30, "v1", "v2"), (60, "v2", "v1")]),
             ("one version all along",
              vec![serving("v1", &[9.0, 9.0, 9.0])],
              vec![]),
             ("a tie, then a gap, say nothing: the change is at the first clear step",
-             vec![serving("v1", &[9.0, 5.0, nan, 1.0]), serving("v2", &[1.0, 5.0, nan, 9.0])],
+             vec![serving("v1", &[9.0, 5.0, nan, 1.0, 1.0]), serving("v2", &[1.0, 5.0, nan, 9.0, 9.0])],
              vec![(45, "v1", "v2")]),
+            ("one step's dip is not two cutovers",
+             vec![serving("v1", &[9.0, 9.0, 1.0, 9.0, 9.0]), serving("v2", &[1.0, 1.0, 9.0, 1.0, 1.0])],
+             vec![]),
             ("a new version after one that stopped reporting",
-             vec![serving("v1", &[9.0]), serving("v3", &[nan, nan, 4.0])],
+             vec![serving("v1", &[9.0]), serving("v3", &[nan, nan, 4.0, 4.0])],
              vec![(30, "v1", "v3")]),
             ("nothing at all", vec![], vec![]),
         ];
@@ -1023,21 +1141,77 @@ mod tests {
     }
 
     #[test]
-    fn each_run_of_the_window_record_is_one_window() {
+    fn each_start_time_in_the_record_is_one_window_if_it_is_in_the_span() {
         let labels = BTreeMap::from([
             ("version".to_owned(), "v2".to_owned()),
             ("previous_version".to_owned(), "v1".to_owned()),
         ]);
-        // Two runs 15 s apart at a 1 s step, then one point after a gap of two steps (a missed
-        // scrape, not a new window).
-        let points = [0.0, 1.0, 2.0, 17.0, 18.0, 20.0].map(|t| (t, 1.0)).to_vec();
-        let found = windows(vec![(labels, points)], Duration::from_secs(1)).unwrap();
-        assert_eq!(changes(&found), [(0, "v1", "v2"), (17, "v1", "v2")]);
-        let unlabelled = vec![(BTreeMap::new(), vec![(0.0, 1.0)])];
-        assert!(
-            windows(unlabelled, Duration::from_secs(1))
-                .unwrap()
-                .is_empty()
+        // A window from 100.5 s, its run cut by a restart; one from 200 s; one opened before
+        // the span (50 s), still open at its start.
+        let points = [
+            (101.0, 100.5),
+            (102.0, 100.5),
+            (150.0, 100.5),
+            (201.0, 200.0),
+        ]
+        .into_iter()
+        .chain([(90.0, 50.0)])
+        .collect();
+        let span = (
+            Timestamp::from_second(60).unwrap(),
+            Timestamp::from_second(300).unwrap(),
         );
+        let found = windows(&[(labels, points)], span).unwrap();
+        let starts: Vec<i64> = found.iter().map(|c| c.at.as_millisecond()).collect();
+        assert_eq!(starts, [100_500, 200_000]);
+        assert!(
+            found
+                .iter()
+                .all(|c| c.found_by == FoundBy::Recorded && c.previous == "v1")
+        );
+        let unlabelled = [(BTreeMap::new(), vec![(101.0, 100.0)])];
+        assert!(windows(&unlabelled, span).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_poll_at_the_windows_end_is_not_evaluated_and_an_unfinished_window_is_in_progress() {
+        let step = Duration::from_secs(15);
+        // Breached from T+90 with `for: 30s`: it would trip at T+120, the window's end, where
+        // `serve` closes the window instead.
+        let late: Vec<(i64, f64)> = (0..=8)
+            .map(|k| (k * 15, if k >= 6 { 0.05 } else { 0.001 }))
+            .collect();
+        let t = replay(&guard(), &cutover(), step, &[history(&late)], later());
+        assert!(matches!(t.outcome, End::Stable { .. }), "{:?}", t.outcome);
+        assert_eq!(t.steps.last().map(|s| s.offset_seconds), Some(105.0));
+        assert!(t.breaches.iter().all(|b| !b.tripped), "{:?}", t.breaches);
+
+        // Replayed 50 s into the window: the steps so far, and no outcome yet.
+        let now = after(cutover().at, Duration::from_secs(50));
+        let t = replay(&guard(), &cutover(), step, &[history(&late)], now);
+        assert_eq!(
+            t.outcome,
+            End::InProgress {
+                at: after(cutover().at, Duration::from_secs(45)),
+                offset_seconds: 45.0,
+                stable_at: None,
+            }
+        );
+        assert!(
+            t.text()
+                .contains("in progress: the window had not ended at T+45s")
+        );
+    }
+
+    #[test]
+    fn an_infinite_value_is_written_as_prometheus_writes_it_not_as_no_data() {
+        let step = Step {
+            at: cutover().at,
+            offset_seconds: 0.0,
+            values: vec![Some(f64::INFINITY), None, Some(0.5)],
+            breached: vec![true, false, false],
+        };
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(json["values"], serde_json::json!(["+Inf", null, 0.5]));
     }
 }

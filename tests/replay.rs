@@ -223,11 +223,11 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
     );
     assert_same_poll("rolled back", &served, outcome);
     assert_eq!(timeline[0]["breaches"][0]["tripped"], true, "{timeline:#}");
+    // No `alerts` in this guard: nothing to say of them; blue's Ready Pods, though.
+    let not_replayed = timeline[0]["not_replayed"].to_string();
     assert!(
-        timeline[0]["not_replayed"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("alerts")
+        not_replayed.contains("min_ready_previous") && !not_replayed.contains("alerts"),
+        "{not_replayed}"
     );
 
     other_replays_of(&config, &cutover_a).await;
@@ -245,26 +245,39 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
         )
         .await;
     r.cluster.cut_over_recorded("v2").await;
+    let b_end = r
+        .cluster
+        .annotation("cutover-at")
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        + Duration::from_secs(8);
     r.cluster.wait_state("stable").await;
-    // Prometheus has scraped window B's record (1 s scrapes) once the watchdog has said stable.
-    let since = async || {
-        json(
-            &replay(
-                &config,
-                &["--guard", "checkout", "--since", "5m", "--output", "json"],
-            )
-            .await,
-        )
-    };
-    let found = r
+    let args = ["--guard", "checkout", "--since", "5m", "--output", "json"];
+    let since = async || (jiff::Timestamp::now(), json(&replay(&config, &args).await));
+    // Window B, in the record once Prometheus has scraped it (1 s scrapes), is in progress.
+    let (asked, found) = r
         .watchdog
         .wait_until(
             "both windows in the record",
             Duration::from_secs(10),
             since,
-            |t| t.as_array().is_some_and(|a| a.len() >= 2),
+            |(_, t)| t.as_array().is_some_and(|a| a.len() >= 2),
         )
         .await;
+    if asked < b_end {
+        assert_eq!(found[1]["outcome"]["kind"], "in_progress", "{found:#}");
+    }
+    // Once it has ended, it is stable.
+    r.watchdog
+        .wait_until(
+            "window B's end",
+            Duration::from_secs(15),
+            async || jiff::Timestamp::now(),
+            |now| *now > b_end + Duration::from_secs(1),
+        )
+        .await;
+    let found = json(&replay(&config, &args).await);
     let outcomes: Vec<&str> = found
         .as_array()
         .unwrap()
@@ -275,7 +288,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
     let text = replay(&config, &["--guard", "checkout", "--since", "5m"]).await;
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("2 windows of checkout found") && text.contains("rolled back +"),
+        text.contains("2 cutovers of checkout found") && text.contains("rolled back +"),
         "{text}"
     );
 }
@@ -285,9 +298,9 @@ async fn a_blip_shorter_than_for_turns_stable_in_replay_at_the_poll_serve_did() 
     // `for` outlasts the blip's breach (the blip, plus the query's 5 s rate window), so the
     // window turns stable at the first clean poll after it, in `serve` and in `replay` alike.
     let r = recorded(Setup {
-        window: "20s",
+        window: "24s",
         stabilization: "3s",
-        for_: "12s",
+        for_: "16s",
         ..Setup::default()
     })
     .await;
@@ -318,10 +331,18 @@ async fn a_blip_shorter_than_for_turns_stable_in_replay_at_the_poll_serve_did() 
         .await;
     assert_eq!(r.cluster.selector_version(), "v2");
 
+    // Replayed before the window's end: in progress, stable at the poll `serve` said so.
     let timeline = json(&replay(&r.watchdog.config, &window(&cutover, "v2")).await);
     let t = &timeline[0];
-    assert_eq!(t["outcome"]["kind"], "stable", "{timeline:#}");
-    assert_same_poll("turned stable", &served, &t["outcome"]);
+    assert_eq!(t["outcome"]["kind"], "in_progress", "{timeline:#}");
+    let stable = t["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "stable")
+        .unwrap_or_else(|| panic!("no stable decision: {timeline:#}"));
+    assert_same_poll("turned stable", &served, stable);
+    assert_eq!(t["outcome"]["stable_at"], stable["at"]);
     // The replay saw the blip breach, and its `for` never ran out.
     let breached = |s: &Value| s["breached"][0] == true;
     assert!(
@@ -423,7 +444,8 @@ async fn version_changes_marked_by_a_query_are_replayed_beside_the_recorded_wind
     let recorded_at = r.cluster.annotation("cutover-at").unwrap();
     move_traffic(&r, "v1", "v2").await;
     r.cluster.wait_state("stable").await;
-    let window_end = recorded_at.parse::<jiff::Timestamp>().unwrap() + Duration::from_secs(9);
+    // Past the end the recorded window explains changes up to: 8 s, and two 500 ms steps.
+    let window_end = recorded_at.parse::<jiff::Timestamp>().unwrap() + Duration::from_secs(10);
     r.watchdog
         .wait_until(
             "the window's end",
@@ -447,14 +469,18 @@ async fn version_changes_marked_by_a_query_are_replayed_beside_the_recorded_wind
         "json",
     ];
     let since = async || json(&replay(&config, &args).await);
-    // The change back is in the query's history once Prometheus has it at a step.
+    // The change back is in the query's history once it has held for two steps; its window
+    // is replayed to the end once that is past.
     let found = r
         .watchdog
         .wait_until(
-            "the change back to v1 marked",
-            Duration::from_secs(10),
+            "the change back to v1 marked, its window over",
+            Duration::from_secs(20),
             since,
-            |t| t.as_array().is_some_and(|a| a.len() >= 2),
+            |t| {
+                t.as_array()
+                    .is_some_and(|a| a.len() >= 2 && a[1]["outcome"]["kind"] != "in_progress")
+            },
         )
         .await;
     let seen: Vec<(&str, &str, &str, &str)> = found
@@ -485,7 +511,7 @@ async fn version_changes_marked_by_a_query_are_replayed_beside_the_recorded_wind
     let out = replay(&config, &args[..args.len() - 2]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("2 windows of checkout found") && text.contains(" marked "),
+        text.contains("2 cutovers of checkout found") && text.contains(" marked "),
         "{text}"
     );
     // Progress on stderr, stdout kept for the table (or the JSON).
@@ -561,4 +587,15 @@ async fn switching_above_for_below_and_a_missing_cutover_are_usage_errors() {
     let out = replay(&config, &["--guard", "checkout"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cutover-at"));
+    for (at, version, said) in [
+        ("2026-11-30T12:00:00Z", "v1", "two different versions"),
+        ("2999-01-01T00:00:00Z", "v2", "is in the future"),
+    ] {
+        let mut args = window(at, version);
+        args.truncate(args.len() - 2);
+        let out = replay(&config, &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+    }
 }

@@ -1,10 +1,10 @@
 //! `replay` against the real Prometheus, with history the test makes: the synthetic app
 //! through a breach and the watchdog guarding it (Prometheus scrapes both). For a breach, a
 //! blip shorter than `for`, and no data taken as a breach, a replay of that cutover reaches the
-//! decision `serve` made at the same poll. A replay with a higher threshold does not roll back; a
-//! replay of a version without metrics is no data; a template's guard, bound from the cluster,
-//! replays as the explicit one; `--since` finds each window the watchdog recorded, and
-//! `--version-changes` a cutover it never saw.
+//! decision `serve` made at the same poll. A replay with a higher threshold does not roll back;
+//! a replay of a version without metrics is no data; guards whose queries use the Service's
+//! selector, bound from the cluster, replay alike; `--since` finds each window the watchdog
+//! recorded, and `--version-changes` a cutover it never saw.
 
 // Test code: a failed setup step should panic right there.
 #![allow(clippy::unwrap_used)]
@@ -166,29 +166,45 @@ async fn other_replays_of(config: &std::path::Path, cutover_a: &str) {
     assert_ne!(timeline[0]["outcome"]["kind"], "rolled_back");
 }
 
-/// Window A replayed for a template's guard, `default/svc-production`, its query's
-/// `{{selector.app}}` filled from the Service in the cluster: the explicit guard's `outcome`.
-async fn template_replay_of(r: &Recorded, cutover_a: &str, outcome: &Value) {
+/// Window A replayed for a template's guard, `default/svc-production`, and for an explicit
+/// guard, both with `{{selector.app}}` in the query, filled from the Service in the cluster: the
+/// explicit guard's `outcome`.
+async fn bound_replays_of(r: &Recorded, cutover_a: &str, outcome: &Value) {
     let query = common::error_ratio("{{version}}").replace(APP, "{{selector.app}}");
-    let config = r.cluster.dir.path().join("templates.yaml");
-    let yaml = format!(
-        "poll_interval: 500ms\nprometheus: {{url: '{}'}}\ntemplates:\n- name: shop\n  \
-         namespaces: [default]\n  window: 8s\n  stabilization: 3s\n  checks:\n  - {{name: \
-         error_rate, query: '{query}', above: 0.02, for: 3s}}\n",
+    let keys = format!(
+        "window: 8s\n  stabilization: 3s\n  checks:\n  - {{name: error_rate, query: '{query}', \
+         above: 0.02, for: 3s}}"
+    );
+    let head = format!(
+        "poll_interval: 500ms\nprometheus: {{url: '{}'}}\n",
         r.prometheus.url()
     );
-    std::fs::write(&config, yaml).unwrap();
-    let mut args = window(cutover_a, "v2");
-    "default/svc-production".clone_into(&mut args[1]);
     let home = r.cluster.dir.path().join("replay-home");
     std::fs::create_dir_all(&home).unwrap();
-    let mut command = replay_command(&config, &args);
-    command
-        .env("KUBECONFIG", &r.cluster.kubeconfig)
-        .env("HOME", home);
-    let timeline = json(&run(command).await);
-    assert_eq!(&timeline[0]["outcome"], outcome, "{timeline:#}");
-    assert_eq!(timeline[0]["guard"], "default/svc-production");
+    for (file, guards, name) in [
+        (
+            "templates.yaml",
+            "templates:\n- name: shop\n  namespaces: [default]",
+            "default/svc-production",
+        ),
+        (
+            "explicit.yaml",
+            "guards:\n- name: checkout\n  namespace: default\n  service: svc-production",
+            "checkout",
+        ),
+    ] {
+        let config = r.cluster.dir.path().join(file);
+        std::fs::write(&config, format!("{head}{guards}\n  {keys}\n")).unwrap();
+        let mut args = window(cutover_a, "v2");
+        name.clone_into(&mut args[1]);
+        let mut command = replay_command(&config, &args);
+        command
+            .env("KUBECONFIG", &r.cluster.kubeconfig)
+            .env("HOME", &home);
+        let timeline = json(&run(command).await);
+        assert_eq!(&timeline[0]["outcome"], outcome, "{file}: {timeline:#}");
+        assert_eq!(timeline[0]["guard"], name);
+    }
 }
 
 #[tokio::test]
@@ -231,7 +247,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
     );
 
     other_replays_of(&config, &cutover_a).await;
-    template_replay_of(&r, &cutover_a, outcome).await;
+    bound_replays_of(&r, &cutover_a, outcome).await;
 
     // Window B, after A's has ended: v2 healthy, stable.
     r.app.set("v2", HEALTHY);

@@ -965,6 +965,14 @@ mod tests {
             .collect()
     }
 
+    /// The error ratio every 15 s over the 2m window: 5% at the steps `bad` picks, else 0.1%.
+    fn every_15s(bad: impl Fn(i64) -> bool) -> History {
+        let points: Vec<(i64, f64)> = (0..=8)
+            .map(|k| (k * 15, if bad(k) { 0.05 } else { 0.001 }))
+            .collect();
+        history(&points)
+    }
+
     /// A day after the cutover: every window of these tests is over.
     fn later() -> Timestamp {
         after(cutover().at, Duration::from_hours(24))
@@ -973,10 +981,8 @@ mod tests {
     #[test]
     fn a_sustained_breach_rolls_back_when_for_has_passed_and_a_blip_does_not() {
         let step = Duration::from_secs(15);
-        let bad: Vec<(i64, f64)> = (0..=8)
-            .map(|k| (k * 15, if k >= 2 { 0.05 } else { 0.001 }))
-            .collect();
-        let t = replay(&guard(), &cutover(), step, &[history(&bad)], later());
+        let bad = every_15s(|k| k >= 2);
+        let t = replay(&guard(), &cutover(), step, &[bad], later());
         match &t.outcome {
             End::RolledBack {
                 offset_seconds,
@@ -1000,10 +1006,8 @@ mod tests {
             t.breaches.iter().map(run).collect::<Vec<_>>(),
             [(30.0, 60.0, true, None)]
         );
-        let blip: Vec<(i64, f64)> = (0..=8)
-            .map(|k| (k * 15, if k == 2 { 0.05 } else { 0.001 }))
-            .collect();
-        let t = replay(&guard(), &cutover(), step, &[history(&blip)], later());
+        let blip = every_15s(|k| k == 2);
+        let t = replay(&guard(), &cutover(), step, &[blip], later());
         assert!(
             matches!(t.outcome, End::Stable { offset_seconds, .. } if (offset_seconds - 60.0).abs() < 0.1),
             "{:?}",
@@ -1178,17 +1182,21 @@ mod tests {
         let step = Duration::from_secs(15);
         // Breached from T+90 with `for: 30s`: it would trip at T+120, the window's end, where
         // `serve` closes the window instead.
-        let late: Vec<(i64, f64)> = (0..=8)
-            .map(|k| (k * 15, if k >= 6 { 0.05 } else { 0.001 }))
-            .collect();
-        let t = replay(&guard(), &cutover(), step, &[history(&late)], later());
+        let late = every_15s(|k| k >= 6);
+        let t = replay(
+            &guard(),
+            &cutover(),
+            step,
+            std::slice::from_ref(&late),
+            later(),
+        );
         assert!(matches!(t.outcome, End::Stable { .. }), "{:?}", t.outcome);
         assert_eq!(t.steps.last().map(|s| s.offset_seconds), Some(105.0));
         assert!(t.breaches.iter().all(|b| !b.tripped), "{:?}", t.breaches);
 
         // Replayed 50 s into the window: the steps so far, and no outcome yet.
         let now = after(cutover().at, Duration::from_secs(50));
-        let t = replay(&guard(), &cutover(), step, &[history(&late)], now);
+        let t = replay(&guard(), &cutover(), step, std::slice::from_ref(&late), now);
         assert_eq!(
             t.outcome,
             End::InProgress {

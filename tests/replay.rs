@@ -523,6 +523,8 @@ async fn version_changes_marked_by_a_query_are_replayed_beside_the_recorded_wind
         ],
         "{found:#}"
     );
+    // The recorded window starts at its cutover, to the millisecond, not at its first scrape.
+    assert_eq!(found[0]["cutover_at"], recorded_at.as_str(), "{found:#}");
 
     let out = replay(&config, &args[..args.len() - 2]).await;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -270,9 +270,13 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
         + Duration::from_secs(8);
     r.cluster.wait_state("stable").await;
     let args = ["--guard", "checkout", "--since", "5m", "--output", "json"];
-    let since = async || (jiff::Timestamp::now(), json(&replay(&config, &args).await));
+    // With when it answered: a replay answered before the window's end ran before it, too.
+    let since = async || {
+        let timelines = json(&replay(&config, &args).await);
+        (jiff::Timestamp::now(), timelines)
+    };
     // Window B, in the record once Prometheus has scraped it (1 s scrapes), is in progress.
-    let (asked, found) = r
+    let (answered, found) = r
         .watchdog
         .wait_until(
             "both windows in the record",
@@ -281,7 +285,7 @@ async fn replay_reaches_serves_rollback_and_since_finds_every_recorded_window() 
             |(_, t)| t.as_array().is_some_and(|a| a.len() >= 2),
         )
         .await;
-    if asked < b_end {
+    if answered < b_end {
         assert_eq!(found[1]["outcome"]["kind"], "in_progress", "{found:#}");
     }
     // Once it has ended, it is stable.

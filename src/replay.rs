@@ -776,7 +776,7 @@ impl Timeline {
                         "cleared at T+{:.0}s, short of its `for`",
                         offset(self.cutover_at, at)
                     ),
-                    (false, None) => "still breached at the window's end".to_owned(),
+                    (false, None) => "still breached at the last step replayed".to_owned(),
                 };
                 let line = format!(
                     "{}: `for` started; would trip at T+{:.0}s; {end}",
